@@ -1,0 +1,90 @@
+"""Tiny, fully offline stand-ins for a real tokenizer and causal LM.
+
+Tests, benchmarks and examples build these in-process in well under a second: a byte-level BPE
+tokenizer trained on a few sentences (with a ChatML chat template, like SmolLM2's) and a small
+random Llama. They exercise the same code paths as a real checkpoint because they *are* real
+Hugging Face objects, only small.
+"""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A good movie with a great story and wonderful acting, I loved it.",
+    "A bad movie with a boring story and terrible acting, I hated it.",
+    "Write a short positive review of a film. Write a short negative review.",
+    "user assistant system: hello, how are you? I am fine, thank you!",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and symbols - _ , . ; : ' \" ( ) [ ] { } ! ?",
+    "yes no maybe good bad great awful excellent poor fine okay alpha beta gamma",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 384, chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in-process; eos = '<|im_end|>', pad = '<pad>'.
+
+    Byte-level means every string is encodable (no unknown tokens), as with GPT-2/SmolLM2.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token=None,
+    )
+    if chat_template:
+        hf.chat_template = CHATML_TEMPLATE
+    return hf
+
+
+def tiny_llama(
+    vocab_size: int,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 512,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    **config_overrides,
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama small enough to train in a test (≈ 30k parameters by default)."""
+    import torch
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        **config_overrides,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
