@@ -1,0 +1,313 @@
+"""Typed, frozen configuration per stage: YAML file + ``key=value`` overrides, validated when built.
+
+Key names follow TRL's ``DPOConfig`` / ``TrainingArguments`` where the concept is the same
+(beta, label_smoothing, max_length, learning_rate, per_device_train_batch_size, ...), so a TRL user's
+settings carry over. Unknown keys, wrong types and out-of-range values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from preftune.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A config field: its default and the one-line meaning ``--help`` prints."""
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings every training stage shares."""
+
+    model_name_or_path: str = _f("", "Hugging Face folder of the model to train, or 'smollm2' for the "
+                                     "embedded SmolLM2-135M-Instruct. Required.")
+    train_file: str = _f("", "Training data: .jsonl/.json/.csv/.parquet file or a `datasets` folder. Required "
+                                 "unless data is passed from Python.")
+    eval_file: str | None = _f(None, "Held-out data in the same format; never used for a training step.")
+    eval_size: int = _f(0, "If no eval_file: hold out this many training examples (seeded) for evaluation.")
+    output_dir: str = _f("runs/run", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    max_length: int | None = _f(512, "Max tokens of prompt + completion; completions are cut from the right.")
+    max_prompt_length: int | None = _f(256, "Max prompt tokens; longer prompts are cut from the left.")
+    use_chat_template: bool | None = _f(None, "Render with the tokenizer's chat template (null = when it has one).")
+    learning_rate: float = _f(1e-6, "Peak learning rate.")
+    optimizer: str = _f("adamw", "adamw or rmsprop (the DPO paper used RMSprop).", choices=("adamw", "rmsprop"))
+    weight_decay: float = _f(0.0, "Decoupled weight decay (AdamW) / L2 (RMSprop).")
+    adam_beta1: float = _f(0.9, "AdamW β1.")
+    adam_beta2: float = _f(0.999, "AdamW β2.")
+    adam_epsilon: float = _f(1e-8, "AdamW / RMSprop ε.")
+    lr_scheduler_type: str = _f("linear", "linear (warm-up then linear decay to 0) or constant (after warm-up).",
+                                choices=("linear", "constant"))
+    warmup_steps: int = _f(0, "Linear warm-up steps (the DPO paper: 150).")
+    warmup_ratio: float = _f(0.0, "Warm-up as a fraction of total steps (used when warmup_steps is 0).")
+    per_device_train_batch_size: int = _f(8, "Examples per process per micro-step.")
+    per_device_eval_batch_size: int = _f(8, "Examples per process per evaluation batch.")
+    gradient_accumulation_steps: int = _f(1, "Micro-steps per optimizer step.")
+    num_train_epochs: float = _f(1.0, "Passes over the training data (fractional allowed).")
+    max_steps: int = _f(-1, "If > 0, stop after this many optimizer steps (overrides num_train_epochs).")
+    max_grad_norm: float = _f(10.0, "Clip the global gradient norm to this (0 = no clipping); the "
+                                    "pre-clip norm is logged as grad_norm. DPO's reference code uses 10.")
+    bf16: bool = _f(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32).")
+    gradient_checkpointing: bool = _f(False, "Recompute decoder activations in backward to save memory.")
+    seed: int = _f(42, "Seed for data order, initialisation and dropout.")
+    threads: int | None = _f(None, "torch.set_num_threads; on 2 cores 1 thread is often faster (null = torch's default).")
+    device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    logging_steps: int = _f(1, "Log train metrics every N optimizer steps (each log is one host sync).")
+    eval_steps: int | None = _f(None, "Evaluate on the held-out set every N steps (null = only at start and end).")
+    save_steps: int | None = _f(None, "Save a resumable checkpoint every N steps (null = only at the end).")
+    save_total_limit: int | None = _f(2, "Keep only the newest N step checkpoints (null = keep all).")
+    resume: str | None = _f(None, "Resume from a checkpoint folder, or 'latest' in output_dir.")
+    report_to: str = _f("auto", "auto (TensorBoard when installed), tensorboard or none.",
+                        choices=("auto", "tensorboard", "none"))
+    logprob_chunk_size: int = _f(1024, "Completion tokens per output-layer chunk: bounds the live logits.")
+    use_peft: bool = _f(False, "Train LoRA adapters instead of all weights.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA α (scale = α / r).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_target_modules: list[str] = _f(["all-linear"], "Modules LoRA wraps (peft names; 'all-linear').")
+    progress_bar: bool = _f(True, "Show a live progress bar (rank 0).")
+
+    def __post_init__(self) -> None:
+        _validate_choices(self)
+        _require(self.model_name_or_path, "model_name_or_path", "is required")
+        _positive(self, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+                  "gradient_accumulation_steps", "num_train_epochs", "logging_steps", "logprob_chunk_size",
+                  "lora_r", "lora_alpha", "adam_epsilon")
+        _non_negative(self, "weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "eval_size",
+                      "lora_dropout")
+        for key in ("eval_steps", "save_steps", "save_total_limit", "threads", "max_length", "max_prompt_length"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be a positive integer or null, got {value}")
+        if self.warmup_ratio > 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if (self.max_length is not None and self.max_prompt_length is not None
+                and self.max_prompt_length >= self.max_length):
+            raise ConfigError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
+                              f"({self.max_length}) so every completion keeps at least one token")
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainingConfig):
+    """Supervised fine-tuning: completion-only negative log-likelihood."""
+
+    output_dir: str = _f("runs/sft", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    learning_rate: float = _f(1e-5, "Peak learning rate.")
+    completion_field: str = _f("completion", "Field holding the completion (e.g. 'chosen' to SFT on the "
+                                             "preferred answers of a preference file, as the DPO paper does).")
+
+
+@dataclass(frozen=True)
+class DPOConfig(TrainingConfig):
+    """Direct Preference Optimization and its family."""
+
+    output_dir: str = _f("runs/dpo", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    ref_model_name_or_path: str | None = _f(None, "Reference model π_ref (null = the starting policy, "
+                                                  "e.g. your SFT model).")
+    beta: float = _f(0.1, "β: strength of the KL constraint to the reference (the DPO paper: 0.1).")
+    loss_type: list[str] = _f(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo, ...); "
+                                           "a list is summed with loss_weights.")
+    loss_weights: list[float] | None = _f(None, "One weight per loss_type entry (null = all 1).")
+    label_smoothing: float = _f(0.0, "cDPO / robust: assumed probability a preference label is flipped, in [0, 0.5).")
+    precompute_ref_log_probs: bool = _f(True, "Compute reference log-probs once before training and cache them "
+                                              "on disk; false = run the reference every step.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from preftune import losses
+
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not self.loss_type:
+            raise ConfigError("loss_type must name at least one loss")
+        for name in self.loss_type:
+            if name not in losses.names():
+                raise ConfigError(f"loss_type: unknown loss {name!r}; known: {', '.join(losses.names())}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ConfigError(f"loss_weights has {len(self.loss_weights)} entries but loss_type has "
+                              f"{len(self.loss_type)}")
+        if self.label_smoothing and not any("label_smoothing" in losses.hyperparameters(n) for n in self.loss_type):
+            raise ConfigError(f"label_smoothing is set but none of loss_type {self.loss_type} uses it")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out preference evaluation of a policy against a reference."""
+
+    model_name_or_path: str = _f("", "Policy to evaluate (Hugging Face folder or 'smollm2'). Required.")
+    ref_model_name_or_path: str | None = _f(None, "Reference π_ref (null = the embedded/base model you name "
+                                                  "here, i.e. rewards are all 0).")
+    eval_file: str = _f("", "Preference data to evaluate on. Required.")
+    beta: float = _f(0.1, "β used for the implicit rewards.")
+    max_length: int | None = _f(512, "As in training.")
+    max_prompt_length: int | None = _f(256, "As in training.")
+    use_chat_template: bool | None = _f(None, "As in training.")
+    per_device_eval_batch_size: int = _f(8, "Examples per evaluation batch.")
+    bf16: bool = _f(False, "bf16 autocast.")
+    threads: int | None = _f(None, "torch.set_num_threads.")
+    device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    logprob_chunk_size: int = _f(1024, "Completion tokens per output-layer chunk.")
+    output_file: str | None = _f(None, "Write the metrics as JSON here too.")
+
+    def __post_init__(self) -> None:
+        _validate_choices(self)
+        _require(self.model_name_or_path, "model_name_or_path", "is required")
+        _require(self.eval_file, "eval_file", "is required")
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        _positive(self, "per_device_eval_batch_size", "logprob_chunk_size")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building a config from YAML + overrides
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                **values: Any) -> C:
+    """Build ``cls`` from a YAML file, then ``key=value`` overrides, then keyword values (in that order).
+
+    Values from the command line are parsed as YAML scalars (``beta=0.2``, ``bf16=true``,
+    ``loss_type=[sigmoid,ipo]``), then checked against the field's type.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of key: value")
+        raw.update(loaded)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        try:
+            raw[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+    raw.update(values)
+    return from_dict(cls, raw)
+
+
+def from_dict(cls: type[C], raw: dict[str, Any]) -> C:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        near = difflib.get_close_matches(key, fields, n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise ConfigError(f"unknown config key {key!r} for {cls.__name__}{hint}; "
+                          f"`preftune <stage> --help` lists every key")
+    hints = typing.get_type_hints(cls)
+    coerced = {k: _coerce(k, v, hints[k]) for k, v in raw.items()}
+    return cls(**coerced)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def describe(cls: type) -> str:
+    """Every key with its type, default and meaning: the body of ``preftune <stage> --help``."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = "(required)" if default == "" else yaml.safe_dump(default, default_flow_style=True).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        lines.append(f"  {f.name} ({_type_name(hints[f.name])}) = {shown}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        items = value if isinstance(value, list) else [value]  # a single loss name is a one-item list
+        return [_coerce(key, v, item_tp) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _validate_choices(config: Any) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(config, f.name)!r}")
+
+
+def _require(value: Any, key: str, why: str) -> None:
+    if not value:
+        raise ConfigError(f"{key} {why}")
+
+
+def _positive(config: Any, *keys: str) -> None:
+    for key in keys:
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")
+
+
+def _non_negative(config: Any, *keys: str) -> None:
+    for key in keys:
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)}")

@@ -1,0 +1,106 @@
+"""Per-sequence completion log-probs without materialising full-vocabulary logits.
+
+A causal LM's logits are [batch, seq, vocab]; at SmolLM2's vocab of 49,152 and 1,024 tokens that is
+200 MB per sequence in fp32, most of it for prompt and padding positions nobody needs. Here the
+decoder runs once over the (chosen | rejected) batch, the hidden states at the positions that
+predict completion tokens are gathered ([M, hidden], M = completion tokens in the batch), and the
+output layer is applied to them in chunks. Each chunk is wrapped in activation checkpointing, so in
+backward its [chunk, vocab] logits are recomputed instead of kept: at most one chunk of logits is
+alive at any time, in forward and in backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence sums over completion tokens: ``logps`` [N] and token counts ``lengths`` [N]."""
+
+    logps: Tensor
+    lengths: Tensor
+
+    @property
+    def mean(self) -> Tensor:
+        """Length-normalised log-prob (SimPO / IPO-style averages)."""
+        return self.logps / self.lengths.clamp(min=1)
+
+
+def _token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                 softcap: float | None) -> Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    if softcap is not None:  # Gemma-2 style final-logit soft-capping
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.gather(logits.log_softmax(-1), 1, targets.unsqueeze(1)).squeeze(1)
+
+
+def chunked_token_logps(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_size: int,
+                        softcap: float | None = None) -> Tensor:
+    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M].
+
+    Chunks are checkpointed when gradients flow, so no more than ``chunk_size`` × vocab logits exist.
+    """
+    out = []
+    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    for start in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[start:start + chunk_size], head.weight, head.bias, targets[start:start + chunk_size], softcap)
+        if need_grad:
+            out.append(checkpoint(_token_logps, *args, use_reentrant=False))
+        else:
+            out.append(_token_logps(*args))
+    if not out:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The Hugging Face *ForCausalLM inside a peft wrapper, if any."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class SequenceLogprobModel(nn.Module):
+    """Wraps a causal LM so that ``forward`` returns per-sequence completion log-probs.
+
+    It is an ``nn.Module`` on purpose: DistributedDataParallel must wrap the module whose forward
+    produces the loss inputs, or its gradient hooks would not see the decoder's parameters used.
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> SequenceLogps:
+        """input_ids, attention_mask, loss_mask: [N, T]; loss_mask marks completion tokens.
+
+        Returns sums over completion tokens [N] and their counts [N] (float32).
+        """
+        lm = unwrap_causal_lm(self.model)
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                  use_cache=False).last_hidden_state
+        # Token t is predicted from position t-1: shift the mask left by one.
+        predict = loss_mask[:, 1:]
+        hidden_sel = hidden[:, :-1][predict]            # [M, H]
+        targets = input_ids[:, 1:][predict]             # [M]
+        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        token_logps = chunked_token_logps(hidden_sel, lm.get_output_embeddings(), targets, self.chunk_size,
+                                          softcap)
+        seq_ids = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
+        logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+        logps = logps.index_add(0, seq_ids, token_logps.float())
+        lengths = predict.sum(1).to(torch.float32)
+        return SequenceLogps(logps=logps, lengths=lengths)
+
+
+def full_logits_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
+    """The naive computation (full [N, T, V] logits), kept as the reference the tests check against."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+    token_logps = torch.gather(logits[:, :-1].log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(2)).squeeze(2)
+    return (token_logps * loss_mask[:, 1:]).sum(1)

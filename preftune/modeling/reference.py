@@ -1,0 +1,124 @@
+"""The reference policy π_ref, in three interchangeable forms.
+
+- ``FrozenReference``: a separate frozen copy, run every step (any reference model).
+- ``AdapterDisabledReference``: the policy itself with its LoRA adapter switched off: one set of
+  base weights in memory serves as both policy and reference.
+- ``PrecomputedReference``: log-probs computed once before training, looked up by example index,
+  and cached on disk under a key of (reference weights, tokenized data, precision). A frozen
+  reference gives the same numbers every epoch, so recomputing it each step is pure waste.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from preftune.modeling.logprobs import SequenceLogprobModel
+
+CACHE_FORMAT = 1
+
+
+class FrozenReference:
+    def __init__(self, logprob_model: SequenceLogprobModel) -> None:
+        self.model = logprob_model
+
+    @torch.no_grad()
+    def __call__(self, batch) -> tuple[Tensor, Tensor]:
+        out = self.model(batch.input_ids, batch.attention_mask, batch.loss_mask).logps
+        return out.chunk(2)
+
+
+class AdapterDisabledReference:
+    """``policy`` is the (unwrapped) SequenceLogprobModel around a peft model."""
+
+    def __init__(self, policy: SequenceLogprobModel) -> None:
+        if not hasattr(policy.model, "disable_adapter"):
+            raise TypeError("AdapterDisabledReference needs a peft (LoRA) model")
+        self.policy = policy
+
+    @torch.no_grad()
+    def __call__(self, batch) -> tuple[Tensor, Tensor]:
+        was_training = self.policy.training
+        self.policy.eval()  # LoRA dropout is bypassed anyway; eval keeps any base-model dropout off
+        with self.policy.model.disable_adapter():
+            out = self.policy(batch.input_ids, batch.attention_mask, batch.loss_mask).logps
+        self.policy.train(was_training)
+        return out.chunk(2)
+
+
+class PrecomputedReference:
+    def __init__(self, table: Tensor) -> None:
+        """``table``: [num_examples, 2] float32, columns (chosen, rejected)."""
+        self.table = table
+
+    def __call__(self, batch) -> tuple[Tensor, Tensor]:
+        rows = self.table.to(batch.index.device)[batch.index]
+        return rows[:, 0], rows[:, 1]
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over parameter names and bytes (LoRA weights excluded: they are not the reference)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model_fingerprint: str, data_fingerprint: str, precision: str) -> str:
+    payload = json.dumps({"format": CACHE_FORMAT, "model": model_fingerprint, "data": data_fingerprint,
+                          "precision": precision}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def precompute_reference(
+    compute: Callable[[list[int]], tuple[Tensor, Tensor]],
+    num_examples: int,
+    *,
+    batch_size: int,
+    cache_file: Path | None,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
+    log: Callable[[str], None] = print,
+    desc: str = "reference",
+) -> Tensor:
+    """A [num_examples, 2] table of reference log-probs; from ``cache_file`` when it exists.
+
+    ``compute(indices)`` returns (chosen, rejected) log-probs for those examples. Under torchrun
+    each rank scores a strided shard and the shards are summed into the full table on every rank.
+    """
+    if cache_file is not None and cache_file.is_file():
+        table = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if table.shape == (num_examples, 2):
+            log(f"{desc} log-probs: cache hit ({cache_file})")
+            return table
+        log(f"{desc} log-probs: cache file {cache_file} has the wrong shape; recomputing")
+    start = time.perf_counter()
+    table = torch.zeros(num_examples, 2, dtype=torch.float32)
+    mine = list(range(rank, num_examples, world_size))
+    for i in range(0, len(mine), batch_size):
+        idx = mine[i:i + batch_size]
+        chosen, rejected = compute(idx)
+        table[idx, 0] = chosen.float().cpu()
+        table[idx, 1] = rejected.float().cpu()
+    table = all_reduce(table)
+    seconds = time.perf_counter() - start
+    if cache_file is not None and rank == 0:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save(table, tmp)
+        tmp.replace(cache_file)
+        log(f"{desc} log-probs: computed {num_examples} examples in {seconds:.1f}s, cached at {cache_file}")
+    else:
+        log(f"{desc} log-probs: computed {num_examples} examples in {seconds:.1f}s")
+    return table

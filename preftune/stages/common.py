@@ -1,0 +1,161 @@
+"""Pieces every stage script wires together: run set-up, data, policy model, batches, saving.
+
+Stages call these as plain functions (composition, not a base class), so each stage script still
+reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from preftune.config import TrainingConfig, to_dict
+from preftune.data.dataset import BuiltDataset, DataSettings
+from preftune.errors import ConfigError
+from preftune.modeling.load import apply_lora, load_causal_lm, load_tokenizer
+from preftune.train.checkpoint import is_peft, seed_everything
+from preftune.train.distributed import DistInfo, init_distributed
+
+
+@dataclass
+class Run:
+    """What a stage knows about the process it runs in."""
+
+    cfg: Any
+    info: DistInfo
+    output_dir: Path
+
+    def log(self, message: str) -> None:
+        if self.info.is_main:
+            print(f"[preftune] {message}", flush=True)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_dir: Path | None
+    metrics_file: Path
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def start_run(cfg: TrainingConfig) -> Run:
+    """Threads, process group, seeds, and an output folder checked to be writable before any work."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    info = init_distributed(cfg.device)
+    seed_everything(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    if info.is_main:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            probe = output_dir / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"output_dir {output_dir}: not writable ({e})") from None
+        (output_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    run = Run(cfg=cfg, info=info, output_dir=output_dir)
+    run.log(f"{type(cfg).__name__} · {info.world_size} process(es) · device {info.device} · "
+            f"threads {torch.get_num_threads()} · output {output_dir}")
+    return run
+
+
+def data_settings(cfg: Any) -> DataSettings:
+    return DataSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                        use_chat_template=cfg.use_chat_template)
+
+
+def split_off_eval(train: BuiltDataset, eval_size: int, seed: int) -> tuple[BuiltDataset, BuiltDataset]:
+    """Hold out ``eval_size`` examples (seeded) that no training step will see."""
+    if eval_size >= len(train):
+        raise ConfigError(f"eval_size={eval_size} leaves no training examples ({len(train)} in total)")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:eval_size])
+    keep = [ex for i, ex in enumerate(train.examples) if i not in held]
+    out = [ex for i, ex in enumerate(train.examples) if i in held]
+    return (BuiltDataset(keep, train.dropped, train.source, train.settings),
+            BuiltDataset(out, type(train.dropped)(), f"{train.source} (held out {eval_size})", train.settings))
+
+
+def load_data(run: Run, build, train_source: Any, eval_source: Any, tokenizer: Any, **kw: Any
+              ) -> tuple[BuiltDataset, BuiltDataset | None]:
+    """Build train (and eval) datasets with ``build`` (a ``preftune.data.dataset`` builder)."""
+    cfg = run.cfg
+    if train_source in (None, ""):
+        raise ConfigError("train_file is required (or pass train_data= from Python)")
+    settings = data_settings(cfg)
+    train = build(train_source, tokenizer, settings, **kw)
+    run.log(f"train data: {train.summary()}")
+    evaluation = None
+    if eval_source not in (None, ""):
+        evaluation = build(eval_source, tokenizer, settings, **kw)
+    elif cfg.eval_size > 0:
+        train, evaluation = split_off_eval(train, cfg.eval_size, cfg.seed)
+    if evaluation is not None:
+        run.log(f"eval data: {evaluation.summary()}")
+    return train, evaluation
+
+
+def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
+    """The model to train (fp32 weights) and its tokenizer; from the checkpoint when resuming."""
+    cfg = run.cfg
+    tokenizer = load_tokenizer(cfg.model_name_or_path)
+    if resume_dir is not None and not cfg.use_peft:
+        model = load_causal_lm(str(resume_dir / "model"), run.info.device)
+    else:
+        model = load_causal_lm(cfg.model_name_or_path, run.info.device)
+    if cfg.use_peft:
+        if resume_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(resume_dir / "model"), is_trainable=True)
+        else:
+            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    if cfg.gradient_checkpointing:
+        base = model.get_base_model() if is_peft(model) else model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"
+            + (" (LoRA)" if cfg.use_peft else ""))
+    return model, tokenizer
+
+
+def num_tokens(examples: list[Any]) -> int:
+    """Non-padding tokens the policy processes for these examples (host-side, no sync)."""
+    total = 0
+    for ex in examples:
+        if hasattr(ex, "chosen_ids"):
+            total += 2 * len(ex.prompt_ids) + len(ex.chosen_ids) + len(ex.rejected_ids)
+        else:
+            total += len(ex.prompt_ids) + len(ex.completion_ids)
+    return total
+
+
+def write_summary(run: Run, result: RunResult, extra: dict[str, Any] | None = None) -> None:
+    if not run.info.is_main:
+        return
+    payload = {"eval_before": result.eval_before, "eval_after": result.eval_after, "seconds": result.seconds,
+               "final_dir": str(result.final_dir) if result.final_dir else None, **(extra or {})}
+    (run.output_dir / "summary.json").write_text(json.dumps(payload, indent=2))
+
+
+def disk_free_gb(path: Path) -> float:
+    return shutil.disk_usage(path if path.exists() else path.parent).free / 1e9
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,147 @@
+"""Supervised fine-tuning on completions, top to bottom (../shared/SPEC.md §3 step 1).
+
+The DPO paper builds π_ref by SFT on the preferred completions (x, y_w) when no SFT model exists:
+``preftune sft train_file=prefs.jsonl completion_field=chosen`` does exactly that, and the DPO
+config then names the resulting folder as its model.
+
+    1. run set-up          2. tokenizer and data          3. policy model
+    4. optimizer, data order, resume                      5. held-out NLL before
+    6. the optimizer-step loop                            7. held-out NLL after, final save
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from preftune.config import SFTConfig, to_dict
+from preftune.data.collate import CompletionBatch, collate_completions
+from preftune.data.dataset import BuiltDataset, build_completion_dataset
+from preftune.modeling.logprobs import SequenceLogprobModel
+from preftune.stages.common import Run, RunResult, load_data, load_policy, num_tokens, start_run, write_summary
+from preftune.train.checkpoint import load_trainer_state, resolve_resume, save_checkpoint, save_final, set_rng_state
+from preftune.train.distributed import shutdown, unwrap, wrap_ddp
+from preftune.train.loop import LoopState, autocast, reduce_means, train_loop
+from preftune.train.metrics import MetricsLogger
+from preftune.train.optim import build_optimizer
+from preftune.train.sampler import StepSampler, eval_shard, total_steps
+
+
+def nll(logps: Tensor, lengths: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Token-mean negative log-likelihood of the completions; sums for exact cross-rank means."""
+    tokens = lengths.sum()
+    loss = -logps.sum() / tokens.clamp(min=1)
+    return loss, {"loss": -logps.detach().sum(), "count": tokens.detach()}
+
+
+def make_batches(dataset: BuiltDataset, pad_token_id: int, device: torch.device):
+    def get_batch(indices: list[int]) -> tuple[CompletionBatch, int]:
+        examples = [dataset.examples[i] for i in indices]
+        return collate_completions(examples, indices, pad_token_id=pad_token_id).to(device), num_tokens(examples)
+    return get_batch
+
+
+@torch.no_grad()
+def evaluate(run: Run, policy: SequenceLogprobModel, dataset: BuiltDataset, get_batch) -> dict[str, float]:
+    cfg: SFTConfig = run.cfg
+    was_training = policy.training
+    policy.eval()
+    shard = list(eval_shard(len(dataset), run.info.world_size, run.info.rank))
+    sums = {"loss": torch.zeros((), device=run.info.device), "count": torch.zeros((), device=run.info.device)}
+    for i in range(0, len(shard), cfg.per_device_eval_batch_size):
+        batch, _ = get_batch(shard[i:i + cfg.per_device_eval_batch_size])
+        with autocast(cfg.bf16, run.info.device):
+            out = policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
+        _, s = nll(out.logps, out.lengths)
+        sums = {k: sums[k] + s[k] for k in sums}
+    policy.train(was_training)
+    metrics = reduce_means(sums, run.info)
+    metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+    return metrics
+
+
+def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
+    started = time.perf_counter()
+    # 1. Run set-up.
+    run = start_run(cfg)
+    info = run.info
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+
+    # 2-3. Model, tokenizer, data.
+    model, tokenizer = load_policy(run, resume_dir)
+    train, held_out = load_data(run, build_completion_dataset,
+                                train_data if train_data is not None else cfg.train_file,
+                                eval_data if eval_data is not None else cfg.eval_file, tokenizer,
+                                completion_field=cfg.completion_field)
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
+    ddp_policy = wrap_ddp(policy, info)
+    train_batch = make_batches(train, tokenizer.pad_token_id, info.device)
+    eval_batch = make_batches(held_out, tokenizer.pad_token_id, info.device) if held_out is not None else None
+
+    # 4. Optimizer, data order, resume.
+    optimizer = build_optimizer(policy.parameters(), cfg)
+    sampler = StepSampler(len(train), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                          info.world_size, info.rank, cfg.seed)
+    steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
+    run.log(f"data order: {sampler.describe()}; {steps} optimizer steps")
+    state = LoopState()
+    if resume_dir is not None:
+        saved = load_trainer_state(resume_dir, info)
+        optimizer.load_state_dict(saved["optimizer"])
+        state = LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
+        set_rng_state(saved["rng"])
+        run.log(f"resumed from {resume_dir} at step {state.step}")
+    else:
+        torch.manual_seed(cfg.seed + info.rank)
+    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main)
+    result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
+
+    def do_eval(step: int) -> dict[str, float]:
+        metrics = evaluate(run, policy, held_out, eval_batch)
+        logger.log(step, metrics, split="eval")
+        run.log(f"eval @ step {step}: nll {metrics['loss']:.4f} · perplexity {metrics['perplexity']:.2f}")
+        return metrics
+
+    def do_save(s: LoopState) -> None:
+        path = save_checkpoint(run.output_dir, s.step, policy.model, tokenizer, optimizer,
+                               {"tokens_seen": s.tokens_seen, "skipped_steps": s.skipped_steps,
+                                "config": to_dict(cfg)}, info, cfg.save_total_limit)
+        run.log(f"checkpoint saved: {path}")
+
+    # 5. Held-out NLL before.
+    if held_out is not None and state.step == 0:
+        result.eval_before = do_eval(0)
+
+    # 6. Train.
+    def compute_loss(batch: CompletionBatch):
+        out = ddp_policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
+        return nll(out.logps, out.lengths)
+
+    state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
+                       compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
+                       evaluate=do_eval if held_out is not None else None, save=do_save, desc="sft")
+    result.history = state.history
+
+    # 7. Evaluate after, save.
+    if held_out is not None:
+        result.eval_after = do_eval(state.step)
+    do_save(state)
+    if info.is_main:
+        result.final_dir = save_final(run.output_dir / "final", unwrap(ddp_policy).model, tokenizer)
+        run.log(f"final model: {result.final_dir} · metrics: {logger.path}")
+    logger.close()
+    result.seconds = time.perf_counter() - started
+    write_summary(run, result)
+    shutdown(info)
+    return result
+
+
+def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+    from preftune.config import load_config
+
+    return run_sft(load_config(SFTConfig, config_path, overrides))
