@@ -97,6 +97,12 @@ class TrainingConfig:
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if not self.use_peft:
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig) if f.name.startswith("lora_")}
+            changed = [k for k, v in defaults.items()
+                       if v is not dataclasses.MISSING and getattr(self, k) != v]
+            if changed:
+                raise ConfigError(f"{changed[0]} is set but use_peft is false, so it would be ignored")
         if (self.max_length is not None and self.max_prompt_length is not None
                 and self.max_prompt_length >= self.max_length):
             raise ConfigError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
@@ -153,10 +159,12 @@ class EvalConfig:
     """Held-out preference evaluation of a policy against a reference."""
 
     model_name_or_path: str = _f("", "Policy to evaluate (Hugging Face folder or 'smollm2'). Required.")
-    ref_model_name_or_path: str | None = _f(None, "Reference π_ref (null = the embedded/base model you name "
-                                                  "here, i.e. rewards are all 0).")
+    ref_model_name_or_path: str = _f("", "Reference π_ref the policy was trained against. Required.")
     eval_file: str = _f("", "Preference data to evaluate on. Required.")
     beta: float = _f(0.1, "β used for the implicit rewards.")
+    loss_type: list[str] = _f(["sigmoid"], "Loss(es) whose value is reported as eval loss.")
+    loss_weights: list[float] | None = _f(None, "One weight per loss_type entry (null = all 1).")
+    label_smoothing: float = _f(0.0, "As in training.")
     max_length: int | None = _f(512, "As in training.")
     max_prompt_length: int | None = _f(256, "As in training.")
     use_chat_template: bool | None = _f(None, "As in training.")
@@ -171,6 +179,7 @@ class EvalConfig:
         _validate_choices(self)
         _require(self.model_name_or_path, "model_name_or_path", "is required")
         _require(self.eval_file, "eval_file", "is required")
+        _require(self.ref_model_name_or_path, "ref_model_name_or_path", "is required")
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
         _positive(self, "per_device_eval_batch_size", "logprob_chunk_size")

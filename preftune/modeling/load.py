@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from preftune.errors import ConfigError
+
 EMBEDDED_MODELS = ("smollm2",)
 
 
@@ -19,7 +21,7 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(ensure_smollm2())
     path = Path(name_or_path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model {name_or_path!r}: no such folder. preftune works offline: pass a local Hugging Face "
             f"folder, or 'smollm2' for the embedded SmolLM2-135M-Instruct")
     return str(path)

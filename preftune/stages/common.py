@@ -7,9 +7,7 @@ reads top to bottom.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ class RunResult:
 
 def start_run(cfg: TrainingConfig) -> Run:
     """Threads, process group, seeds, and an output folder checked to be writable before any work."""
+    quiet_transformers()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.device)
@@ -69,6 +68,13 @@ def start_run(cfg: TrainingConfig) -> Run:
     run.log(f"{type(cfg).__name__} · {info.world_size} process(es) · device {info.device} · "
             f"threads {torch.get_num_threads()} · output {output_dir}")
     return run
+
+
+def quiet_transformers() -> None:
+    """transformers' own per-shard progress bars would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def data_settings(cfg: Any) -> DataSettings:
@@ -152,10 +158,3 @@ def write_summary(run: Run, result: RunResult, extra: dict[str, Any] | None = No
                "final_dir": str(result.final_dir) if result.final_dir else None, **(extra or {})}
     (run.output_dir / "summary.json").write_text(json.dumps(payload, indent=2))
 
-
-def disk_free_gb(path: Path) -> float:
-    return shutil.disk_usage(path if path.exists() else path.parent).free / 1e9
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -33,9 +33,16 @@ from preftune.modeling.reference import (
     precompute_reference,
     weights_fingerprint,
 )
-from preftune.stages.common import Run, RunResult, load_data, load_policy, num_tokens, start_run, write_summary
+from preftune.stages.common import (
+    Run,
+    RunResult,
+    load_data,
+    load_policy,
+    num_tokens,
+    start_run,
+    write_summary,
+)
 from preftune.train.checkpoint import (
-    is_peft,
     load_trainer_state,
     resolve_resume,
     save_checkpoint,

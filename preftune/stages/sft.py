@@ -23,8 +23,22 @@ from preftune.config import SFTConfig, to_dict
 from preftune.data.collate import CompletionBatch, collate_completions
 from preftune.data.dataset import BuiltDataset, build_completion_dataset
 from preftune.modeling.logprobs import SequenceLogprobModel
-from preftune.stages.common import Run, RunResult, load_data, load_policy, num_tokens, start_run, write_summary
-from preftune.train.checkpoint import load_trainer_state, resolve_resume, save_checkpoint, save_final, set_rng_state
+from preftune.stages.common import (
+    Run,
+    RunResult,
+    load_data,
+    load_policy,
+    num_tokens,
+    start_run,
+    write_summary,
+)
+from preftune.train.checkpoint import (
+    load_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+)
 from preftune.train.distributed import shutdown, unwrap, wrap_ddp
 from preftune.train.loop import LoopState, autocast, reduce_means, train_loop
 from preftune.train.metrics import MetricsLogger

@@ -1,0 +1,5 @@
+import sys
+
+from preftune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny tokenizer + Llama saved as a real Hugging Face folder, and synthetic data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from preftune.testing import tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own empty cache folder (reference log-probs, converted models)."""
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "preftune-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+GOOD = ["good", "great", "excellent", "fine", "yes"]
+BAD = ["bad", "awful", "poor", "terrible", "no"]
+
+
+def separable_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Pairs where the chosen answer uses only 'positive' words and the rejected only 'negative' ones:
+    a task a tiny model can learn, so held-out reward accuracy must rise."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = " ".join(rng.choice(GOOD) for _ in range(rng.randint(2, 6)))
+        bad = " ".join(rng.choice(BAD) for _ in range(rng.randint(2, 6)))
+        rows.append({"prompt": f"Review number {i}:", "chosen": good, "rejected": bad})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def separable_files(tmp_path) -> tuple[Path, Path]:
+    return (write_jsonl(separable_rows(160, seed=0), tmp_path / "train.jsonl"),
+            write_jsonl(separable_rows(48, seed=1), tmp_path / "eval.jsonl"))

@@ -1,0 +1,85 @@
+"""Losses against values derived by hand (see each test's arithmetic), gradcheck, and invariants."""
+
+import math
+
+import pytest
+import torch
+
+from preftune import losses
+from preftune.losses.preference import ipo, sigmoid, unlikelihood
+
+# One pair: h = (−1 − (−1.5)) − (−2 − (−1.5)) = 0.5 + 0.5 = 1.
+PC, PR, RC, RR = (torch.tensor([x], dtype=torch.float64) for x in (-1.0, -2.0, -1.5, -1.5))
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_sigmoid_hand_value():
+    # β = 0.5: βh = 0.5, loss = −log σ(0.5) = log(1 + e^−0.5); rewards β(π − ref) = ±0.25.
+    loss, rc, rr = sigmoid(PC, PR, RC, RR, beta=0.5)
+    assert loss.item() == pytest.approx(softplus(-0.5), abs=1e-12)
+    assert loss.item() == pytest.approx(0.4740769841801067, abs=1e-12)
+    assert rc.item() == pytest.approx(0.25) and rr.item() == pytest.approx(-0.25)
+
+
+def test_cdpo_label_smoothing_hand_value():
+    # ε = 0.1: 0.9·log(1+e^−0.5) + 0.1·log(1+e^0.5) = 0.9·0.474077 + 0.1·0.974077 = 0.524077
+    loss, _, _ = sigmoid(PC, PR, RC, RR, beta=0.5, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(0.9 * softplus(-0.5) + 0.1 * softplus(0.5), abs=1e-12)
+    assert loss.item() == pytest.approx(0.5240769841801067, abs=1e-12)
+
+
+def test_sigmoid_is_log2_and_rewards_zero_at_reference():
+    logps = torch.tensor([-3.0, -7.5, -0.2])
+    other = torch.tensor([-1.0, -9.0, -4.0])
+    loss, rc, rr = sigmoid(logps, other, logps.clone(), other.clone(), beta=0.1)
+    assert torch.allclose(loss, torch.full((3,), math.log(2.0)))
+    assert torch.equal(rc, torch.zeros(3)) and torch.equal(rr, torch.zeros(3))
+
+
+def test_ipo_hand_values():
+    # β = 0.5: target 1/(2β) = 1 = h, loss 0.  β = 0.25: target 2, loss (1 − 2)² = 1.
+    assert ipo(PC, PR, RC, RR, beta=0.5)[0].item() == pytest.approx(0.0, abs=1e-12)
+    assert ipo(PC, PR, RC, RR, beta=0.25)[0].item() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+def test_ipo_minimum_is_at_margin_one_over_two_beta(beta):
+    margins = torch.linspace(-3, 3 + 1 / beta, 2001, dtype=torch.float64)
+    zeros = torch.zeros_like(margins)
+    values = ipo(margins, zeros, zeros, zeros, beta=beta)[0]
+    assert margins[values.argmin()].item() == pytest.approx(1 / (2 * beta), abs=(margins[1] - margins[0]).item())
+
+
+def test_unlikelihood_hand_value_and_unweighted_gradient():
+    # L = −β(π_w − π_l) = −0.5·(−1 + 2) = −0.5; ∂L/∂π_w = −β regardless of how well the pair is ranked.
+    pc = PC.clone().requires_grad_()
+    loss = unlikelihood(pc, PR, RC, RR, beta=0.5)[0]
+    assert loss.item() == pytest.approx(-0.5)
+    loss.sum().backward()
+    assert pc.grad.item() == pytest.approx(-0.5)
+
+
+def test_dpo_gradient_is_sigma_weighted():
+    # SPEC §4: ∂L/∂log π(y_w) = −β σ(r̂_l − r̂_w). With r̂_w − r̂_l = βh = 0.5: −0.5·σ(−0.5).
+    pc = PC.clone().requires_grad_()
+    sigmoid(pc, PR, RC, RR, beta=0.5)[0].sum().backward()
+    assert pc.grad.item() == pytest.approx(-0.5 / (1 + math.exp(0.5)), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", losses.names())
+def test_gradcheck_float64(name):
+    torch.manual_seed(0)
+    inputs = [torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    fn = losses.get(name)
+    hp = {"label_smoothing": 0.2} if "label_smoothing" in losses.hyperparameters(name) else {}
+    assert torch.autograd.gradcheck(lambda *x: fn(*x, beta=0.3, **hp)[0], inputs)
+
+
+def test_registry_errors_name_known_losses():
+    with pytest.raises(KeyError, match="sigmoid"):
+        losses.get("nope")
+    assert losses.hyperparameters("sigmoid") == {"label_smoothing"}
+    assert losses.hyperparameters("ipo") == set()

@@ -1,0 +1,82 @@
+"""DPO end to end on a tiny random Llama: learning, the θ = ref invariant, reference modes, resume."""
+
+import math
+
+import pytest
+import torch
+
+from preftune.config import DPOConfig, load_config
+from preftune.modeling.load import load_causal_lm
+from preftune.stages.dpo import run_dpo
+from preftune.train.metrics import read_metrics
+
+
+def dpo_config(model_dir, train, out, *extra):
+    return load_config(DPOConfig, None, [
+        f"model_name_or_path={model_dir}", f"train_file={train}", f"output_dir={out}",
+        "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=8", "logging_steps=1",
+        "progress_bar=false", "report_to=none", "seed=0", *extra])
+
+
+def test_dpo_raises_held_out_reward_accuracy_on_a_separable_task(tiny_model_dir, separable_files, tmp_path):
+    train, held_out = separable_files
+    cfg = dpo_config(tiny_model_dir, train, tmp_path / "out", f"eval_file={held_out}", "learning_rate=1e-3",
+                     "num_train_epochs=2", "beta=0.1")
+    result = run_dpo(cfg)
+    assert result.eval_before["rewards/accuracies"] == 0.0          # θ = ref: every margin is exactly 0
+    assert result.eval_after["rewards/accuracies"] >= 0.9
+    assert result.eval_after["loss"] < result.eval_before["loss"] - 0.2
+    assert (result.final_dir / "model.safetensors").is_file() and (result.final_dir / "tokenizer.json").is_file()
+    logged = read_metrics(result.metrics_file, "train")
+    assert len(logged) == 40 and {"loss", "rewards/margins", "grad_norm", "lr", "tokens_per_s"} <= set(logged[0])
+
+
+def test_first_step_loss_is_log2_with_zero_rewards(tiny_model_dir, separable_files, tmp_path):
+    train, _ = separable_files
+    result = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "out", "max_steps=1"))
+    first = result.history[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert first[key] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_precomputed_reference_equals_live_reference(tiny_model_dir, separable_files, tmp_path, peft):
+    train, _ = separable_files
+    extra = ["max_steps=4", "learning_rate=1e-3"] + (["use_peft=true", "lora_r=4"] if peft else [])
+    live = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "live", "precompute_ref_log_probs=false", *extra))
+    cached = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "cached", *extra))
+    for a, b in zip(live.history, cached.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-6)
+
+
+def test_reference_cache_is_hit_on_rerun(tiny_model_dir, separable_files, tmp_path, capsys):
+    train, _ = separable_files
+    run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "a", "max_steps=1"))
+    assert "cache hit" not in capsys.readouterr().out
+    run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "b", "max_steps=1"))
+    assert "cache hit" in capsys.readouterr().out
+    run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "c", "max_steps=1", "max_length=40"))
+    assert "cache hit" not in capsys.readouterr().out   # other tokenization settings, other key
+
+
+def test_resume_continues_with_the_same_losses(tiny_model_dir, separable_files, tmp_path):
+    train, _ = separable_files
+    extra = ["max_steps=6", "learning_rate=1e-3", "save_steps=3"]
+    full = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "full", *extra))
+    resumed = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "full", *extra,
+                                 f"resume={tmp_path / 'full' / 'checkpoint-3'}"))
+    assert [h["step"] for h in resumed.history] == [4, 5, 6]
+    for a, b in zip(full.history[3:], resumed.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_final_model_loads_and_differs_from_start(tiny_model_dir, separable_files, tmp_path):
+    train, _ = separable_files
+    result = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "out", "max_steps=2", "learning_rate=1e-3",
+                                "use_peft=true", "lora_r=4"))
+    start, final = load_causal_lm(str(tiny_model_dir)), load_causal_lm(str(result.final_dir))
+    assert not hasattr(final, "peft_config")  # LoRA merged into a plain Hugging Face model
+    changed = [not torch.equal(a, b) for a, b in zip(start.parameters(), final.parameters())]
+    assert any(changed)
