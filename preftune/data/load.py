@@ -1,0 +1,207 @@
+"""Step 1 of the data pipeline: read raw records from a file, folder or in-memory object.
+
+Every record carries its *origin* (``path:line``, ``path row N`` or ``dataset[i]``) so that any
+later step can report exactly where a bad example came from. Rows in files are numbered from 1,
+like an editor or a spreadsheet does (a CSV header is not a row); ``dataset[i]`` is a Python index.
+
+Loading does no validation of the fields themselves: that is render's job, which knows which
+fields a task needs. Only structural problems (unreadable JSON, a row that is not an object,
+an empty file) are reported here.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from preftune.errors import DataError
+
+__all__ = ["Record", "load_records"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One raw example: its fields as read, and where it came from (for error messages)."""
+
+    fields: Mapping[str, Any]
+    origin: str
+
+
+def load_records(source: str | os.PathLike | Any, *, split: str = "train") -> list[Record]:
+    """Read all records of ``source`` into memory, each tagged with its origin.
+
+    ``source`` is a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a folder written by
+    ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` folder picks ``split``), an in-memory
+    ``datasets.Dataset``/``DatasetDict``, or a sequence of mappings. ``split`` only matters for
+    dataset dicts. Raises DataError for missing, empty or malformed input.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        records = _load_path(Path(source), split)
+        name = str(source)
+    elif _is_hf_dataset(source):
+        records = _from_rows(_pick_split(source, split, "dataset"), "dataset", file_rows=False)
+        name = "dataset"
+    elif isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
+        records = _from_rows(source, "dataset", file_rows=False)
+        name = "dataset"
+    else:
+        raise TypeError(
+            f"cannot load records from a {type(source).__name__}: expected a file or folder path, "
+            "a datasets.Dataset, or a list of dicts"
+        )
+    if not records:
+        raise DataError(f"{name}: no records (the source is empty)")
+    return records
+
+
+def _load_path(path: Path, split: str) -> list[Record]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        return _load_hf_folder(path, split)
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _load_jsonl, ".json": _load_json, ".csv": _load_csv, ".parquet": _load_parquet}
+    if suffix not in readers:
+        raise DataError(
+            f"{path}: unsupported file type '{suffix}' (expected .jsonl, .json, .csv, .parquet "
+            "or a folder saved with datasets' save_to_disk)"
+        )
+    return readers[suffix](path)
+
+
+def _load_jsonl(path: Path) -> list[Record]:
+    records = []
+    # utf-8-sig: files written on Windows often start with a BOM, which json.loads rejects.
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            origin = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{origin}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{origin}: expected a JSON object per line, got {_json_type(obj)}")
+            records.append(Record(obj, origin))
+    return records
+
+
+def _load_json(path: Path) -> list[Record]:
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, list):
+        raise DataError(f"{path}: expected a top-level JSON list of objects, got {_json_type(obj)}")
+    return _from_rows(obj, str(path), file_rows=True)
+
+
+def _load_csv(path: Path) -> list[Record]:
+    # The csv module rather than pandas: every cell stays the exact string in the file (pandas
+    # would turn "1" into an int and an empty cell into NaN), and no optional dependency is needed.
+    records = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty")
+        row_no = 0
+        for cells in reader:
+            if not cells:  # a blank line; csv yields [] for it
+                continue
+            row_no += 1
+            origin = f"{path} row {row_no}"
+            if len(cells) != len(header):
+                raise DataError(
+                    f"{origin}: has {len(cells)} cells but the header has {len(header)} "
+                    f"(columns {header}); a value with a comma must be quoted"
+                )
+            records.append(Record(dict(zip(header, cells)), origin))
+    return records
+
+
+def _load_parquet(path: Path) -> list[Record]:
+    pq = _require("pyarrow.parquet", "pyarrow", "reading Parquet files")
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several unrelated types for a corrupt file
+        raise DataError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e})") from None
+    return _from_rows(rows, str(path), file_rows=True)
+
+
+def _load_hf_folder(path: Path, split: str) -> list[Record]:
+    datasets = _require("datasets", "datasets", "reading a datasets folder")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - FileNotFoundError / ValueError depending on what is missing
+        raise DataError(
+            f"{path}: not a folder written by datasets' save_to_disk ({type(e).__name__}: {e})"
+        ) from None
+    name = str(path)
+    if isinstance(ds, Mapping):  # a DatasetDict: rows are named after the split too
+        ds = _pick_split(ds, split, name)
+        name = f"{path} [{split}]"
+    return _from_rows(ds, name, file_rows=True)
+
+
+def _pick_split(ds: Any, split: str, name: str) -> Any:
+    if not isinstance(ds, Mapping):
+        return ds
+    if split not in ds:
+        raise DataError(f"{name}: no split '{split}' (available: {', '.join(map(str, ds))})")
+    return ds[split]
+
+
+def _from_rows(rows: Any, name: str, *, file_rows: bool) -> list[Record]:
+    records = []
+    for i, row in enumerate(rows):
+        origin = f"{name} row {i + 1}" if file_rows else f"{name}[{i}]"
+        if not isinstance(row, Mapping):
+            raise DataError(f"{origin}: expected an object with named fields, got {type(row).__name__}")
+        records.append(Record(_plain(row), origin))
+    return records
+
+
+def _plain(value: Any) -> Any:
+    """Convert numpy containers/scalars (from pandas, or a numpy-formatted Dataset) to Python.
+
+    Render checks ``isinstance(x, list)`` and ``str``; a numpy array of message dicts would
+    otherwise be rejected as a wrong type.
+    """
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    return value
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    # Checked by module name so that a plain list never triggers importing `datasets`.
+    return type(obj).__module__.split(".")[0] == "datasets"
+
+
+def _require(module: str, package: str, purpose: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"{purpose} needs the optional package '{package}': pip install 'preftune[data]'"
+        ) from None
+
+
+def _json_type(obj: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(obj), "a number")

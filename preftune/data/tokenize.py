@@ -1,0 +1,137 @@
+"""Step 3: rendered strings → token ids, with EOS handling and truncation.
+
+The prompt and each completion are tokenized *separately* and later concatenated. Tokenizing
+``prompt + completion`` in one go could merge tokens across the boundary, so the prompt's ids
+would not be a prefix of the full sequence and the loss mask would be off by a token; separate
+tokenization makes ``full[:len(prompt_ids)] == prompt_ids`` true by construction.
+
+Special tokens: the prompt is encoded with ``add_special_tokens=True`` (so a BOS-using model gets
+its BOS) unless the rendered text already starts with ``bos_token`` (chat templates often write
+it themselves; a double BOS hurts quality). Completions never get special tokens, except that
+EOS is appended once when ``add_eos`` is set and the completion does not already end with it.
+
+Truncation, in this order:
+
+1. The prompt is trimmed from the LEFT to ``max_prompt_length`` tokens: the end of the prompt,
+   right before the answer, matters most. (This can drop a leading BOS or system message; set the
+   limits so that it is rare, and check the builder's summary.)
+2. Each completion is trimmed from the RIGHT so that ``len(prompt) + len(completion) <=
+   max_length``. A completion cut this way loses its EOS, which is right: the model must not
+   learn to stop where the text was merely cut.
+
+A completion left with no tokens raises ``SkipExample("completion fully truncated")``; a pair
+whose chosen and rejected ids are identical (before or after truncation) carries no preference
+signal and raises ``SkipExample("chosen and rejected are identical")``. ``None`` means no limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from preftune.data.render import CompletionText, PreferenceText
+from preftune.errors import DataError, SkipExample
+
+__all__ = ["TokenizedCompletion", "TokenizedPreference", "tokenize_completion", "tokenize_preference"]
+
+FULLY_TRUNCATED = "completion fully truncated"
+IDENTICAL = "chosen and rejected are identical"
+
+
+@dataclass(frozen=True)
+class TokenizedPreference:
+    """Token ids of a pair; ``chosen_ids``/``rejected_ids`` hold the completion only."""
+
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    origin: str
+
+
+@dataclass(frozen=True)
+class TokenizedCompletion:
+    """Token ids of an SFT example; ``completion_ids`` holds the completion only."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    origin: str
+
+
+def tokenize_preference(
+    text: PreferenceText,
+    tokenizer: Any,
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    add_eos: bool = True,
+) -> TokenizedPreference:
+    """Tokenize and truncate a rendered pair (rules in the module docstring)."""
+    _check_limits(max_length, max_prompt_length)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
+    chosen = _completion_ids(text.chosen, tokenizer, add_eos, text.origin)
+    rejected = _completion_ids(text.rejected, tokenizer, add_eos, text.origin)
+    chosen = _fit(prompt, chosen, max_length, text.origin)
+    rejected = _fit(prompt, rejected, max_length, text.origin)
+    if chosen == rejected:
+        raise SkipExample(IDENTICAL, text.origin)
+    return TokenizedPreference(tuple(prompt), tuple(chosen), tuple(rejected), text.origin)
+
+
+def tokenize_completion(
+    text: CompletionText,
+    tokenizer: Any,
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    add_eos: bool = True,
+) -> TokenizedCompletion:
+    """Tokenize and truncate a rendered SFT example (rules in the module docstring)."""
+    _check_limits(max_length, max_prompt_length)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
+    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin)
+    completion = _fit(prompt, completion, max_length, text.origin)
+    return TokenizedCompletion(tuple(prompt), tuple(completion), text.origin)
+
+
+def _check_limits(max_length: int | None, max_prompt_length: int | None) -> None:
+    if max_length is not None and max_length < 2:
+        raise ValueError(
+            f"max_length must be at least 2 (one prompt and one completion token), got {max_length}"
+        )
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
+    if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
+        raise ValueError(
+            f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length}), "
+            "or no completion token could ever fit"
+        )
+
+
+def _prompt_ids(text: str, tokenizer: Any, max_prompt_length: int | None, origin: str) -> list[int]:
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    if not ids:
+        raise DataError(f"{origin}: field 'prompt' encodes to zero tokens")
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        ids = ids[-max_prompt_length:]
+    return ids
+
+
+def _completion_ids(text: str, tokenizer: Any, add_eos: bool, origin: str) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if add_eos:
+        eos_id = tokenizer.eos_token_id
+        if eos_id is None:
+            raise ValueError("add_eos is true but the tokenizer has no eos_token")
+        if not ids or ids[-1] != eos_id:
+            ids.append(eos_id)
+    return ids
+
+
+def _fit(prompt: list[int], completion: list[int], max_length: int | None, origin: str) -> list[int]:
+    if max_length is not None:
+        completion = completion[: max(0, max_length - len(prompt))]
+    if not completion:
+        raise SkipExample(FULLY_TRUNCATED, origin)
+    return completion

@@ -1,0 +1,76 @@
+"""collate_preferences / collate_completions: layout, right padding and masks, checked by hand."""
+
+import pytest
+import torch
+
+from preftune.data.collate import CompletionBatch, PreferenceBatch, collate_completions, collate_preferences
+from preftune.data.tokenize import TokenizedCompletion, TokenizedPreference
+
+PAD = 0
+EXAMPLES = [
+    TokenizedPreference((1, 2), (3,), (4, 5, 6), "d[0]"),
+    TokenizedPreference((7,), (8, 9), (10,), "d[1]"),
+]
+
+
+def test_preference_batch_layout_padding_and_masks():
+    batch = collate_preferences(EXAMPLES, [10, 11], pad_token_id=PAD)
+    assert isinstance(batch, PreferenceBatch) and batch.num_pairs == 2
+    # rows: chosen 0, chosen 1, rejected 0, rejected 1; longest is 2 + 3 = 5.
+    assert batch.input_ids.tolist() == [
+        [1, 2, 3, 0, 0],
+        [7, 8, 9, 0, 0],
+        [1, 2, 4, 5, 6],
+        [7, 10, 0, 0, 0],
+    ]
+    assert batch.attention_mask.tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 1, 0, 0, 0],
+    ]
+    F, T = False, True
+    assert batch.loss_mask.tolist() == [
+        [F, F, T, F, F],
+        [F, T, T, F, F],
+        [F, F, T, T, T],
+        [F, T, F, F, F],
+    ]
+    assert batch.index.tolist() == [10, 11]
+    assert (batch.input_ids.dtype, batch.attention_mask.dtype, batch.loss_mask.dtype, batch.index.dtype) == (
+        torch.long,
+        torch.long,
+        torch.bool,
+        torch.long,
+    )
+
+
+def test_pad_to_multiple_of_and_pad_id():
+    batch = collate_preferences(EXAMPLES[:1], [0], pad_token_id=99, pad_to_multiple_of=4)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 99, 99, 99, 99, 99], [1, 2, 4, 5, 6, 99, 99, 99]]
+    assert batch.attention_mask.sum(dim=1).tolist() == [3, 5]
+    assert batch.loss_mask.sum(dim=1).tolist() == [1, 3]
+
+
+def test_to_returns_a_batch_on_the_device():
+    batch = collate_preferences(EXAMPLES, [0, 1], pad_token_id=PAD).to("cpu")
+    assert isinstance(batch, PreferenceBatch) and batch.input_ids.device.type == "cpu"
+    assert batch.num_pairs == 2
+
+
+def test_completion_batch():
+    examples = [TokenizedCompletion((1,), (2, 3), "d[0]"), TokenizedCompletion((4, 5, 6), (7,), "d[1]")]
+    batch = collate_completions(examples, [3, 4], pad_token_id=PAD)
+    assert isinstance(batch, CompletionBatch)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 0], [4, 5, 6, 7]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch.loss_mask.tolist() == [[False, True, True, False], [False, False, False, True]]
+    assert batch.index.tolist() == [3, 4]
+    assert batch.to("cpu").index.tolist() == [3, 4]
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="2 examples but 1 indices"):
+        collate_preferences(EXAMPLES, [0], pad_token_id=PAD)
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_completions([], [], pad_token_id=PAD)

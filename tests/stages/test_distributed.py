@@ -1,0 +1,48 @@
+"""Two gloo processes under torchrun take the same optimizer steps as one process with doubled
+gradient accumulation: same global batches, same averaged gradients, same losses."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from preftune.train.metrics import read_metrics
+
+pytestmark = pytest.mark.distributed
+
+
+def _run(args, nproc, env):
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "preftune", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+               "-m", "preftune", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("stage", ["dpo", "sft"])
+def test_two_processes_match_one_process_with_double_accumulation(stage, tiny_model_dir, separable_files,
+                                                                  tmp_path):
+    train, held_out = separable_files
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
+    common = [f"model_name_or_path={tiny_model_dir}", f"train_file={train}", f"eval_file={held_out}",
+              "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4", "max_steps=5",
+              "learning_rate=1e-3", "logging_steps=1", "progress_bar=false", "report_to=none", "threads=1"]
+    if stage == "sft":
+        common.append("completion_field=chosen")
+    _run([stage, *common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2"], 1, env)
+    two = _run([stage, *common, f"output_dir={tmp_path / 'two'}", "gradient_accumulation_steps=1"], 2, env)
+    assert "2 process(es)" in two.stdout
+
+    one_train = read_metrics(tmp_path / "one" / "metrics.jsonl", "train")
+    two_train = read_metrics(tmp_path / "two" / "metrics.jsonl", "train")
+    assert len(one_train) == len(two_train) == 5
+    for a, b in zip(one_train, two_train):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (a["step"], a["loss"], b["loss"])
+    one_eval = read_metrics(tmp_path / "one" / "metrics.jsonl", "eval")
+    two_eval = read_metrics(tmp_path / "two" / "metrics.jsonl", "eval")
+    assert two_eval[-1]["loss"] == pytest.approx(one_eval[-1]["loss"], abs=1e-5)
