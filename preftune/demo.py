@@ -25,7 +25,7 @@ SAMPLE_PROMPT = "Write a short review of a movie you watched recently."
 DEMO_SETTINGS = {
     "output_dir": "runs/demo",
     "beta": 0.1,
-    "learning_rate": 1e-5,
+    "learning_rate": 3e-5,
     "optimizer": "adamw",
     "warmup_steps": 4,
     "per_device_train_batch_size": 8,

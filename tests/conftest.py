@@ -51,3 +51,16 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 def separable_files(tmp_path) -> tuple[Path, Path]:
     return (write_jsonl(separable_rows(160, seed=0), tmp_path / "train.jsonl"),
             write_jsonl(separable_rows(48, seed=1), tmp_path / "eval.jsonl"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once into the user's preftune cache (slow tier only).
+
+    Session-scoped fixtures are built before the per-test cache override, so this uses the real
+    cache ($PREFTUNE_CACHE or ~/.cache/preftune) and converts at most once per machine.
+    """
+    pytest.importorskip("gguf")
+    from preftune.assets.smollm2 import ensure_smollm2
+
+    return ensure_smollm2()

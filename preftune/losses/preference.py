@@ -15,7 +15,6 @@ Losses take no config object and never see a model: a new loss is one function +
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

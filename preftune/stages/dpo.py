@@ -207,9 +207,19 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
                                 "config": to_dict(cfg)}, info, cfg.save_total_limit)
         run.log(f"checkpoint saved: {path}")
 
-    # 6. Held-out evaluation before training.
+    # 6. Held-out evaluation before training. When the reference table was scored by this very
+    #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
     if held_out is not None and state.step == 0:
-        result.eval_before = do_eval(0)
+        if isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None:
+            table = eval_reference.table
+            _, sums = preference_loss(cfg, table[:, 0], table[:, 1], table[:, 0], table[:, 1])
+            count = sums.pop("count").item()
+            result.eval_before = {k: v.item() / count for k, v in sums.items()}
+            logger.log(0, result.eval_before, split="eval")
+            run.log(f"eval @ step 0: π_θ = π_ref, so loss = log 2 = {result.eval_before['loss']:.4f}, "
+                    f"every reward 0 (from the reference table)")
+        else:
+            result.eval_before = do_eval(0)
 
     # 7. Train.
     def compute_loss(batch: PreferenceBatch):
