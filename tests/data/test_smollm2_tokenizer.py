@@ -1,9 +1,11 @@
 """Slow tier: the prompt-prefix invariant on SmolLM2's real tokenizer and chat template.
 
 Beyond "prompt ids are a prefix" (true by construction here: prompt and completion are tokenized
-separately and concatenated), these check that nothing is lost or merged at the boundary: the ids
-decode back to the rendered conversation, and tokenizing the whole conversation in one go gives
-the very same ids, so training sees the sequence the model would see at inference.
+separately and concatenated), these check that nothing is lost at the boundary: the ids decode back
+to the rendered conversation. Tokenizing the whole conversation in one go gives the very same ids
+unless the completion starts with whitespace, which byte-level BPE merges with the template's
+trailing newline; the concatenated form is the one generation produces (prompt ids, then sampled
+tokens), so it is the right one to train on.
 """
 
 import pytest
@@ -48,5 +50,12 @@ def test_prompt_prefix_invariant_on_smollm2(tokenizer, settings):
             full = tokenizer.apply_chat_template(conv, tokenize=False)
             full = full[: full.rindex("<|im_end|>") + len("<|im_end|>")]
             assert tokenizer.decode(list(ex.prompt_ids) + list(ids)) == full
-            assert tokenizer(full, add_special_tokens=False).input_ids == list(ex.prompt_ids) + list(ids)
-            assert ids[-1] == tokenizer.eos_token_id and list(ids).count(tokenizer.eos_token_id) == 1
+            joint = tokenizer(full, add_special_tokens=False).input_ids
+            completion_text = full[len(tokenizer.decode(list(ex.prompt_ids))):]
+            if not completion_text[:1].isspace():
+                assert joint == list(ex.prompt_ids) + list(ids), (row, field)
+            else:
+                assert joint[: len(ex.prompt_ids) - 1] == list(ex.prompt_ids)[:-1]
+            assert ids[-1] == tokenizer.eos_token_id
+            if tokenizer.eos_token not in str(row[field]):  # EOS text inside content: issue 5's bad-input matrix
+                assert list(ids).count(tokenizer.eos_token_id) == 1
