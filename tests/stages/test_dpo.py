@@ -80,3 +80,23 @@ def test_final_model_loads_and_differs_from_start(tiny_model_dir, separable_file
     assert not hasattr(final, "peft_config")  # LoRA merged into a plain Hugging Face model
     changed = [not torch.equal(a, b) for a, b in zip(start.parameters(), final.parameters())]
     assert any(changed)
+
+
+def test_gradient_checkpointing_and_rmsprop_give_the_same_steps(tiny_model_dir, separable_files, tmp_path):
+    train, _ = separable_files
+    extra = ["max_steps=3", "learning_rate=1e-4", "optimizer=rmsprop", "warmup_steps=2"]
+    plain = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "a", *extra))
+    ckpt = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "b", *extra, "gradient_checkpointing=true"))
+    for a, b in zip(plain.history, ckpt.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    assert [h["lr"] for h in plain.history] == pytest.approx([5e-5, 1e-4, 1e-4])  # warm-up, then decay to 0
+
+
+def test_bf16_autocast_runs_and_stays_close_to_fp32(tiny_model_dir, separable_files, tmp_path):
+    train, _ = separable_files
+    fp32 = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "a", "max_steps=2", "precompute_ref_log_probs=false"))
+    bf16 = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "b", "max_steps=2", "precompute_ref_log_probs=false",
+                              "bf16=true"))
+    assert bf16.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # same autocast for policy and ref
+    assert bf16.history[0]["logps/chosen"] == pytest.approx(fp32.history[0]["logps/chosen"], rel=2e-2)

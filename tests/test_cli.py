@@ -1,0 +1,34 @@
+import dataclasses
+import subprocess
+import sys
+
+from preftune.cli import main
+from preftune.config import DPOConfig
+
+
+def test_help_lists_every_key(capsys):
+    try:
+        main(["dpo", "--help"])
+    except SystemExit:
+        pass
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(DPOConfig):
+        assert f"  {f.name} (" in text, f.name
+
+
+def test_bad_key_is_a_clean_error_with_exit_code_2():
+    proc = subprocess.run([sys.executable, "-m", "preftune", "dpo", "model_name_or_path=x", "betta=0.2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown config key 'betta'" in proc.stderr and "did you mean beta" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_data_is_a_clean_error_naming_file_line_and_field(tiny_model_dir, tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "rejected": "c"}\n')
+    proc = subprocess.run([sys.executable, "-m", "preftune", "dpo", f"model_name_or_path={tiny_model_dir}",
+                           f"train_file={data}", f"output_dir={tmp_path / 'out'}", "progress_bar=false"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{data}:2" in proc.stderr and "'chosen'" in proc.stderr
