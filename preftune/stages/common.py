@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,18 @@ from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.errors import ConfigError
 from preftune.modeling.load import apply_lora, load_causal_lm, load_tokenizer
-from preftune.train.checkpoint import is_peft, seed_everything
-from preftune.train.distributed import DistInfo, init_distributed
+from preftune.train.checkpoint import (
+    is_peft,
+    load_trainer_state,
+    save_checkpoint,
+    save_final,
+    seed_everything,
+    set_rng_state,
+)
+from preftune.train.distributed import DistInfo, init_distributed, shutdown
+from preftune.train.loop import LoopState
+from preftune.train.metrics import MetricsLogger
+from preftune.train.sampler import StepSampler, total_steps
 
 
 @dataclass
@@ -161,3 +172,52 @@ def write_summary(run: Run, result: RunResult, extra: dict[str, Any] | None = No
                "final_dir": str(result.final_dir) if result.final_dir else None, **(extra or {})}
     (run.output_dir / "summary.json").write_text(json.dumps(payload, indent=2))
 
+
+
+def plan_steps(run: Run, num_examples: int) -> tuple[StepSampler, int]:
+    """The data order and the number of optimizer steps."""
+    cfg = run.cfg
+    sampler = StepSampler(num_examples, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                          run.info.world_size, run.info.rank, cfg.seed)
+    steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
+    run.log(f"data order: {sampler.describe()}; {steps} optimizer steps")
+    return sampler, steps
+
+
+def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Optimizer) -> LoopState:
+    """Optimizer, counters and RNG from a checkpoint; on a fresh run, per-rank dropout streams."""
+    if resume_dir is None:
+        torch.manual_seed(run.cfg.seed + run.info.rank)  # same init everywhere, distinct dropout per rank
+        return LoopState()
+    saved = load_trainer_state(resume_dir, run.info)
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"])
+    run.log(f"resumed from {resume_dir} at step {saved['step']}")
+    return LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
+
+
+def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer):
+    def save(state: LoopState) -> None:
+        path = save_checkpoint(run.output_dir, state.step, model, tokenizer, optimizer,
+                               {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
+                                "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit)
+        run.log(f"checkpoint saved: {path}")
+    return save
+
+
+def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger, model: nn.Module,
+           tokenizer: Any, save: Any, started: float) -> RunResult:
+    """Last checkpoint, the final Hugging Face folder, summary.json; leaves the process group."""
+    result.history = state.history
+    if state.skipped_steps:
+        run.log(f"{state.skipped_steps} step(s) skipped for non-finite gradients")
+    save(state)
+    if run.info.is_main:
+        result.final_dir = save_final(run.output_dir / "final", model, tokenizer)
+        run.log(f"final model: {result.final_dir} · metrics: {logger.path}"
+                + (f" · TensorBoard: {logger.tensorboard_dir}" if logger.tensorboard_dir else ""))
+    logger.close()
+    result.seconds = time.perf_counter() - started
+    write_summary(run, result)
+    shutdown(run.info)
+    return result

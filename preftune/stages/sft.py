@@ -19,31 +19,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from preftune.config import SFTConfig, to_dict
+from preftune.config import SFTConfig
 from preftune.data.collate import CompletionBatch, collate_completions
 from preftune.data.dataset import BuiltDataset, build_completion_dataset
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.stages.common import (
     Run,
     RunResult,
+    checkpoint_saver,
+    finish,
     load_data,
     load_policy,
     num_tokens,
+    plan_steps,
+    restore_state,
     start_run,
-    write_summary,
 )
 from preftune.train.checkpoint import (
-    load_trainer_state,
     resolve_resume,
-    save_checkpoint,
-    save_final,
-    set_rng_state,
 )
-from preftune.train.distributed import shutdown, unwrap, wrap_ddp
-from preftune.train.loop import LoopState, autocast, reduce_means, train_loop
+from preftune.train.distributed import wrap_ddp
+from preftune.train.loop import autocast, reduce_means, train_loop
 from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
-from preftune.train.sampler import StepSampler, eval_shard, total_steps
+from preftune.train.sampler import eval_shard
 
 
 def nll(logps: Tensor, lengths: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -99,33 +98,17 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
 
     # 4. Optimizer, data order, resume.
     optimizer = build_optimizer(policy.parameters(), cfg)
-    sampler = StepSampler(len(train), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
-                          info.world_size, info.rank, cfg.seed)
-    steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
-    run.log(f"data order: {sampler.describe()}; {steps} optimizer steps")
-    state = LoopState()
-    if resume_dir is not None:
-        saved = load_trainer_state(resume_dir, info)
-        optimizer.load_state_dict(saved["optimizer"])
-        state = LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
-        set_rng_state(saved["rng"])
-        run.log(f"resumed from {resume_dir} at step {state.step}")
-    else:
-        torch.manual_seed(cfg.seed + info.rank)
+    sampler, steps = plan_steps(run, len(train))
+    state = restore_state(run, resume_dir, optimizer)
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer)
 
     def do_eval(step: int) -> dict[str, float]:
         metrics = evaluate(run, policy, held_out, eval_batch)
         logger.log(step, metrics, split="eval")
         run.log(f"eval @ step {step}: nll {metrics['loss']:.4f} · perplexity {metrics['perplexity']:.2f}")
         return metrics
-
-    def do_save(s: LoopState) -> None:
-        path = save_checkpoint(run.output_dir, s.step, policy.model, tokenizer, optimizer,
-                               {"tokens_seen": s.tokens_seen, "skipped_steps": s.skipped_steps,
-                                "config": to_dict(cfg)}, info, cfg.save_total_limit)
-        run.log(f"checkpoint saved: {path}")
 
     # 5. Held-out NLL before.
     if held_out is not None and state.step == 0:
@@ -138,21 +121,12 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
 
     state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=do_save, desc="sft")
-    result.history = state.history
+                       evaluate=do_eval if held_out is not None else None, save=save, desc="sft")
 
     # 7. Evaluate after, save.
     if held_out is not None:
         result.eval_after = do_eval(state.step)
-    do_save(state)
-    if info.is_main:
-        result.final_dir = save_final(run.output_dir / "final", unwrap(ddp_policy).model, tokenizer)
-        run.log(f"final model: {result.final_dir} · metrics: {logger.path}")
-    logger.close()
-    result.seconds = time.perf_counter() - started
-    write_summary(run, result)
-    shutdown(info)
-    return result
+    return finish(run, result, state, logger, policy.model, tokenizer, save, started)
 
 
 def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
