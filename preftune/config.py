@@ -110,32 +110,24 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig(TrainingConfig):
-    """Supervised fine-tuning: completion-only negative log-likelihood."""
+class LossConfig:
+    """The preference loss(es) and their hyperparameters; names and defaults as in TRL's DPOConfig."""
 
-    output_dir: str = _f("runs/sft", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
-    learning_rate: float = _f(1e-5, "Peak learning rate.")
-    completion_field: str = _f("completion", "Field holding the completion (e.g. 'chosen' to SFT on the "
-                                             "preferred answers of a preference file, as the DPO paper does).")
-
-
-@dataclass(frozen=True)
-class DPOConfig(TrainingConfig):
-    """Direct Preference Optimization and its family."""
-
-    output_dir: str = _f("runs/dpo", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
-    ref_model_name_or_path: str | None = _f(None, "Reference model π_ref (null = the starting policy, "
-                                                  "e.g. your SFT model).")
     beta: float = _f(0.1, "β: strength of the KL constraint to the reference (the DPO paper: 0.1).")
-    loss_type: list[str] = _f(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo, ...); "
-                                           "a list is summed with loss_weights.")
+    loss_type: list[str] = _f(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo, hinge, robust, "
+                                           "simpo, orpo, ...); a list is summed with loss_weights.")
     loss_weights: list[float] | None = _f(None, "One weight per loss_type entry (null = all 1).")
-    label_smoothing: float = _f(0.0, "cDPO / robust: assumed probability a preference label is flipped, in [0, 0.5).")
-    precompute_ref_log_probs: bool = _f(True, "Compute reference log-probs once before training and cache them "
-                                              "on disk; false = run the reference every step.")
+    label_smoothing: float = _f(0.0, "cDPO / robust / exo_pair: assumed probability a label is flipped, in [0, 0.5).")
+    f_divergence_type: str = _f("reverse_kl", "Divergence that forms the log-ratio (f-DPO): reverse_kl, forward_kl, "
+                                              "js_divergence or alpha_divergence.",
+                                choices=("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"))
+    f_alpha_divergence_coef: float = _f(0.5, "α of alpha_divergence.")
+    discopop_tau: float = _f(0.05, "τ of the discopop loss.")
+    bco_delta: float = _f(0.0, "Reward shift δ of bco_pair.")
+    simpo_gamma: float = _f(0.5, "Target margin γ of simpo.")
+    orpo_alpha: float = _f(0.1, "Weight λ of the odds-ratio term in orpo.")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate_losses(self) -> None:
         from preftune import losses
 
         if self.beta <= 0:
@@ -150,21 +142,48 @@ class DPOConfig(TrainingConfig):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(f"loss_weights has {len(self.loss_weights)} entries but loss_type has "
                               f"{len(self.loss_type)}")
-        if self.label_smoothing and not any("label_smoothing" in losses.hyperparameters(n) for n in self.loss_type):
-            raise ConfigError(f"label_smoothing is set but none of loss_type {self.loss_type} uses it")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            raise ConfigError("loss_type exo_pair needs label_smoothing > 0 (its ε; e.g. 1e-3)")
+        used = set().union(*(losses.hyperparameters(n) for n in self.loss_type))
+        for f in dataclasses.fields(LossConfig):
+            if f.name in ("beta", "loss_type", "loss_weights") or f.name in used:
+                continue
+            if getattr(self, f.name) != f.default:
+                raise ConfigError(f"{f.name} is set but none of loss_type {self.loss_type} uses it")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class SFTConfig(TrainingConfig):
+    """Supervised fine-tuning: completion-only negative log-likelihood."""
+
+    output_dir: str = _f("runs/sft", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    learning_rate: float = _f(1e-5, "Peak learning rate.")
+    completion_field: str = _f("completion", "Field holding the completion (e.g. 'chosen' to SFT on the "
+                                             "preferred answers of a preference file, as the DPO paper does).")
+
+
+@dataclass(frozen=True)
+class DPOConfig(TrainingConfig, LossConfig):
+    """Direct Preference Optimization and its family."""
+
+    output_dir: str = _f("runs/dpo", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    ref_model_name_or_path: str | None = _f(None, "Reference model π_ref (null = the starting policy, "
+                                                  "e.g. your SFT model).")
+    precompute_ref_log_probs: bool = _f(True, "Compute reference log-probs once before training and cache them "
+                                              "on disk; false = run the reference every step.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_losses()
+
+
+@dataclass(frozen=True)
+class EvalConfig(LossConfig):
     """Held-out preference evaluation of a policy against a reference."""
 
     model_name_or_path: str = _f("", "Policy to evaluate (Hugging Face folder or 'smollm2'). Required.")
     ref_model_name_or_path: str = _f("", "Reference π_ref the policy was trained against. Required.")
     eval_file: str = _f("", "Preference data to evaluate on. Required.")
-    beta: float = _f(0.1, "β used for the implicit rewards.")
-    loss_type: list[str] = _f(["sigmoid"], "Loss(es) whose value is reported as eval loss.")
-    loss_weights: list[float] | None = _f(None, "One weight per loss_type entry (null = all 1).")
-    label_smoothing: float = _f(0.0, "As in training.")
     max_length: int | None = _f(512, "As in training.")
     max_prompt_length: int | None = _f(256, "As in training.")
     use_chat_template: bool | None = _f(None, "As in training.")
@@ -180,8 +199,7 @@ class EvalConfig:
         _require(self.model_name_or_path, "model_name_or_path", "is required")
         _require(self.eval_file, "eval_file", "is required")
         _require(self.ref_model_name_or_path, "ref_model_name_or_path", "is required")
-        if self.beta <= 0:
-            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        self.validate_losses()
         _positive(self, "per_device_eval_batch_size", "logprob_chunk_size")
 
 

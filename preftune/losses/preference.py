@@ -15,10 +15,20 @@ Losses take no config object and never see a model: a new loss is one function +
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LossOutput = tuple[Tensor, Tensor, Tensor]
+
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+# Largest exponent fed to exp() in the α-divergence score, per dtype: past it exp overflows (float16 at
+# ~11.1, float32 at ~88.7). The float16/bfloat16/float32 caps are TRL's, so results agree where TRL runs;
+# half precision is evaluated in float32 (as TRL does) so the cast back is the only rounding.
+_EXP_CAP = {torch.float16: 11.0, torch.bfloat16: 80.0, torch.float32: 80.0, torch.float64: 700.0}
 
 
 def _implicit_rewards(
@@ -43,6 +53,74 @@ def _logits(
     return (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
 
 
+def f_divergence_scores(
+    logratios: Tensor, f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5
+) -> Tensor:
+    """f-DPO score f'(u) of each completion, u = π_θ(y|x)/π_ref(y|x), from log u (any shape).
+
+    Wang et al. 2023, "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
+    Divergence Constraints": with the KL of SPEC §1 replaced by an f-divergence, the optimal policy
+    satisfies r = β f'(π/π_ref) + const, so the DPO margin h becomes f'(u_w) − f'(u_l). TRL's forms:
+
+        reverse_kl        f'(u) = log u                       (plain DPO)
+        forward_kl        f'(u) = 1 − 1/u
+        js_divergence     f'(u) = log(2u/(1+u)) = log 2 + log σ(log u)
+        alpha_divergence  f'(u) = (u^(α−1) − 1)/(α − 1),  α = ``f_alpha_divergence_coef``; log u at α = 1
+
+    Only the difference f'(u_w) − f'(u_l) is meaningful: the β log Z(x) term cancels in it alone.
+    """
+    if f_divergence_type == "reverse_kl":
+        return logratios
+    if f_divergence_type == "forward_kl":
+        return 1.0 - torch.exp(-logratios)
+    if f_divergence_type == "js_divergence":
+        return math.log(2.0) + F.logsigmoid(logratios)
+    if f_divergence_type == "alpha_divergence":
+        alpha = f_alpha_divergence_coef
+        if abs(alpha - 1.0) < 1e-6:  # the formula divides by ~0 here; use its limit log u (TRL's cut-off)
+            return logratios
+        work = torch.promote_types(logratios.dtype, torch.float32)
+        t = torch.clamp((alpha - 1.0) * logratios.to(work), max=_EXP_CAP[logratios.dtype])
+        return (torch.exp(t) - 1.0).to(logratios.dtype) * (1.0 / (alpha - 1.0))
+    raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; known: {', '.join(F_DIVERGENCES)}")
+
+
+def _per_token(values: Tensor, lengths: Tensor) -> Tensor:
+    """values / completion length; lengths below 1 count as 1 (TRL's clamp), so an empty completion
+    gives its sum rather than a division by zero."""
+    return values / lengths.to(values.dtype).clamp(min=1.0)
+
+
+def _scores(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    f_divergence_type: str,
+    f_alpha_divergence_coef: float,
+) -> tuple[Tensor, Tensor]:
+    """(f'(u_w), f'(u_l)): the per-completion scores whose difference is the margin of f-DPO losses."""
+    return (f_divergence_scores(policy_chosen_logps - ref_chosen_logps, f_divergence_type, f_alpha_divergence_coef),
+            f_divergence_scores(policy_rejected_logps - ref_rejected_logps, f_divergence_type,
+                                f_alpha_divergence_coef))
+
+
+def _f_logits(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    f_divergence_type: str,
+    f_alpha_divergence_coef: float,
+) -> Tensor:
+    """h_f = f'(u_w) − f'(u_l); equals :func:`_logits` for reverse KL (returned as is, bit for bit)."""
+    if f_divergence_type == "reverse_kl":
+        return _logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen, rejected = _scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                               f_divergence_type, f_alpha_divergence_coef)
+    return chosen - rejected
+
+
 def sigmoid(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -51,17 +129,23 @@ def sigmoid(
     *,
     beta: float,
     label_smoothing: float = 0.0,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
 ) -> LossOutput:
-    """DPO (Rafailov et al. 2023, eq. 7), with conservative DPO label smoothing (cDPO).
+    """DPO (Rafailov et al. 2023, eq. 7), with conservative DPO label smoothing (cDPO) and f-DPO.
 
         h = log π_θ(y_w|x)/π_ref(y_w|x) − log π_θ(y_l|x)/π_ref(y_l|x)
         L = −(1 − ε) log σ(β h) − ε log σ(−β h)
 
     ε = ``label_smoothing`` is the assumed probability that a preference label is flipped
     (Mitchell 2023, "A note on DPO with noisy preferences"); ε = 0 is plain DPO. At θ = ref, h = 0 and
-    the loss is log 2. Shapes: all inputs (B,), outputs (B,).
+    the loss is log 2. ``f_divergence_type`` ≠ "reverse_kl" replaces h by f'(u_w) − f'(u_l) (Wang et al.
+    2023, see :func:`f_divergence_scores`); the reported rewards stay β log π/π_ref. TRL 1.16's
+    "sigmoid" ignores label_smoothing (its "robust" and "exo_pair" use it); at ε = 0 the two agree.
+    Shapes: all inputs (B,), outputs (B,).
     """
-    h = _logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                  f_divergence_type, f_alpha_divergence_coef)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     return (losses, *_implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
@@ -74,17 +158,22 @@ def ipo(
     ref_rejected_logps: Tensor,
     *,
     beta: float,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
 ) -> LossOutput:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
     Preferences", eq. 17): a squared loss that pulls the log-ratio margin to 1/(2β) instead of
     pushing it to infinity, so deterministic preferences do not drive π_θ to zero on y_l.
 
-        L = (h − 1/(2β))²,   h as in :func:`sigmoid`
+        L = (h − 1/(2β))²,   h as in :func:`sigmoid` (f-divergence options included)
 
     Here β plays the role of the paper's τ (the KL strength). Log-probs are the sums over the
-    completion's tokens, as in the paper (TRL averages them per token instead). Shapes: (B,) → (B,).
+    completion's tokens, as in the paper. TRL's "ipo" divides each score by its completion's token
+    count first: with reverse KL, passing log-probs divided by lengths gives TRL's numbers.
+    Shapes: (B,) → (B,).
     """
-    h = _logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                  f_divergence_type, f_alpha_divergence_coef)
     losses = (h - 1.0 / (2.0 * beta)) ** 2
     return (losses, *_implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from preftune import losses
-from preftune.config import DPOConfig
+from preftune.config import DPOConfig, LossConfig
 from preftune.data.collate import PreferenceBatch, collate_preferences
 from preftune.data.dataset import BuiltDataset, build_preference_dataset
 from preftune.modeling.load import freeze, load_causal_lm
@@ -55,13 +55,17 @@ from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
 
-def preference_loss(cfg: DPOConfig, policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
-                    ref_rejected: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of the configured losses; returns per-pair losses' mean and per-pair metric sums."""
+def preference_loss(cfg: LossConfig, policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
+                    ref_rejected: Tensor, lengths: tuple[Tensor, Tensor] | None = None
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of the configured losses; returns per-pair losses' mean and per-pair metric sums.
+    ``lengths`` (completion token counts of chosen, rejected) reach only the losses that declare them."""
     weights = cfg.loss_weights or [1.0] * len(cfg.loss_type)
     total = None
     for name, weight in zip(cfg.loss_type, weights):
         hp = {k: getattr(cfg, k) for k in losses.hyperparameters(name)}
+        if losses.needs_lengths(name):
+            hp["chosen_lengths"], hp["rejected_lengths"] = lengths
         per_pair, chosen_rewards, rejected_rewards = losses.get(name)(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=cfg.beta, **hp)
         total = weight * per_pair if total is None else total + weight * per_pair
@@ -141,7 +145,7 @@ def evaluate(run: Run, policy: SequenceLogprobModel, reference, dataset: BuiltDa
         with autocast(cfg.bf16, run.info.device):
             out = policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
             ref_chosen, ref_rejected = reference(batch)
-        _, s = preference_loss(cfg, *out.logps.chunk(2), ref_chosen, ref_rejected)
+        _, s = preference_loss(cfg, *out.logps.chunk(2), ref_chosen, ref_rejected, out.lengths.chunk(2))
         for k, v in s.items():
             sums[k] = sums[k] + v if k in sums else v
     if not sums:  # more ranks than eval examples: contribute zeros to the reduction
@@ -193,7 +197,8 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     # 6. Held-out evaluation before training. When the reference table was scored by this very
     #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
     if held_out is not None and state.step == 0:
-        if isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None:
+        from_table = not any(losses.needs_lengths(n) for n in cfg.loss_type)
+        if isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None and from_table:
             table = eval_reference.table
             _, sums = preference_loss(cfg, table[:, 0], table[:, 1], table[:, 0], table[:, 1])
             count = sums.pop("count").item()
@@ -209,7 +214,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
         out = ddp_policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
         policy_chosen, policy_rejected = out.logps.chunk(2)
         ref_chosen, ref_rejected = reference(batch)
-        return preference_loss(cfg, policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+        return preference_loss(cfg, policy_chosen, policy_rejected, ref_chosen, ref_rejected, out.lengths.chunk(2))
 
     state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,

@@ -69,17 +69,41 @@ def test_dpo_gradient_is_sigma_weighted():
     assert pc.grad.item() == pytest.approx(-0.5 / (1 + math.exp(0.5)), abs=1e-12)
 
 
+# Completion token counts for the losses that need them (losses.needs_lengths); integers, as a
+# collator produces them.
+LENGTHS = {"chosen_lengths": torch.tensor([3, 5, 1, 8]), "rejected_lengths": torch.tensor([4, 2, 6, 1])}
+
+
 @pytest.mark.parametrize("name", losses.names())
 def test_gradcheck_float64(name):
     torch.manual_seed(0)
-    inputs = [torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    # Negative, as real summed log-probs are (ORPO's log-odds need exp(mean log-prob) < 1).
+    inputs = [(-0.5 - 3 * torch.rand(4, dtype=torch.float64)).requires_grad_() for _ in range(4)]
     fn = losses.get(name)
+    # Every other hyperparameter keeps its default; ε = 0.2 exercises the smoothed terms (and exo_pair
+    # needs ε > 0).
     hp = {"label_smoothing": 0.2} if "label_smoothing" in losses.hyperparameters(name) else {}
+    if losses.needs_lengths(name):
+        hp.update(LENGTHS)
     assert torch.autograd.gradcheck(lambda *x: fn(*x, beta=0.3, **hp)[0], inputs)
 
 
 def test_registry_errors_name_known_losses():
     with pytest.raises(KeyError, match="sigmoid"):
         losses.get("nope")
-    assert losses.hyperparameters("sigmoid") == {"label_smoothing"}
-    assert losses.hyperparameters("ipo") == set()
+    assert losses.hyperparameters("sigmoid") == {"label_smoothing", "f_divergence_type", "f_alpha_divergence_coef"}
+    assert losses.hyperparameters("nca_pair") == set()
+    assert losses.hyperparameters("discopop") == {"discopop_tau", "f_divergence_type", "f_alpha_divergence_coef"}
+
+
+def test_registry_names_and_length_requirements():
+    trl = {"sigmoid", "ipo", "hinge", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+           "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"}
+    assert set(losses.names()) == trl | {"unlikelihood", "simpo", "orpo"}
+    assert {n for n in losses.names() if losses.needs_lengths(n)} == {"sigmoid_norm", "simpo", "orpo"}
+    # Lengths are data, never reported as hyperparameters.
+    assert losses.hyperparameters("simpo") == {"simpo_gamma"}
+    assert losses.hyperparameters("orpo") == {"orpo_alpha"}
+    # Other signatures stay out of the pairwise registry.
+    assert "kto" not in losses.names() and losses.UNPAIRED["kto"] is losses.kto
+    assert "plackett_luce" not in losses.names() and losses.LISTWISE["plackett_luce"] is losses.plackett_luce
