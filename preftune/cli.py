@@ -1,4 +1,4 @@
-"""``preftune {demo,sft,dpo,eval}``: parse the command line and call the stage; nothing else.
+"""``preftune {demo,sft,dpo,eval,theory}``: parse the command line and call the stage; nothing else.
 
 Every stage takes ``--config file.yaml`` plus ``key=value`` overrides; ``preftune <stage> --help``
 lists every key with its default and meaning. Under torchrun: ``torchrun --nproc_per_node 2 -m
@@ -22,11 +22,14 @@ STAGES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Preference alignment for language models.")
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="{demo,sft,dpo,eval}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="{demo,sft,dpo,eval,theory}")
     demo = sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
+    theory = sub.add_parser("theory", help="the exact tabular world: DPO, PPO and the paper's claims, checked "
+                                          "numerically (markdown table + PNG plots, < 1 min on CPU)")
+    theory.add_argument("--out", help="output folder (default ./theory); also --quick, --seed N")
     for name, (cls, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=f"keys (type) = default:\n{describe(cls)}")
@@ -36,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["theory"]:  # its own parser (preftune.theory.report) owns its options
+        from preftune.theory.report import main as theory_main
+
+        return theory_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.stage == "demo":

@@ -32,3 +32,10 @@ def test_malformed_data_is_a_clean_error_naming_file_line_and_field(tiny_model_d
                           capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{data}:2" in proc.stderr and "'chosen'" in proc.stderr
+
+
+def test_theory_subcommand_writes_the_report(tmp_path):
+    code = main(["theory", "--quick", "--out", str(tmp_path / "t")])
+    assert code == 0
+    text = (tmp_path / "t" / "theory.md").read_text()
+    assert "checks pass" in text and "**FAIL**" not in text
