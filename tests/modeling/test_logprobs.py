@@ -65,3 +65,25 @@ def test_mean_logps_divide_by_completion_length():
     ids, attention, loss_mask = _batch(96)
     out = SequenceLogprobModel(model)(ids, attention, loss_mask)
     assert torch.allclose(out.mean, out.logps / torch.tensor([4.0, 4.0, 4.0, 2.0]))
+
+
+def test_no_vocabulary_sized_tensor_is_saved_for_backward():
+    """What autograd keeps between forward and backward holds no [rows, vocab] logits: chunks are
+    recomputed in backward. The naive path, for contrast, saves the full [N, T, V] logits."""
+    vocab = 512
+    model = tiny_llama(vocab, hidden_size=16)
+    ids, attention, loss_mask = _batch(vocab)
+    saved: list[torch.Size] = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        SequenceLogprobModel(model, chunk_size=4)(ids, attention, loss_mask).logps.sum()
+    assert saved and not any(s[-1] == vocab for s in saved)
+
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        full_logits_logps(model, ids, attention, loss_mask).sum()
+    assert any(s[-1] == vocab and s.numel() >= ids.shape[0] * (ids.shape[1] - 1) * vocab for s in saved)
