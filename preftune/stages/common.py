@@ -165,11 +165,11 @@ def num_tokens(examples: list[Any]) -> int:
     return total
 
 
-def write_summary(run: Run, result: RunResult, extra: dict[str, Any] | None = None) -> None:
+def write_summary(run: Run, result: RunResult) -> None:
     if not run.info.is_main:
         return
     payload = {"eval_before": result.eval_before, "eval_after": result.eval_after, "seconds": result.seconds,
-               "final_dir": str(result.final_dir) if result.final_dir else None, **(extra or {})}
+               "final_dir": str(result.final_dir) if result.final_dir else None}
     (run.output_dir / "summary.json").write_text(json.dumps(payload, indent=2))
 
 

@@ -43,8 +43,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Same model init on every rank (seed), distinct dropout streams per rank (seed + rank later)."""
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank, so any random initialisation agrees; stages reseed torch with
+    seed + rank before training for distinct dropout streams."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
