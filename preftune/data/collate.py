@@ -4,6 +4,12 @@ Preference batches put all chosen sequences first and all rejected ones after th
 example order, so a single forward pass scores both halves and ``logps[:B]`` / ``logps[B:]``
 pair up. Padding is on the right: positions stay 0..len-1 for every real token, and pads carry
 attention 0 and loss mask False so they affect neither attention nor the loss.
+
+KTO batches hold two sets of rows: each example's own sequence, and its prompt followed by its KL
+partner's completion; the two are padded separately, since the partner rows only feed KTO's
+reference point. Ranked lists are ragged (K differs between examples), so their rows are every
+completion of every example with no padding rows, and :meth:`RankingBatch.to_matrix` lays
+per-row values out as the ``[B, K]`` matrix plus mask that the Plackett–Luce loss takes.
 """
 
 from __future__ import annotations
@@ -14,9 +20,51 @@ from dataclasses import dataclass
 import torch
 
 from preftune.data.mask import completion_sequence
-from preftune.data.tokenize import TokenizedCompletion, TokenizedPreference
+from preftune.data.tokenize import (
+    TokenizedCompletion,
+    TokenizedPreference,
+    TokenizedRanking,
+    TokenizedUnpaired,
+)
 
-__all__ = ["CompletionBatch", "PreferenceBatch", "collate_completions", "collate_preferences"]
+__all__ = [
+    "CompletionBatch",
+    "PreferenceBatch",
+    "RankingBatch",
+    "Rows",
+    "UnpairedBatch",
+    "collate_completions",
+    "collate_preferences",
+    "collate_rankings",
+    "collate_unpaired",
+]
+
+
+@dataclass
+class Rows:
+    """``R`` padded sequences to score, and which (example, column) of a reference table each one is.
+
+    Every batch kind (pairs, unpaired KTO examples with their KL partners, ranked lists) reduces
+    to rows like these, so the log-prob model and every form of the reference handle all of them:
+    ``example`` is the dataset position, ``position`` the example's place in the batch (0..B-1),
+    ``column`` which of the example's sequences the row holds (0 = chosen, 1 = rejected for a
+    pair; the rank for a list; 0 = the completion, 1 = the KL partner for KTO).
+    """
+
+    input_ids: torch.LongTensor      # [R, T]
+    attention_mask: torch.LongTensor  # [R, T]
+    loss_mask: torch.BoolTensor       # [R, T]
+    example: torch.LongTensor         # [R]
+    position: torch.LongTensor        # [R]
+    column: torch.LongTensor          # [R]
+
+    def to(self, device: torch.device | str) -> Rows:
+        """A copy with every tensor on ``device``."""
+        return Rows(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask,
+                                              self.example, self.position, self.column)))
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
 
 
 @dataclass
@@ -42,6 +90,14 @@ class PreferenceBatch:
         """B, the number of preference pairs (half the rows)."""
         return int(self.index.shape[0])
 
+    @property
+    def rows(self) -> Rows:
+        """The same tensors as :class:`Rows`: columns 0 (chosen) then 1 (rejected)."""
+        b = self.num_pairs
+        position = torch.arange(b, device=self.index.device).repeat(2)
+        column = torch.arange(2, device=self.index.device).repeat_interleave(b)
+        return Rows(self.input_ids, self.attention_mask, self.loss_mask, self.index.repeat(2), position, column)
+
 
 @dataclass
 class CompletionBatch:
@@ -60,6 +116,52 @@ class CompletionBatch:
             self.loss_mask.to(device),
             self.index.to(device),
         )
+
+
+@dataclass
+class UnpairedBatch:
+    """KTO rows: ``main`` = prompt + own completion (column 0), ``kl`` = prompt + KL partner's (column 1).
+
+    ``main`` and ``kl`` have B rows each, in the same example order, and their own padded length.
+    """
+
+    main: Rows
+    kl: Rows
+    labels: torch.BoolTensor  # [B], True = desirable
+    index: torch.LongTensor  # [B] dataset positions
+
+    def to(self, device: torch.device | str) -> UnpairedBatch:
+        """A copy with every tensor on ``device``."""
+        return UnpairedBatch(self.main.to(device), self.kl.to(device), self.labels.to(device), self.index.to(device))
+
+
+@dataclass
+class RankingBatch:
+    """Every completion of B ranked lists as rows: example order, then rank order (0 = best)."""
+
+    rows: Rows
+    index: torch.LongTensor  # [B] dataset positions
+    num_columns: int  # K, the longest list in this batch
+
+    def to(self, device: torch.device | str) -> RankingBatch:
+        """A copy with every tensor on ``device``."""
+        return RankingBatch(self.rows.to(device), self.index.to(device), self.num_columns)
+
+    def to_matrix(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.BoolTensor]:
+        """Scatter one value per row (``[R]``) into ``[B, K]``; also return the ``[B, K]`` mask of real entries.
+
+        Entries past the end of a shorter list are 0 and masked False. Built with an out-of-place
+        ``index_put`` on zeros, so gradients flow back to ``values``.
+        """
+        if values.shape[:1] != (len(self.rows),):
+            raise ValueError(f"expected one value per row ({len(self.rows)}), got shape {tuple(values.shape)}")
+        shape = (int(self.index.shape[0]), self.num_columns)
+        where = (self.rows.position.to(values.device), self.rows.column.to(values.device))
+        matrix = values.new_zeros(shape + tuple(values.shape[1:])).index_put(where, values)
+        mask = torch.zeros(shape, dtype=torch.bool, device=values.device).index_put(
+            where, torch.ones(len(self.rows), dtype=torch.bool, device=values.device)
+        )
+        return matrix, mask
 
 
 def collate_preferences(
@@ -91,11 +193,65 @@ def collate_completions(
     return CompletionBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
 
 
+def collate_unpaired(
+    examples: Sequence[TokenizedUnpaired],
+    indices: Sequence[int],
+    *,
+    pad_token_id: int,
+    pad_to_multiple_of: int | None = None,
+) -> UnpairedBatch:
+    """Pad KTO examples and their KL partners into an :class:`UnpairedBatch`."""
+    _check(examples, indices)
+    for e in examples:
+        if not e.kl_completion_ids:
+            raise ValueError(
+                f"{e.origin}: the example has no KL partner (kl_completion_ids is empty); "
+                "assign_kl_partners must run on the dataset first"
+            )
+    main = [completion_sequence(e.prompt_ids, e.completion_ids) for e in examples]
+    kl = [completion_sequence(e.prompt_ids, e.kl_completion_ids) for e in examples]
+    index = _long(indices)
+    position = torch.arange(len(examples))
+    return UnpairedBatch(
+        Rows(*_pad(main, pad_token_id, pad_to_multiple_of), index.clone(), position, torch.zeros_like(index)),
+        Rows(*_pad(kl, pad_token_id, pad_to_multiple_of), index.clone(), position.clone(), torch.ones_like(index)),
+        torch.tensor([e.label for e in examples], dtype=torch.bool),
+        index,
+    )
+
+
+def collate_rankings(
+    examples: Sequence[TokenizedRanking],
+    indices: Sequence[int],
+    *,
+    pad_token_id: int,
+    pad_to_multiple_of: int | None = None,
+) -> RankingBatch:
+    """Pad ranked lists into a :class:`RankingBatch`: R = the total number of completions."""
+    _check(examples, indices)
+    rows, example, position, column = [], [], [], []
+    for b, (e, i) in enumerate(zip(examples, indices)):
+        for rank, completion in enumerate(e.completion_ids):
+            rows.append(completion_sequence(e.prompt_ids, completion))
+            example.append(i)
+            position.append(b)
+            column.append(rank)
+    return RankingBatch(
+        Rows(*_pad(rows, pad_token_id, pad_to_multiple_of), _long(example), _long(position), _long(column)),
+        _long(indices),
+        max(len(e.completion_ids) for e in examples),
+    )
+
+
 def _check(examples: Sequence, indices: Sequence[int]) -> None:
     if not examples:
         raise ValueError("cannot collate an empty batch")
     if len(indices) != len(examples):
         raise ValueError(f"got {len(examples)} examples but {len(indices)} indices")
+
+
+def _long(values: Sequence[int]) -> torch.LongTensor:
+    return torch.tensor(list(values), dtype=torch.long)
 
 
 def _pad(

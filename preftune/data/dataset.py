@@ -3,6 +3,11 @@
 Malformed data (DataError) stops the build: silently training on a fraction of a broken file is
 worse than failing. Valid-but-unusable examples (SkipExample, e.g. fully truncated) are dropped
 and counted by reason, and ``summary()`` reports the counts so nothing disappears unnoticed.
+
+KTO data needs one more step after its build: :func:`assign_kl_partners` gives every example a
+mismatched completion for the KL reference point. It is a dataset step rather than a per-batch
+shuffle so that the partners are fixed by a seed, hashed into ``fingerprint()``, and their
+reference log-probs can be cached like every other row's.
 """
 
 from __future__ import annotations
@@ -10,24 +15,38 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from preftune.data.load import load_records
 from preftune.data.render import render_completion, render_preference
+from preftune.data.render_unpaired_ranked import render_ranking, render_unpaired
 from preftune.data.tokenize import (
     TokenizedCompletion,
     TokenizedPreference,
+    TokenizedRanking,
+    TokenizedUnpaired,
     tokenize_completion,
     tokenize_preference,
+    tokenize_ranking,
+    tokenize_unpaired,
 )
 from preftune.errors import ConfigError, DataError, SkipExample
 
-__all__ = ["BuiltDataset", "DataSettings", "build_completion_dataset", "build_preference_dataset"]
+__all__ = [
+    "BuiltDataset",
+    "DataSettings",
+    "assign_kl_partners",
+    "build_completion_dataset",
+    "build_preference_dataset",
+    "build_ranking_dataset",
+    "build_unpaired_dataset",
+]
 
-Example = TokenizedPreference | TokenizedCompletion
+Example = TokenizedPreference | TokenizedCompletion | TokenizedUnpaired | TokenizedRanking
 
 
 @dataclass(frozen=True)
@@ -68,10 +87,16 @@ class BuiltDataset:
     def summary(self) -> str:
         """One line for the run log.
 
-        E.g. ``prefs.jsonl: 998 examples, dropped 2 (completion fully truncated: 2)``.
+        E.g. ``prefs.jsonl: 998 examples, dropped 2 (completion fully truncated: 2)``; unpaired
+        data also gives its label balance: ``kto.jsonl: 10 examples, 7 desirable / 3 undesirable,
+        dropped 0``.
         """
         total = sum(self.dropped.values())
-        text = f"{self.source}: {len(self.examples)} examples, dropped {total}"
+        text = f"{self.source}: {len(self.examples)} examples"
+        counts = self.label_counts
+        if counts is not None:
+            text += f", {counts[0]} desirable / {counts[1]} undesirable"
+        text += f", dropped {total}"
         if total:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items()))
             text += f" ({reasons})"
@@ -89,11 +114,36 @@ class BuiltDataset:
         for ex in self.examples:
             if isinstance(ex, TokenizedPreference):
                 parts = ["P", ex.prompt_ids, ex.chosen_ids, ex.rejected_ids]
+            elif isinstance(ex, TokenizedUnpaired):
+                # The partners are hashed too: they decide which KL rows the reference scored.
+                parts = ["U", ex.prompt_ids, ex.completion_ids, ex.label, ex.kl_completion_ids]
+            elif isinstance(ex, TokenizedRanking):
+                parts = ["R", ex.prompt_ids, list(ex.completion_ids)]
             else:
                 parts = ["C", ex.prompt_ids, ex.completion_ids]
             h.update(json.dumps(parts, separators=(",", ":")).encode())
             h.update(b"\n")  # unambiguous record separator; JSON never contains a raw newline
         return h.hexdigest()
+
+    @property
+    def num_columns(self) -> int:
+        """The most sequences any example has: 1 for SFT, 2 for pairs and KTO (with the KL partner), K for lists.
+
+        The width of a per-(example, column) table such as the cached reference log-probs.
+        """
+        return max((_columns(ex) for ex in self.examples), default=0)
+
+    @property
+    def label_counts(self) -> tuple[int, int] | None:
+        """``(desirable, undesirable)`` for unpaired (KTO) data, None for other kinds.
+
+        KTO's weights are meant to be set from these (Ethayarajh et al. 2024 suggest
+        λ_D n_D / (λ_U n_U) in [1, 4/3]).
+        """
+        labels = [ex.label for ex in self.examples if isinstance(ex, TokenizedUnpaired)]
+        if not labels:
+            return None
+        return sum(labels), len(labels) - sum(labels)
 
 
 def build_preference_dataset(
@@ -137,6 +187,85 @@ def build_completion_dataset(
         )
 
     return _build(source, settings, split, step)
+
+
+def build_unpaired_dataset(
+    source: Any, tokenizer: Any, settings: DataSettings, *, split: str = "train"
+) -> BuiltDataset:
+    """Load, render and tokenize every KTO record ``{prompt, completion, label}`` of ``source``.
+
+    The examples have no KL partner yet: run :func:`assign_kl_partners` before collating.
+    """
+
+    def step(record):
+        text = render_unpaired(record, tokenizer, use_chat_template=settings.use_chat_template)
+        return tokenize_unpaired(
+            text,
+            tokenizer,
+            max_length=settings.max_length,
+            max_prompt_length=settings.max_prompt_length,
+            add_eos=settings.add_eos,
+        )
+
+    return _build(source, settings, split, step)
+
+
+def build_ranking_dataset(
+    source: Any, tokenizer: Any, settings: DataSettings, *, split: str = "train"
+) -> BuiltDataset:
+    """Load, render and tokenize every ranked list ``{prompt, completions, scores?}`` of ``source``."""
+
+    def step(record):
+        text = render_ranking(record, tokenizer, use_chat_template=settings.use_chat_template)
+        return tokenize_ranking(
+            text,
+            tokenizer,
+            max_length=settings.max_length,
+            max_prompt_length=settings.max_prompt_length,
+            add_eos=settings.add_eos,
+        )
+
+    return _build(source, settings, split, step)
+
+
+def assign_kl_partners(dataset: BuiltDataset, seed: int) -> BuiltDataset:
+    """Give every KTO example another example's completion for the KL reference point.
+
+    KTO estimates z_ref = KL(π_θ ‖ π_ref) from mismatched pairs (x_i, y_j), j ≠ i (see
+    :mod:`preftune.losses.unpaired`). A permutation ``p`` of the examples is drawn with
+    ``random.Random(seed)`` and example ``p[i]`` gets the completion of ``p[(i + 1) % N]``: one
+    cycle through all of them, so no example is its own partner and every completion is used
+    exactly once. A partner completion is cut from the right to fit ``settings.max_length`` after
+    this example's prompt (never to nothing: this prompt already fits with at least one token of
+    its own completion). Returns a new dataset; ``dataset`` is left as it was.
+    """
+    examples = dataset.examples
+    for ex in examples:
+        if not isinstance(ex, TokenizedUnpaired):
+            raise TypeError(f"assign_kl_partners needs unpaired (KTO) examples, got {type(ex).__name__}")
+    n = len(examples)
+    if n < 2:
+        raise DataError(
+            f"{dataset.source}: KTO needs at least 2 examples for its KL estimate (each prompt is paired "
+            f"with another example's completion), got {n}"
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    max_length = dataset.settings.max_length
+    partnered: list[Example] = list(examples)
+    for i, target in enumerate(order):
+        ex = examples[target]
+        kl = examples[order[(i + 1) % n]].completion_ids
+        if max_length is not None:
+            kl = kl[: max_length - len(ex.prompt_ids)]
+        partnered[target] = replace(ex, kl_completion_ids=kl)
+    return BuiltDataset(partnered, Counter(dataset.dropped), dataset.source, dataset.settings)
+
+
+def _columns(ex: Example) -> int:
+    if isinstance(ex, TokenizedRanking):
+        return len(ex.completion_ids)
+    return 1 if isinstance(ex, TokenizedCompletion) else 2
 
 
 def _build(source: Any, settings: DataSettings, split: str, step: Callable[[Any], Example]) -> BuiltDataset:

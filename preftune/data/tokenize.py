@@ -22,6 +22,11 @@ Truncation, in this order:
 A completion left with no tokens raises ``SkipExample("completion fully truncated")``; a pair
 whose chosen and rejected ids are identical (before or after truncation) carries no preference
 signal and raises ``SkipExample("chosen and rejected are identical")``. ``None`` means no limit.
+
+KTO's unpaired examples follow the SFT rules (one prompt, one completion; the label is carried
+along). A ranked list fits every completion like a pair's; two completions with identical ids
+cannot be ordered by the model's likelihood, so the list raises
+``SkipExample("identical completions in a ranking")``.
 """
 
 from __future__ import annotations
@@ -30,12 +35,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from preftune.data.render import CompletionText, PreferenceText
+from preftune.data.render_unpaired_ranked import RankingText, UnpairedText
 from preftune.errors import DataError, SkipExample
 
-__all__ = ["TokenizedCompletion", "TokenizedPreference", "tokenize_completion", "tokenize_preference"]
+__all__ = [
+    "TokenizedCompletion",
+    "TokenizedPreference",
+    "TokenizedRanking",
+    "TokenizedUnpaired",
+    "tokenize_completion",
+    "tokenize_preference",
+    "tokenize_ranking",
+    "tokenize_unpaired",
+]
 
 FULLY_TRUNCATED = "completion fully truncated"
 IDENTICAL = "chosen and rejected are identical"
+IDENTICAL_RANKED = "identical completions in a ranking"
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,30 @@ class TokenizedCompletion:
 
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
+    origin: str
+
+
+@dataclass(frozen=True)
+class TokenizedUnpaired:
+    """Token ids of a KTO example, its label, and the completion of its KL partner.
+
+    ``kl_completion_ids`` is another example's completion, to be scored after *this* prompt for
+    KTO's KL reference point; it stays empty until ``assign_kl_partners`` fills it in.
+    """
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    label: bool
+    origin: str
+    kl_completion_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenizedRanking:
+    """Token ids of a ranked list; ``completion_ids[0]`` is the best completion, the last the worst."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[tuple[int, ...], ...]
     origin: str
 
 
@@ -91,6 +131,42 @@ def tokenize_completion(
     completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin)
     completion = _fit(prompt, completion, max_length, text.origin)
     return TokenizedCompletion(tuple(prompt), tuple(completion), text.origin)
+
+
+def tokenize_unpaired(
+    text: UnpairedText,
+    tokenizer: Any,
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    add_eos: bool = True,
+) -> TokenizedUnpaired:
+    """Tokenize and truncate a rendered KTO example like an SFT example; no KL partner yet."""
+    _check_limits(max_length, max_prompt_length)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
+    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin)
+    completion = _fit(prompt, completion, max_length, text.origin)
+    return TokenizedUnpaired(tuple(prompt), tuple(completion), text.label, text.origin)
+
+
+def tokenize_ranking(
+    text: RankingText,
+    tokenizer: Any,
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    add_eos: bool = True,
+) -> TokenizedRanking:
+    """Tokenize and truncate a rendered ranked list, every completion as in a pair (module docstring)."""
+    _check_limits(max_length, max_prompt_length)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
+    completions = [
+        tuple(_fit(prompt, _completion_ids(c, tokenizer, add_eos, text.origin), max_length, text.origin))
+        for c in text.completions
+    ]
+    if len(set(completions)) < len(completions):
+        raise SkipExample(IDENTICAL_RANKED, text.origin)
+    return TokenizedRanking(tuple(prompt), tuple(completions), text.origin)
 
 
 def _check_limits(max_length: int | None, max_prompt_length: int | None) -> None:

@@ -1,0 +1,164 @@
+"""Step 2 for the two formats that are neither SFT examples nor pairs: KTO's unpaired examples and ranked lists.
+
+They are rendered by exactly the rules of :mod:`preftune.data.render` (same field validation,
+same chat-template handling and prompt-prefix check, whose helpers are reused here); they live in
+a module of their own only to keep render.py short enough to read.
+
+* Unpaired (KTO; Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
+  Optimization"): ``{prompt, completion, label}``, one completion judged desirable or not, with
+  no counterpart to compare it with.
+* Ranked lists (listwise DPO under Plackett–Luce; Rafailov et al. 2023, Appendix A.3):
+  ``{prompt, completions: [best, ..., worst], scores?}``. The Plackett–Luce likelihood is of a
+  strict order, so a list whose scores tie cannot be expressed and is skipped, not guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from preftune.data.load import Record
+from preftune.data.render import (
+    TextOrMessages,
+    _render_templated,
+    _require_template_for_messages,
+    _use_template,
+    _value,
+)
+from preftune.errors import DataError, SkipExample
+
+__all__ = ["RankingText", "UnpairedText", "render_ranking", "render_unpaired"]
+
+TIED_SCORES = "tied scores in a ranking"
+
+# What a label cell may say, lower-cased: CSV has no booleans, and 0/1 is the other common spelling.
+_LABEL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
+
+
+@dataclass(frozen=True)
+class UnpairedText:
+    """A rendered KTO example: one prompt, one completion, and whether the completion is desirable."""
+
+    prompt: str
+    completion: str
+    label: bool
+    origin: str
+
+
+@dataclass(frozen=True)
+class RankingText:
+    """A rendered ranked list: a shared prompt and its completions, best first."""
+
+    prompt: str
+    completions: tuple[str, ...]
+    origin: str
+
+
+def render_unpaired(record: Record, tokenizer: Any, *, use_chat_template: bool | None = None) -> UnpairedText:
+    """Render a KTO record ``{prompt, completion, label}`` (Ethayarajh et al. 2024).
+
+    ``prompt`` and ``completion`` follow the SFT/preference rules; ``label`` says whether the
+    completion is desirable: a bool, 0/1, or the strings "true"/"false"/"1"/"0" in any case, spaces
+    around them ignored (a CSV cell can only hold a string).
+    """
+    origin = record.origin
+    prompt = _value(record, "prompt")
+    completion = _value(record, "completion")
+    label = _label(record)
+    templated = _use_template(tokenizer, use_chat_template)
+    _require_template_for_messages({"prompt": prompt, "completion": completion}, templated, origin)
+    if not templated:
+        return UnpairedText(prompt, completion, label, origin)
+    prompt_text, completion_text = _render_templated(prompt, completion, "completion", tokenizer, origin)
+    return UnpairedText(prompt_text, completion_text, label, origin)
+
+
+def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | None = None) -> RankingText:
+    """Render a ranked list ``{prompt, completions: [best, ..., worst], scores?}`` for Plackett–Luce.
+
+    Each completion is a string or a message list, rendered against the same prompt as
+    render_preference renders chosen and rejected. With ``scores`` (one number per completion,
+    higher is better) the completions are put in descending score order first; two equal scores
+    raise ``SkipExample(TIED_SCORES)``, since a Plackett–Luce ranking is strict.
+    """
+    origin = record.origin
+    prompt = _value(record, "prompt")
+    completions = _completion_list(record)
+    scores = _scores(record, len(completions))
+    templated = _use_template(tokenizer, use_chat_template)
+    names = [f"completions[{i}]" for i in range(len(completions))]
+    _require_template_for_messages({"prompt": prompt, **dict(zip(names, completions))}, templated, origin)
+    order = list(range(len(completions)))
+    if scores is not None:
+        if len(set(scores)) < len(scores):
+            raise SkipExample(TIED_SCORES, origin)
+        order.sort(key=lambda i: -scores[i])
+    if not templated:
+        return RankingText(prompt, tuple(completions[i] for i in order), origin)
+    rendered = [_render_templated(prompt, completions[i], names[i], tokenizer, origin) for i in order]
+    return RankingText(rendered[0][0], tuple(text for _, text in rendered), origin)
+
+
+def _label(record: Record) -> bool:
+    origin = record.origin
+    value = record.fields.get("label")
+    if value is None:
+        null = " (it is null)" if "label" in record.fields else ""
+        raise DataError(f"{origin}: missing field 'label'{null}")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value.strip().lower() in _LABEL_STRINGS:
+        return _LABEL_STRINGS[value.strip().lower()]
+    raise DataError(
+        f"{origin}: field 'label' must be true/false (a boolean, 0/1, or the string \"true\", \"false\", "
+        f"\"1\" or \"0\"), got {value!r}"
+    )
+
+
+def _completion_list(record: Record) -> list[TextOrMessages]:
+    """The ``completions`` field, each element validated like any other text-or-messages field."""
+    origin = record.origin
+    items = _json_list(record, "completions")
+    if len(items) < 2:
+        raise DataError(
+            f"{origin}: field 'completions' needs at least 2 completions to rank, got {len(items)}"
+        )
+    # Each element is checked as a field of its own, so messages name e.g. 'completions[2]'.
+    return [_value(Record({f"completions[{i}]": c}, origin), f"completions[{i}]") for i, c in enumerate(items)]
+
+
+def _scores(record: Record, count: int) -> list[float] | None:
+    origin = record.origin
+    if record.fields.get("scores") is None:
+        return None
+    scores = _json_list(record, "scores")
+    if len(scores) != count:
+        raise DataError(
+            f"{origin}: field 'scores' has {len(scores)} scores but 'completions' has {count} completions"
+        )
+    for i, score in enumerate(scores):
+        # bool is an int in Python; a true/false score is a mistake, not the number 1/0.
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+            raise DataError(f"{origin}: field 'scores[{i}]' must be a number, got {score!r}")
+    return [float(s) for s in scores]
+
+
+def _json_list(record: Record, name: str) -> list:
+    """A list field; a string that is a JSON list is accepted too (a CSV cell can only hold a string)."""
+    origin = record.origin
+    value = record.fields.get(name)
+    if value is None:
+        null = " (it is null)" if name in record.fields else ""
+        raise DataError(f"{origin}: missing field '{name}'{null}")
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # reported below as a string
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"{origin}: field '{name}' must be a list, got {type(value).__name__}")
+    return list(value)
