@@ -115,7 +115,9 @@ class LossConfig:
 
     beta: float = _f(0.1, "β: strength of the KL constraint to the reference (the DPO paper: 0.1).")
     loss_type: list[str] = _f(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo, hinge, robust, "
-                                           "simpo, orpo, ...); a list is summed with loss_weights.")
+                                           "simpo, orpo, ...); a list is summed with loss_weights. kto trains from "
+                                           "unpaired {prompt, completion, label} data, plackett_luce from "
+                                           "{prompt, completions: [best, ..., worst]} rankings; both alone.")
     loss_weights: list[float] | None = _f(None, "One weight per loss_type entry (null = all 1).")
     label_smoothing: float = _f(0.0, "cDPO / robust / exo_pair: assumed probability a label is flipped, in [0, 0.5).")
     f_divergence_type: str = _f("reverse_kl", "Divergence that forms the log-ratio (f-DPO): reverse_kl, forward_kl, "
@@ -126,6 +128,9 @@ class LossConfig:
     bco_delta: float = _f(0.0, "Reward shift δ of bco_pair.")
     simpo_gamma: float = _f(0.5, "Target margin γ of simpo.")
     orpo_alpha: float = _f(0.1, "Weight λ of the odds-ratio term in orpo.")
+    desirable_weight: float = _f(1.0, "kto: λ_D, weight of desirable examples (the paper: keep λ_D·n_D / "
+                                      "(λ_U·n_U) in [1, 4/3]).")
+    undesirable_weight: float = _f(1.0, "kto: λ_U, weight of undesirable examples.")
 
     def validate_losses(self) -> None:
         from preftune import losses
@@ -137,8 +142,15 @@ class LossConfig:
         if not self.loss_type:
             raise ConfigError("loss_type must name at least one loss")
         for name in self.loss_type:
-            if name not in losses.names():
-                raise ConfigError(f"loss_type: unknown loss {name!r}; known: {', '.join(losses.names())}")
+            if name not in losses.all_names():
+                raise ConfigError(f"loss_type: unknown loss {name!r}; known: {', '.join(losses.all_names())}")
+        kinds = {losses.kind(n) for n in self.loss_type}
+        if kinds != {"pairwise"} and len(self.loss_type) > 1:
+            raise ConfigError(f"loss_type {self.loss_type}: kto and plackett_luce train from their own data "
+                              "layouts (unpaired labels, rankings), so they cannot be combined with other losses")
+        for key in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(f"loss_weights has {len(self.loss_weights)} entries but loss_type has "
                               f"{len(self.loss_type)}")
@@ -193,6 +205,7 @@ class EvalConfig(LossConfig):
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
     logprob_chunk_size: int = _f(1024, "Completion tokens per output-layer chunk.")
     output_file: str | None = _f(None, "Write the metrics as JSON here too.")
+    seed: int = _f(42, "kto only: seed of the fixed KL partners (use the training run's seed).")
 
     def __post_init__(self) -> None:
         _validate_choices(self)
@@ -201,6 +214,8 @@ class EvalConfig(LossConfig):
         _require(self.ref_model_name_or_path, "ref_model_name_or_path", "is required")
         self.validate_losses()
         _positive(self, "per_device_eval_batch_size", "logprob_chunk_size")
+        if self.seed != 42 and self.loss_type != ["kto"]:
+            raise ConfigError("seed is set but only loss_type kto uses it (for its KL partners)")
 
 
 # ----------------------------------------------------------------------------------------------------

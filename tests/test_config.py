@@ -34,6 +34,9 @@ def test_unknown_key_names_it_and_suggests():
     ("label_smoothing=0.6", r"label_smoothing must be in \[0, 0.5\)"),
     ("lora_r=8", "lora_r is set but use_peft is false"),
     ("loss_weights=[1,2]", "loss_weights has 2 entries but loss_type has 1"),
+    ("loss_type=[kto,sigmoid]", "cannot be combined with other losses"),
+    ("loss_type=[plackett_luce,plackett_luce]", "cannot be combined"),
+    ("desirable_weight=2", "desirable_weight is set but none of loss_type"),
 ])
 def test_invalid_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,3 +58,11 @@ def test_describe_lists_every_key_with_default():
     text = describe(DPOConfig)
     for key in ("beta (float) = 0.1", "loss_type", "precompute_ref_log_probs", "threads", "resume"):
         assert key in text
+
+
+def test_kto_and_plackett_luce_are_loss_types_with_their_hyperparameters():
+    cfg = load_config(DPOConfig, None, BASE + ["loss_type=kto", "desirable_weight=1.33", "undesirable_weight=1"])
+    assert cfg.loss_type == ["kto"] and cfg.desirable_weight == 1.33
+    with pytest.raises(ConfigError, match="undesirable_weight must be > 0"):
+        load_config(DPOConfig, None, BASE + ["loss_type=kto", "undesirable_weight=0"])
+    assert load_config(DPOConfig, None, BASE + ["loss_type=plackett_luce"]).loss_type == ["plackett_luce"]

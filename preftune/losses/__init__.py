@@ -25,6 +25,8 @@ from preftune.losses.unpaired import kto, kto_kl_estimate
 LossFn = Callable[..., tuple]
 
 LENGTH_ARGUMENTS = frozenset({"chosen_lengths", "rejected_lengths"})
+# Keyword inputs that are per-example data or batch statistics, never hyperparameters.
+DATA_ARGUMENTS = LENGTH_ARGUMENTS | {"kl", "mask"}
 
 _REGISTRY: dict[str, LossFn] = {
     "sigmoid": preference.sigmoid,
@@ -48,24 +50,37 @@ _REGISTRY: dict[str, LossFn] = {
     "orpo": reference_free.orpo,
 }
 
-# Other signatures: not callable by the pairwise DPO stage, so kept out of _REGISTRY / names().
+# Other signatures (the DPO stage trains them from other data layouts), so kept out of names().
 UNPAIRED: dict[str, Callable[..., tuple]] = {"kto": unpaired.kto}
 LISTWISE: dict[str, Callable[..., tuple]] = {"plackett_luce": listwise.plackett_luce}
 
-__all__ = ["LISTWISE", "UNPAIRED", "get", "hyperparameters", "kto", "kto_kl_estimate", "names", "needs_lengths",
-           "plackett_luce", "register"]
+__all__ = ["LISTWISE", "UNPAIRED", "all_names", "get", "hyperparameters", "kind", "kto", "kto_kl_estimate",
+           "names", "needs_lengths", "plackett_luce", "register"]
 
 
 def get(name: str) -> LossFn:
-    """The loss function registered under ``name``; a KeyError lists the known names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}") from None
+    """The loss function registered under ``name`` (any kind); a KeyError lists the known names."""
+    for table in (_REGISTRY, UNPAIRED, LISTWISE):
+        if name in table:
+            return table[name]
+    raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(all_names())}")
 
 
 def names() -> list[str]:
+    """The pairwise losses: those with the common signature, which can be summed in one run."""
     return sorted(_REGISTRY)
+
+
+def all_names() -> list[str]:
+    """Every loss the DPO stage can train with: pairwise, unpaired (kto) and listwise (plackett_luce)."""
+    return sorted([*_REGISTRY, *UNPAIRED, *LISTWISE])
+
+
+def kind(name: str) -> str:
+    """'pairwise' (preference pairs), 'unpaired' (labelled single completions) or 'listwise' (rankings):
+    which data layout the loss trains from."""
+    get(name)  # unknown → KeyError
+    return "unpaired" if name in UNPAIRED else "listwise" if name in LISTWISE else "pairwise"
 
 
 def register(name: str, fn: LossFn) -> None:
@@ -81,8 +96,8 @@ def _keyword_only(name: str) -> set[str]:
 
 def hyperparameters(name: str) -> set[str]:
     """Keyword-only hyperparameters (besides beta) the loss accepts, read from its signature.
-    Completion lengths are per-example data, not hyperparameters: see :func:`needs_lengths`."""
-    return _keyword_only(name) - {"beta"} - LENGTH_ARGUMENTS
+    Completion lengths, KTO's ``kl`` and a ranking's ``mask`` are data, not hyperparameters."""
+    return _keyword_only(name) - {"beta"} - DATA_ARGUMENTS
 
 
 def needs_lengths(name: str) -> bool:

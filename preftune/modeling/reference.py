@@ -13,25 +13,28 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from preftune.data.collate import Rows
 from preftune.modeling.logprobs import SequenceLogprobModel
 
 CACHE_FORMAT = 1
 
 
 class FrozenReference:
+    """A separate frozen model, run on every batch. Called with :class:`~preftune.data.collate.Rows`,
+    returns their summed completion log-probs [R]."""
+
     def __init__(self, logprob_model: SequenceLogprobModel) -> None:
         self.model = logprob_model
 
     @torch.no_grad()
-    def __call__(self, batch) -> tuple[Tensor, Tensor]:
-        out = self.model(batch.input_ids, batch.attention_mask, batch.loss_mask).logps
-        return out.chunk(2)
+    def __call__(self, rows: Rows) -> Tensor:
+        return self.model(rows.input_ids, rows.attention_mask, rows.loss_mask).logps
 
 
 class AdapterDisabledReference:
@@ -43,23 +46,22 @@ class AdapterDisabledReference:
         self.policy = policy
 
     @torch.no_grad()
-    def __call__(self, batch) -> tuple[Tensor, Tensor]:
+    def __call__(self, rows: Rows) -> Tensor:
         was_training = self.policy.training
         self.policy.eval()  # LoRA dropout is bypassed anyway; eval keeps any base-model dropout off
         with self.policy.model.disable_adapter():
-            out = self.policy(batch.input_ids, batch.attention_mask, batch.loss_mask).logps
+            out = self.policy(rows.input_ids, rows.attention_mask, rows.loss_mask).logps
         self.policy.train(was_training)
-        return out.chunk(2)
+        return out
 
 
 class PrecomputedReference:
     def __init__(self, table: Tensor) -> None:
-        """``table``: [num_examples, 2] float32, columns (chosen, rejected)."""
+        """``table``: [num_examples, num_columns] float32; a pair's columns are (chosen, rejected)."""
         self.table = table
 
-    def __call__(self, batch) -> tuple[Tensor, Tensor]:
-        rows = self.table.to(batch.index.device)[batch.index]
-        return rows[:, 0], rows[:, 1]
+    def __call__(self, rows: Rows) -> Tensor:
+        return self.table[rows.example.to(self.table.device), rows.column.to(self.table.device)]
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -81,9 +83,10 @@ def cache_key(model_fingerprint: str, data_fingerprint: str, precision: str) -> 
 
 
 def precompute_reference(
-    compute: Callable[[list[int]], tuple[Tensor, Tensor]],
+    compute: Callable[[list[int]], Iterable[tuple[Rows, Tensor]]],
     num_examples: int,
     *,
+    num_columns: int = 2,
     batch_size: int,
     cache_file: Path | None,
     rank: int = 0,
@@ -92,25 +95,25 @@ def precompute_reference(
     log: Callable[[str], None] = print,
     desc: str = "reference",
 ) -> Tensor:
-    """A [num_examples, 2] table of reference log-probs; from ``cache_file`` when it exists.
+    """A [num_examples, num_columns] table of reference log-probs; from ``cache_file`` when it exists.
 
-    ``compute(indices)`` returns (chosen, rejected) log-probs for those examples. Under torchrun
-    each rank scores a strided shard and the shards are summed into the full table on every rank.
+    ``compute(indices)`` scores those examples and yields (rows, log-probs [R]) pairs; each value
+    lands at (rows.example, rows.column). Entries no row fills (the unused tail of a short ranked
+    list) stay 0 and are never read. Under torchrun each rank scores a strided shard and the shards
+    are summed into the full table on every rank.
     """
     if cache_file is not None and cache_file.is_file():
         table = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if table.shape == (num_examples, 2):
+        if table.shape == (num_examples, num_columns):
             log(f"{desc} log-probs: cache hit ({cache_file})")
             return table
         log(f"{desc} log-probs: cache file {cache_file} has the wrong shape; recomputing")
     start = time.perf_counter()
-    table = torch.zeros(num_examples, 2, dtype=torch.float32)
+    table = torch.zeros(num_examples, num_columns, dtype=torch.float32)
     mine = list(range(rank, num_examples, world_size))
     for i in range(0, len(mine), batch_size):
-        idx = mine[i:i + batch_size]
-        chosen, rejected = compute(idx)
-        table[idx, 0] = chosen.float().cpu()
-        table[idx, 1] = rejected.float().cpu()
+        for rows, logps in compute(mine[i:i + batch_size]):
+            table[rows.example.cpu(), rows.column.cpu()] = logps.float().cpu()
     table = all_reduce(table)
     seconds = time.perf_counter() - start
     if cache_file is not None and rank == 0:

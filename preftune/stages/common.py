@@ -18,6 +18,7 @@ from torch import nn
 
 from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
+from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError
 from preftune.modeling.load import apply_lora, load_causal_lm, load_tokenizer
 from preftune.train.checkpoint import (
@@ -155,13 +156,19 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
 
 
 def num_tokens(examples: list[Any]) -> int:
-    """Non-padding tokens the policy processes for these examples (host-side, no sync)."""
+    """Non-padding tokens the policy runs over for these examples (host-side, no sync): every scored
+    sequence repeats its prompt (pairs: 2, a ranking: K, KTO: its completion and its KL partner)."""
     total = 0
     for ex in examples:
-        if hasattr(ex, "chosen_ids"):
-            total += 2 * len(ex.prompt_ids) + len(ex.chosen_ids) + len(ex.rejected_ids)
+        if isinstance(ex, TokenizedPreference):
+            completions = [ex.chosen_ids, ex.rejected_ids]
+        elif isinstance(ex, TokenizedUnpaired):
+            completions = [ex.completion_ids, ex.kl_completion_ids]
+        elif isinstance(ex, TokenizedRanking):
+            completions = list(ex.completion_ids)
         else:
-            total += len(ex.prompt_ids) + len(ex.completion_ids)
+            completions = [ex.completion_ids]
+        total += sum(len(ex.prompt_ids) + len(c) for c in completions)
     return total
 
 

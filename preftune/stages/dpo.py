@@ -8,21 +8,26 @@
     6. held-out evaluation before training
     7. the optimizer-step loop
     8. held-out evaluation after training, final save
+
+The same script trains every loss in ``preftune.losses``: ``loss_type`` picks an
+:class:`~preftune.objectives.Objective` — preference pairs, unpaired labelled completions (kto) or
+ranked lists (plackett_luce) — which supplies the data layout and the loss; the steps stay these.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from preftune import losses
-from preftune.config import DPOConfig, LossConfig
-from preftune.data.collate import PreferenceBatch, collate_preferences
-from preftune.data.dataset import BuiltDataset, build_preference_dataset
+from preftune.config import DPOConfig
+from preftune.data.collate import Rows
+from preftune.data.dataset import BuiltDataset
 from preftune.modeling.load import freeze, load_causal_lm
 from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
 from preftune.modeling.reference import (
@@ -33,6 +38,7 @@ from preftune.modeling.reference import (
     precompute_reference,
     weights_fingerprint,
 )
+from preftune.objectives import Objective, Reference, Score, objective_for, reference_as_policy
 from preftune.stages.common import (
     Run,
     RunResult,
@@ -45,55 +51,42 @@ from preftune.stages.common import (
     restore_state,
     start_run,
 )
-from preftune.train.checkpoint import (
-    resolve_resume,
-)
+from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.loop import autocast, reduce_means, train_loop
 from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
-
-def preference_loss(cfg: LossConfig, policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
-                    ref_rejected: Tensor, lengths: tuple[Tensor, Tensor] | None = None
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of the configured losses; returns per-pair losses' mean and per-pair metric sums.
-    ``lengths`` (completion token counts of chosen, rejected) reach only the losses that declare them."""
-    weights = cfg.loss_weights or [1.0] * len(cfg.loss_type)
-    total = None
-    for name, weight in zip(cfg.loss_type, weights):
-        hp = {k: getattr(cfg, k) for k in losses.hyperparameters(name)}
-        if losses.needs_lengths(name):
-            hp["chosen_lengths"], hp["rejected_lengths"] = lengths
-        per_pair, chosen_rewards, rejected_rewards = losses.get(name)(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=cfg.beta, **hp)
-        total = weight * per_pair if total is None else total + weight * per_pair
-    margins = chosen_rewards - rejected_rewards
-    sums = {
-        "loss": total.detach().sum(),
-        "rewards/chosen": chosen_rewards.sum(),
-        "rewards/rejected": rejected_rewards.sum(),
-        "rewards/margins": margins.sum(),
-        "rewards/accuracies": (margins > 0).float().sum(),
-        "logps/chosen": policy_chosen.detach().sum(),
-        "logps/rejected": policy_rejected.detach().sum(),
-        "count": torch.tensor(float(policy_chosen.shape[0]), device=policy_chosen.device),
-    }
-    return total.mean(), sums
+GetBatch = Callable[[list[int]], tuple[Any, int]]
 
 
-def make_batches(dataset: BuiltDataset, pad_token_id: int, device: torch.device):
-    def get_batch(indices: list[int]) -> tuple[PreferenceBatch, int]:
+def make_batches(objective: Objective, dataset: BuiltDataset, pad_token_id: int, device: torch.device) -> GetBatch:
+    def get_batch(indices: list[int]) -> tuple[Any, int]:
         examples = [dataset.examples[i] for i in indices]
-        batch = collate_preferences(examples, indices, pad_token_id=pad_token_id).to(device)
+        batch = objective.collate(examples, indices, pad_token_id=pad_token_id).to(device)
         return batch, num_tokens(examples)
     return get_batch
 
 
-def build_reference(run: Run, policy: SequenceLogprobModel, dataset: BuiltDataset, split: str,
-                    get_batch, resumed: bool):
-    """Step 4. Returns a callable batch → (ref_chosen, ref_rejected)."""
+def scorer(model: nn.Module) -> Score:
+    """The policy as a ``score(rows)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or not)."""
+    return lambda rows: model(rows.input_ids, rows.attention_mask, rows.loss_mask)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel, dataset: BuiltDataset,
+                    split: str, get_batch: GetBatch, resumed: bool) -> Reference:
+    """Step 4. Returns ``reference(rows) -> log-probs [R]``."""
     cfg: DPOConfig = run.cfg
     adapter_ref = cfg.use_peft and cfg.ref_model_name_or_path is None
     if adapter_ref:
@@ -117,66 +110,74 @@ def build_reference(run: Run, policy: SequenceLogprobModel, dataset: BuiltDatase
     key = cache_key(weights_fingerprint(lm_for_key), dataset.fingerprint(), precision)
     cache_file = cache_dir() / "reference_logps" / f"{key}.pt"
 
-    def compute(indices: list[int]):
+    def compute(indices: list[int]) -> list[tuple[Rows, Tensor]]:
         batch, _ = get_batch(indices)
         with autocast(cfg.bf16, run.info.device):
-            return live(batch)
+            return [(rows, live(rows)) for rows in objective.rows(batch)]
 
-    was_training = policy.training
-    policy.eval()
-    table = precompute_reference(
-        compute, len(dataset), batch_size=cfg.per_device_eval_batch_size, cache_file=cache_file,
-        rank=run.info.rank, world_size=run.info.world_size, all_reduce=lambda t: all_reduce_sum(t, run.info),
-        log=run.log, desc=f"reference ({split}, {source})")
-    policy.train(was_training)
+    with eval_mode(policy):
+        table = precompute_reference(
+            compute, len(dataset), num_columns=dataset.num_columns, batch_size=cfg.per_device_eval_batch_size,
+            cache_file=cache_file, rank=run.info.rank, world_size=run.info.world_size,
+            all_reduce=lambda t: all_reduce_sum(t, run.info), log=run.log, desc=f"reference ({split}, {source})")
     return PrecomputedReference(table.to(run.info.device))
 
 
 @torch.no_grad()
-def evaluate(run: Run, policy: SequenceLogprobModel, reference, dataset: BuiltDataset, get_batch) -> dict[str, float]:
-    """Held-out loss, reward accuracy and margin; each rank scores a strided shard."""
-    cfg: DPOConfig = run.cfg
-    was_training = policy.training
-    policy.eval()
+def evaluate(run: Run, objective: Objective, score: Score, reference: Reference, dataset: BuiltDataset,
+             get_batch: GetBatch) -> dict[str, float]:
+    """Held-out loss and reward metrics; each rank scores a strided shard (put the policy in eval mode)."""
+    cfg = run.cfg
     shard = list(eval_shard(len(dataset), run.info.world_size, run.info.rank))
     sums: dict[str, Tensor] = {}
     for i in range(0, len(shard), cfg.per_device_eval_batch_size):
         batch, _ = get_batch(shard[i:i + cfg.per_device_eval_batch_size])
         with autocast(cfg.bf16, run.info.device):
-            out = policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
-            ref_chosen, ref_rejected = reference(batch)
-        _, s = preference_loss(cfg, *out.logps.chunk(2), ref_chosen, ref_rejected, out.lengths.chunk(2))
+            _, s = objective.loss(cfg, score, reference, batch)
         for k, v in s.items():
             sums[k] = sums[k] + v if k in sums else v
     if not sums:  # more ranks than eval examples: contribute zeros to the reduction
-        sums = {k: torch.zeros((), device=run.info.device) for k in
-                ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                 "logps/chosen", "logps/rejected", "count")}
-    policy.train(was_training)
+        sums = {k: torch.zeros((), device=run.info.device) for k in objective.metric_keys}
     return reduce_means(sums, run.info)
 
 
+def describe_eval(step: int, metrics: dict[str, float]) -> str:
+    shown = [f"loss {metrics['loss']:.4f}"]
+    if "rewards/accuracies" in metrics:
+        shown.append(f"reward accuracy {metrics['rewards/accuracies']:.3f}")
+    for key in ("rewards/margins", "kl"):
+        if key in metrics:
+            shown.append(f"{key.removeprefix('rewards/').rstrip('s')} {metrics[key]:.4f}")
+    return f"eval @ step {step}: " + " · ".join(shown)
+
+
 def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
-    """Train with DPO (or any registered preference loss). ``train_data``/``eval_data`` may be
-    in-memory ``datasets.Dataset`` objects or lists of dicts instead of the config's files."""
+    """Train with DPO (or any registered loss: pairs, kto, plackett_luce). ``train_data``/``eval_data``
+    may be in-memory ``datasets.Dataset`` objects or lists of dicts instead of the config's files."""
     started = time.perf_counter()
     # 1. Run set-up.
     run = start_run(cfg)
     info = run.info
+    objective = objective_for(cfg.loss_type)
     resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+    run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.data_format}")
 
     # 2-3. Policy, tokenizer, data.
     model, tokenizer = load_policy(run, resume_dir)
-    train, held_out = load_data(run, build_preference_dataset, train_data if train_data is not None else cfg.train_file,
+    train, held_out = load_data(run, objective.build, train_data if train_data is not None else cfg.train_file,
                                 eval_data if eval_data is not None else cfg.eval_file, tokenizer)
+    train = objective.prepare(train, cfg.seed)
+    held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
     ddp_policy = wrap_ddp(policy, info)
-    train_batch = make_batches(train, tokenizer.pad_token_id, info.device)
-    eval_batch = make_batches(held_out, tokenizer.pad_token_id, info.device) if held_out is not None else None
+    train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
+    eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)
+                  if held_out is not None else None)
 
     # 4. Reference log-probs (train and held-out).
-    reference = build_reference(run, policy, train, "train", train_batch, resumed=resume_dir is not None)
-    eval_reference = (build_reference(run, policy, held_out, "eval", eval_batch, resumed=resume_dir is not None)
+    resumed = resume_dir is not None
+    reference = build_reference(run, objective, policy, train, "train", train_batch, resumed)
+    eval_reference = (build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed)
                       if held_out is not None else None)
 
     # 5. Optimizer, data order, resume.
@@ -187,38 +188,30 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
     save = checkpoint_saver(run, policy.model, tokenizer, optimizer)
 
-    def do_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(run, policy, eval_reference, held_out, eval_batch)
+    def do_eval(step: int, score: Score | None = None) -> dict[str, float]:
+        with eval_mode(policy):
+            metrics = evaluate(run, objective, score or scorer(policy), eval_reference, held_out, eval_batch)
         logger.log(step, metrics, split="eval")
-        run.log(f"eval @ step {step}: loss {metrics['loss']:.4f} · reward accuracy "
-                f"{metrics['rewards/accuracies']:.3f} · margin {metrics['rewards/margins']:.4f}")
+        run.log(describe_eval(step, metrics))
         return metrics
 
     # 6. Held-out evaluation before training. When the reference table was scored by this very
     #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
     if held_out is not None and state.step == 0:
-        from_table = not any(losses.needs_lengths(n) for n in cfg.loss_type)
-        if isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None and from_table:
-            table = eval_reference.table
-            _, sums = preference_loss(cfg, table[:, 0], table[:, 1], table[:, 0], table[:, 1])
-            count = sums.pop("count").item()
-            result.eval_before = {k: v.item() / count for k, v in sums.items()}
-            logger.log(0, result.eval_before, split="eval")
-            run.log(f"eval @ step 0: π_θ = π_ref, so every reward is 0 and the loss is "
-                    f"{result.eval_before['loss']:.4f} (from the reference table)")
-        else:
-            result.eval_before = do_eval(0)
+        from_table = isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None
+        if from_table:
+            run.log("eval @ step 0: π_θ = π_ref, so the policy's log-probs are read from the reference table")
+        result.eval_before = do_eval(0, reference_as_policy(eval_reference) if from_table else None)
 
     # 7. Train.
-    def compute_loss(batch: PreferenceBatch):
-        out = ddp_policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
-        policy_chosen, policy_rejected = out.logps.chunk(2)
-        ref_chosen, ref_rejected = reference(batch)
-        return preference_loss(cfg, policy_chosen, policy_rejected, ref_chosen, ref_rejected, out.lengths.chunk(2))
+    score = scorer(ddp_policy)
+
+    def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        return objective.loss(cfg, score, reference, batch, lambda t: all_reduce_sum(t, info))
 
     state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save, desc="dpo")
+                       evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.loss_type[0])
 
     # 8. Evaluate after, save.
     if held_out is not None:

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from preftune.config import EvalConfig
-from preftune.data.dataset import build_preference_dataset
 from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.modeling.reference import FrozenReference
+from preftune.objectives import objective_for
 from preftune.stages.common import Run, data_settings, quiet_transformers
-from preftune.stages.dpo import evaluate, make_batches
+from preftune.stages.dpo import evaluate, make_batches, scorer
 from preftune.train.distributed import init_distributed, shutdown
 
 
@@ -29,10 +29,11 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
     info = init_distributed(cfg.device)
     run = Run(cfg=cfg, info=info, output_dir=Path(cfg.output_file or ".").parent)
 
-    # 2. Data, tokenized as in training.
+    # 2. Data, tokenized as in training (loss_type picks the layout: pairs, unpaired labels, rankings).
+    objective = objective_for(cfg.loss_type)
     tokenizer = load_tokenizer(cfg.model_name_or_path)
-    dataset = build_preference_dataset(eval_data if eval_data is not None else cfg.eval_file, tokenizer,
-                                       data_settings(cfg))
+    dataset = objective.build(eval_data if eval_data is not None else cfg.eval_file, tokenizer, data_settings(cfg))
+    dataset = objective.prepare(dataset, cfg.seed)
     run.log(f"eval data: {dataset.summary()}")
 
     # 3. Models.
@@ -41,7 +42,9 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
                                                      cfg.logprob_chunk_size))
 
     # 4. Score.
-    metrics = evaluate(run, policy, reference, dataset, make_batches(dataset, tokenizer.pad_token_id, info.device))
+    policy.eval()
+    metrics = evaluate(run, objective, scorer(policy), reference, dataset,
+                       make_batches(objective, dataset, tokenizer.pad_token_id, info.device))
     run.log("  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     if cfg.output_file and info.is_main:
         Path(cfg.output_file).parent.mkdir(parents=True, exist_ok=True)

@@ -41,12 +41,17 @@ def autocast(cfg_bf16: bool, device: torch.device) -> contextlib.AbstractContext
 
 
 def reduce_means(sums: dict[str, Tensor], info: DistInfo) -> dict[str, float]:
-    """All-reduce per-item sums, then divide by ``count``: one host sync for the lot."""
+    """All-reduce per-item sums, then divide: one host sync for the lot.
+
+    Each sum is divided by ``count``, or by ``count:<key>`` when the stage gives that key its own
+    denominator (KTO's desirable and undesirable examples); a metric whose count is 0 is left out.
+    """
     keys = sorted(sums)
     packed = all_reduce_sum(torch.stack([sums[k].detach().float() for k in keys]), info).tolist()
     totals = dict(zip(keys, packed))
-    count = max(totals.pop("count"), 1.0)
-    return {k: v / count for k, v in totals.items()}
+    count = totals.pop("count")
+    counts = {k.removeprefix("count:"): totals.pop(k) for k in keys if k.startswith("count:")}
+    return {k: v / counts.get(k, count) for k, v in totals.items() if counts.get(k, count) > 0}
 
 
 def train_loop(

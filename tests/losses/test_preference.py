@@ -107,3 +107,15 @@ def test_registry_names_and_length_requirements():
     # Other signatures stay out of the pairwise registry.
     assert "kto" not in losses.names() and losses.UNPAIRED["kto"] is losses.kto
     assert "plackett_luce" not in losses.names() and losses.LISTWISE["plackett_luce"] is losses.plackett_luce
+
+
+def test_registry_kinds_cover_unpaired_and_listwise():
+    # get() finds every kind, so the DPO config can name any of them; names() stays pairwise-only.
+    assert losses.get("kto") is losses.kto and losses.get("plackett_luce") is losses.plackett_luce
+    assert losses.all_names() == sorted([*losses.names(), "kto", "plackett_luce"])
+    assert [losses.kind(n) for n in ("sigmoid", "kto", "plackett_luce")] == ["pairwise", "unpaired", "listwise"]
+    # KTO's batch KL and a ranking's padding mask are data, not hyperparameters.
+    assert losses.hyperparameters("kto") == {"desirable_weight", "undesirable_weight"}
+    assert losses.hyperparameters("plackett_luce") == set()
+    with pytest.raises(KeyError, match="plackett_luce"):
+        losses.kind("nope")

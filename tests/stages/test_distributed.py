@@ -46,3 +46,24 @@ def test_two_processes_match_one_process_with_double_accumulation(stage, tiny_mo
     one_eval = read_metrics(tmp_path / "one" / "metrics.jsonl", "eval")
     two_eval = read_metrics(tmp_path / "two" / "metrics.jsonl", "eval")
     assert two_eval[-1]["loss"] == pytest.approx(one_eval[-1]["loss"], abs=1e-5)
+
+
+def test_kto_reference_point_is_estimated_over_the_global_batch(tiny_model_dir, tmp_path):
+    """KTO's z is a batch statistic: two processes with 4 examples each must see the z of all 8, so
+    their steps equal one process with a batch of 8 (accumulation would split z, so it is not used)."""
+    from tests.conftest import separable_rows, write_jsonl
+    from tests.stages.test_dpo_layouts import unpaired_rows
+
+    train = write_jsonl(unpaired_rows(separable_rows(40, seed=0)), tmp_path / "train.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
+    common = ["dpo", "loss_type=kto", f"model_name_or_path={tiny_model_dir}", f"train_file={train}",
+              "max_length=48", "max_prompt_length=16", "max_steps=6", "learning_rate=1e-3", "logging_steps=1",
+              "progress_bar=false", "report_to=none", "threads=1"]
+    _run([*common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=8"], 1, env)
+    _run([*common, f"output_dir={tmp_path / 'two'}", "per_device_train_batch_size=4"], 2, env)
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl", "train")
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl", "train")
+    assert len(one) == len(two) == 6 and max(h["kl"] for h in one) > 0.1  # z not clamped at 0 throughout
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["kl"] == pytest.approx(a["kl"], abs=1e-5)

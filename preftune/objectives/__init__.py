@@ -1,0 +1,78 @@
+"""What the DPO stage trains against, by data layout: pairs, unpaired labels (KTO), rankings.
+
+The DPO script (:mod:`preftune.stages.dpo`) is the same top to bottom for all three; an
+:class:`Objective` supplies the parts that differ: how a data source is built, how examples are
+collated, which sequences of a batch the reference scores, and the loss with its metrics. Picking
+one is a function of ``loss_type`` alone (``preftune.losses.kind``).
+
+A loss function receives two callables rather than tensors, so the same code serves training,
+evaluation and the step-0 shortcut where π_θ = π_ref and the policy's log-probs are read from the
+reference table (:func:`reference_as_policy`):
+
+    score(rows)     -> SequenceLogps   the policy's completion log-probs (with gradient in training)
+    reference(rows) -> Tensor [R]      π_ref's, from a precomputed table or a frozen model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from preftune.data.collate import Rows
+from preftune.data.dataset import BuiltDataset
+from preftune.modeling.logprobs import SequenceLogps
+
+Score = Callable[[Rows], SequenceLogps]
+Reference = Callable[[Rows], Tensor]
+Reduce = Callable[[Tensor], Tensor]
+LossFn = Callable[[Any, Score, Reference, Any, Reduce], tuple[Tensor, dict[str, Tensor]]]
+
+
+def no_reduce(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The layout-specific half of the DPO stage (module docstring)."""
+
+    kind: str                                    # 'pairwise' | 'unpaired' | 'listwise'
+    data_format: str                             # one line for errors and logs
+    build: Callable[..., BuiltDataset]           # (source, tokenizer, settings) → BuiltDataset
+    collate: Callable[..., Any]                  # (examples, indices, *, pad_token_id) → batch
+    rows: Callable[[Any], list[Rows]]            # the sequences of a batch that π_ref scores
+    loss: LossFn                                 # (cfg, score, reference, batch, reduce) → (mean loss, sums)
+    metric_keys: tuple[str, ...]                 # the sums ``loss`` returns (zeros when a rank has no data)
+    # Applied to a built dataset before training (KTO: fix each example's KL partner); (dataset, seed).
+    prepare: Callable[[BuiltDataset, int], BuiltDataset] = field(default=lambda dataset, seed: dataset)
+
+
+def reference_as_policy(reference: Reference) -> Score:
+    """π_θ = π_ref (step 0 of a run that starts from its reference): the policy's log-probs are the
+    reference's, read from its table instead of a second forward pass."""
+
+    def score(rows: Rows) -> SequenceLogps:
+        lengths = rows.loss_mask[:, 1:].sum(1).float()
+        return SequenceLogps(logps=reference(rows), lengths=lengths)
+
+    return score
+
+
+def objective_for(loss_type: list[str]) -> Objective:
+    from preftune import losses
+
+    kind = losses.kind(loss_type[0])
+    if kind == "unpaired":
+        from preftune.objectives.kto import KTO
+
+        return KTO
+    if kind == "listwise":
+        from preftune.objectives.listwise import LISTWISE
+
+        return LISTWISE
+    from preftune.objectives.pairwise import PAIRWISE
+
+    return PAIRWISE
