@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from preftune import losses as loss_registry
+from preftune.rl.advantages import rloo_advantages
 from preftune.theory.data import PreferencePairs
 from preftune.theory.world import TabularWorld
 
@@ -172,8 +173,9 @@ def train_reinforce(world: TabularWorld, *, reward: Tensor | None = None, beta: 
             return -(rho * (pi * adv * lp).sum(-1)).sum()
         ys = torch.multinomial(lp.detach().exp(), n_samples, replacement=True, generator=gen)  # (P, K)
         r_k = torch.gather(shaped, 1, ys)
-        loo = (r_k.sum(-1, keepdim=True) - r_k) / (n_samples - 1)  # RLOO baseline: mean of the others
-        return -(rho * ((r_k - loo) * torch.gather(lp, 1, ys)).mean(-1)).sum()
+        # RLOO baseline (mean of the other K − 1 draws of the same prompt): the shipped RL-stage math.
+        adv = rloo_advantages(r_k.reshape(-1), n_samples).view_as(r_k)
+        return -(rho * (adv * torch.gather(lp, 1, ys)).mean(-1)).sum()
 
     if n_samples is not None and n_samples < 2:
         raise ValueError("RLOO needs n_samples >= 2")

@@ -1,0 +1,164 @@
+"""Rewards and advantages for the RL stage of RLHF (SPEC §3): the KL-shaped token rewards of PPO, GAE,
+and the sequence-level baselines of REINFORCE / RLOO.
+
+Shapes: token-level tensors are (B, T) with a boolean ``mask`` (B, T), True on completion tokens;
+sequence-level ones are (N,). Every output is detached: rewards, advantages and returns are constants
+in every policy-gradient loss (and regression targets for the value head), so a caller that forgot to
+detach its rollout values would silently backpropagate through the targets.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor
+
+from preftune.rl.kl import _bool_mask
+
+
+def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token reward of KL-penalised RLHF (Ziegler et al. 2019 §2.2; Ouyang et al. 2022 eq. 2):
+
+        R_t = −β · kl_t                      on every completion token t
+        R_t += r(x, y)                       on the completion's last token
+
+    so that Σ_t R_t = r(x, y) − β Σ_t kl_t, the sampled objective of SPEC §1 with a per-token KL
+    estimate (:func:`preftune.rl.kl.kl_penalty`). ``scores`` (B,) is the sequence reward r(x, y),
+    ``kl`` (B, T), ``mask`` (B, T) bool, β = ``kl_coef``. Rows may have different lengths; a row with
+    no completion token has nowhere to put its score and raises ValueError (one host sync). Returns
+    (B, T), 0 outside the mask.
+    """
+    m = _bool_mask(kl, mask)
+    if scores.dim() != 1 or scores.shape[0] != kl.shape[0]:
+        raise ValueError(f"scores must have shape ({kl.shape[0]},), got {tuple(scores.shape)}")
+    if not bool(m.any(-1).all()):
+        empty = (~m.any(-1)).nonzero().flatten().tolist()
+        raise ValueError(f"rows {empty} have no completion token to receive the sequence score")
+    positions = torch.arange(m.shape[-1], device=m.device)
+    # The last True of each row: the largest position among the masked ones.
+    last = torch.where(m, positions, -1).amax(-1, keepdim=True)
+    zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
+    rewards = torch.where(m, -kl_coef * kl, zero)
+    rewards = rewards + torch.where(positions == last, scores[:, None].to(kl.dtype), zero)
+    return rewards.detach()
+
+
+def _check_contiguous(m: Tensor) -> None:
+    """Each row's True entries must form one run (prompt | completion | padding layouts)."""
+    starts = m[:, :1].sum(-1) + (m[:, 1:] & ~m[:, :-1]).sum(-1)
+    if bool((starts > 1).any()):
+        bad = (starts > 1).nonzero().flatten().tolist()
+        raise ValueError(f"rows {bad} have non-contiguous masks: GAE needs one run of completion tokens")
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized Advantage Estimation (Schulman et al. 2016, "High-Dimensional Continuous Control
+    Using Generalized Advantage Estimation"), right to left over each row's completion:
+
+        δ_t = R_t + γ V_{t+1} − V_t
+        A_t = δ_t + γλ A_{t+1}          (= Σ_l (γλ)^l δ_{t+l})
+        returns_t = A_t + V_t           (the value head's regression target, a TD(λ) return)
+
+    with V and A after a row's last completion token taken as 0 (the episode ends with the EOS token).
+    λ = 1 gives the Monte-Carlo return minus V; λ = 0 the one-step TD error.
+
+    ``rewards``, ``values`` (B, T), e.g. from :func:`token_level_rewards` and the value head;
+    ``mask`` (B, T) bool. A row's masked positions must be contiguous (one completion; padding and
+    prompt on either side): this is checked (one host sync), since a gap would silently treat one
+    completion as two episodes. A row with no masked token gives zeros. Returns (advantages, returns),
+    both (B, T), 0 outside the mask, detached. Whitening, if wanted, is the caller's
+    (:func:`preftune.rl.kl.masked_whiten`).
+    """
+    m = _bool_mask(rewards, mask)
+    if values.shape != rewards.shape:
+        raise ValueError(f"values shape {tuple(values.shape)} != rewards shape {tuple(rewards.shape)}")
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
+    _check_contiguous(m)
+    zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    # Zero the unmasked entries up front: then "the next position is unmasked" reads as V = A = 0 there,
+    # which is exactly the end-of-episode bootstrap, with no special case for each row's end.
+    r = torch.where(m, rewards.detach(), zero)
+    v = torch.where(m, values.detach(), zero)
+    next_value = torch.zeros_like(r[:, 0])
+    next_adv = torch.zeros_like(r[:, 0])
+    columns = []
+    # A Python loop over T: the recursion is sequential; T small launches are cheap next to generation.
+    for t in reversed(range(r.shape[-1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        adv_t = torch.where(m[:, t], delta + gamma * lam * next_adv, zero)
+        columns.append(adv_t)
+        next_value, next_adv = v[:, t], adv_t
+    advantages = torch.stack(columns[::-1], dim=-1)
+    returns = torch.where(m, advantages + v, zero)
+    return advantages, returns
+
+
+def rloo_advantages(scores: Tensor, k: int) -> Tensor:
+    """REINFORCE Leave-One-Out advantages (Kool et al. 2019, "Buy 4 REINFORCE Samples, Get a Baseline
+    for Free!"; for RLHF: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style
+    Optimization for Learning from Human Feedback in LLMs"):
+
+        A_i = s_i − 1/(k−1) Σ_{j≠i} s_j    over the k completions of the same prompt
+            = k/(k−1) · (s_i − mean_j s_j)
+
+    The baseline excludes s_i, so it is independent of sample i and the gradient stays unbiased; a
+    reward shift by any f(x) (same preferences, SPEC §1 Lemma 1) cancels; a group's advantages sum to 0.
+    ``scores`` (P·k,): k consecutive entries per prompt. Returns (P·k,), detached.
+    """
+    try:
+        k_int = operator.index(k)  # any integer type (int, numpy ints); floats are a caller bug
+    except TypeError:
+        k_int = 0
+    if k_int < 2:
+        raise ValueError(f"RLOO needs k >= 2 completions per prompt (leave-one-out of one is empty), got {k!r}")
+    k = k_int
+    if scores.dim() != 1 or scores.numel() % k:
+        raise ValueError(f"scores must be 1-D with a multiple of k={k} entries, got shape {tuple(scores.shape)}")
+    groups = scores.detach().reshape(-1, k)
+    others_mean = (groups.sum(-1, keepdim=True) - groups) / (k - 1)
+    return (groups - others_mean).reshape(-1)
+
+
+def batch_mean_baseline(scores: Tensor) -> Tensor:
+    """REINFORCE with the batch mean as baseline (Williams 1992, "Simple Statistical
+    Gradient-Following Algorithms for Connectionist Reinforcement Learning"):
+    A_i = s_i − mean_j s_j. Slightly biased (the mean includes s_i, an O(1/N) effect; RLOO removes
+    it). Any shape; returns the same shape, detached.
+    """
+    scores = scores.detach()
+    return scores - scores.mean()
+
+
+class MovingAverageBaseline:
+    """REINFORCE baseline b = exponential moving average of past batch-mean scores (Williams 1992; the
+    moving-average baseline Ahmadian et al. 2024 compare RLOO against):
+
+        b ← decay · b + (1 − decay) · mean(scores)
+
+    Use ``scores − baseline.value`` *before* ``update`` with the same batch: b then depends on past
+    batches only, so the gradient is unbiased. The first update sets b to the batch mean (no pull
+    toward an arbitrary 0 start); ``value`` is 0.0 until then.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.value = 0.0
+        self.n_updates = 0
+
+    def update(self, scores: Tensor | float) -> None:
+        """Fold in one batch's scores (a tensor, of which the mean is taken, or a float mean)."""
+        # float() is one host sync per batch: the state stays a plain float, trivially checkpointable.
+        mean = float(scores.detach().float().mean()) if isinstance(scores, Tensor) else float(scores)
+        self.value = mean if self.n_updates == 0 else self.decay * self.value + (1.0 - self.decay) * mean
+        self.n_updates += 1
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"value": self.value, "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.value = float(state["value"])
+        self.n_updates = int(state["n_updates"])
