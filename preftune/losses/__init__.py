@@ -50,11 +50,15 @@ _REGISTRY: dict[str, LossFn] = {
     "orpo": reference_free.orpo,
 }
 
+# Losses that never read the reference log-probs (only the reported rewards do): a run of these alone
+# needs no reference model and no reference pass.
+REFERENCE_FREE = frozenset({"simpo", "orpo"})
+
 # Other signatures (the DPO stage trains them from other data layouts), so kept out of names().
 UNPAIRED: dict[str, Callable[..., tuple]] = {"kto": unpaired.kto}
 LISTWISE: dict[str, Callable[..., tuple]] = {"plackett_luce": listwise.plackett_luce}
 
-__all__ = ["LISTWISE", "UNPAIRED", "all_names", "get", "hyperparameters", "kind", "kto", "kto_kl_estimate",
+__all__ = ["LISTWISE", "REFERENCE_FREE", "UNPAIRED", "all_names", "get", "hyperparameters", "kind", "kto", "kto_kl_estimate",
            "names", "needs_lengths", "plackett_luce", "register"]
 
 

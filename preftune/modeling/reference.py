@@ -3,6 +3,7 @@
 - ``FrozenReference``: a separate frozen copy, run every step (any reference model).
 - ``AdapterDisabledReference``: the policy itself with its LoRA adapter switched off: one set of
   base weights in memory serves as both policy and reference.
+- ``NoReference``: none at all, for reference-free losses (SimPO, ORPO).
 - ``PrecomputedReference``: log-probs computed once before training, looked up by example index,
   and cached on disk under a key of (reference weights, tokenized data, precision). A frozen
   reference gives the same numbers every epoch, so recomputing it each step is pure waste.
@@ -53,6 +54,14 @@ class AdapterDisabledReference:
             out = self.policy(rows.input_ids, rows.attention_mask, rows.loss_mask).logps
         self.policy.train(was_training)
         return out
+
+
+class NoReference:
+    """For losses that never read π_ref (SimPO, ORPO): log π_ref ≡ 0, so the reported implicit rewards
+    become β log π_θ and no reference model is loaded or run."""
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.zeros(len(rows), device=rows.input_ids.device)
 
 
 class PrecomputedReference:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from preftune import losses
 from preftune.config import DPOConfig
 from preftune.data.collate import Rows
 from preftune.data.dataset import BuiltDataset
@@ -33,6 +34,7 @@ from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
 from preftune.modeling.reference import (
     AdapterDisabledReference,
     FrozenReference,
+    NoReference,
     PrecomputedReference,
     cache_key,
     precompute_reference,
@@ -88,6 +90,9 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
                     split: str, get_batch: GetBatch, resumed: bool) -> Reference:
     """Step 4. Returns ``reference(rows) -> log-probs [R]``."""
     cfg: DPOConfig = run.cfg
+    if set(cfg.loss_type) <= losses.REFERENCE_FREE and cfg.ref_model_name_or_path is None:
+        run.log(f"reference ({split}): none ({', '.join(cfg.loss_type)} never read it; rewards report β log π_θ)")
+        return NoReference()
     adapter_ref = cfg.use_peft and cfg.ref_model_name_or_path is None
     if adapter_ref:
         live, source, ref_lm = AdapterDisabledReference(policy), "policy with LoRA adapter disabled", None

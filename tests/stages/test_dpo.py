@@ -112,3 +112,18 @@ def test_every_wired_loss_trains_and_lengths_reach_the_losses_that_need_them(tin
     result = run_dpo(dpo_config(tiny_model_dir, train, tmp_path, *extra))
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert result.eval_after["rewards/accuracies"] > 0.5   # learns the separable task with every loss
+
+
+def test_reference_free_losses_load_and_score_no_reference(tiny_model_dir, separable_files, tmp_path, capsys):
+    train, held_out = separable_files
+    result = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "simpo", "loss_type=simpo", "max_steps=2",
+                                f"eval_file={held_out}"))
+    out = capsys.readouterr().out
+    assert "reference (train): none" in out and "reference log-probs" not in out
+    # With log π_ref ≡ 0 the reported rewards are β log π_θ: negative, unlike the zeros of θ = ref.
+    assert result.eval_before["rewards/chosen"] < 0
+    # The loss itself never reads π_ref: with an explicit reference model the steps are the same.
+    with_ref = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "ref", "loss_type=simpo", "max_steps=2",
+                                  f"ref_model_name_or_path={tiny_model_dir}"))
+    for a, b in zip(result.history, with_ref.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
