@@ -1,4 +1,4 @@
-"""``preftune {demo,sft,dpo,eval,theory}``: parse the command line and call the stage; nothing else.
+"""``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory}``: parse the command line and call the stage; nothing else.
 
 Every stage takes ``--config file.yaml`` plus ``key=value`` overrides; ``preftune <stage> --help``
 lists every key with its default and meaning. Under torchrun: ``torchrun --nproc_per_node 2 -m
@@ -10,19 +10,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from preftune.config import DPOConfig, EvalConfig, SFTConfig, describe
+from preftune.config import DPOConfig, EvalConfig, RLConfig, RMConfig, SFTConfig, describe
 from preftune.errors import PreftuneError
 
 STAGES = {
     "sft": (SFTConfig, "supervised fine-tuning on completions (builds π_ref when no SFT model exists)"),
     "dpo": (DPOConfig, "Direct Preference Optimization (and any loss in preftune.losses)"),
     "eval": (EvalConfig, "held-out implicit-reward accuracy and margin of a policy against its reference"),
+    "rm": (RMConfig, "reward model: the LM with a scalar head, Bradley–Terry on pairs or Plackett–Luce on rankings"),
+    "ppo": (RLConfig, "online RL with PPO: sample, score, KL penalty to π_ref, clipped surrogate + value head"),
+    "rloo": (RLConfig, "online RL with RLOO: k samples per prompt, leave-one-out baseline, KL penalty to π_ref"),
+    "reinforce": (RLConfig, "online RL with REINFORCE and a batch-mean baseline, KL penalty to π_ref"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Preference alignment for language models.")
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="{demo,sft,dpo,eval,theory}")
+    sub = parser.add_subparsers(dest="stage", required=True,
+                                metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory}")
     demo = sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
@@ -59,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "eval":
             from preftune.stages.evaluate import main as stage
             stage(args.config, args.overrides)
+        elif args.stage == "rm":
+            from preftune.stages.reward_model import main as stage
+            stage(args.config, args.overrides)
+        elif args.stage in ("ppo", "rloo", "reinforce"):
+            from preftune.stages.rl import main as stage
+            stage(args.config, [f"algorithm={args.stage}", *args.overrides])
     except PreftuneError as e:
         print(f"preftune {args.stage}: error: {e}", file=sys.stderr)
         return 2

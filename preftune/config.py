@@ -218,6 +218,96 @@ class EvalConfig(LossConfig):
             raise ConfigError("seed is set but only loss_type kto uses it (for its KL partners)")
 
 
+@dataclass(frozen=True)
+class RMConfig(TrainingConfig):
+    """Reward model: the language model with a scalar head, trained on preferences (SPEC §3)."""
+
+    output_dir: str = _f("runs/rm", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    learning_rate: float = _f(1e-5, "Peak learning rate.")
+    loss_type: str = _f("bradley_terry", "bradley_terry on {prompt, chosen, rejected} pairs, or plackett_luce on "
+                                         "{prompt, completions: [best, ..., worst]} rankings.",
+                        choices=("bradley_terry", "plackett_luce"))
+    margin: float = _f(0.0, "bradley_terry: the chosen reward must win by this margin (Llama 2's margin loss).")
+    center_rewards_coefficient: float | None = _f(None, "Adds c·(r_chosen + r_rejected)² so rewards stay centred "
+                                                        "at 0 (Eisenstein et al. 2023; TRL's name); null = off.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss_type == "plackett_luce" and (self.margin != 0.0 or self.center_rewards_coefficient is not None):
+            raise ConfigError("margin and center_rewards_coefficient apply to bradley_terry only")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            raise ConfigError(f"center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}")
+
+
+@dataclass(frozen=True)
+class RLConfig(TrainingConfig):
+    """Online KL-regularised RL (SPEC §1, §3): sample, score, penalise KL to π_ref, update (PPO/RLOO/REINFORCE)."""
+
+    algorithm: str = _f("ppo", "ppo (clipped surrogate + value head + GAE), rloo (leave-one-out baseline over "
+                               "num_generations samples per prompt) or reinforce (batch-mean baseline).",
+                        choices=("ppo", "rloo", "reinforce"))
+    output_dir: str = _f("runs/rl", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
+    learning_rate: float = _f(1e-6, "Peak learning rate.")
+    reward: str = _f("", "Reward: a reward-model folder (from `preftune rm`) or a Python callable "
+                         "'module:function' taking (prompts, completions) and returning floats. Required.")
+    ref_model_name_or_path: str | None = _f(None, "Reference π_ref of the KL penalty (null = the starting policy).")
+    per_device_train_batch_size: int = _f(8, "Prompts per process per rollout.")
+    num_generations: int = _f(1, "Completions sampled per prompt (rloo needs >= 2; the baseline is the others').")
+    max_new_tokens: int = _f(48, "Most tokens generated per completion (generation stops at EOS).")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling mass (1 = off).")
+    kl_coef: float = _f(0.05, "β of the KL penalty (initial value when adaptive_kl).")
+    kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: k1 = log π/π_ref, k3 = (r − 1) − log r "
+                                 "with r = π_ref/π (unbiased, never negative).", choices=("k1", "k3"))
+    adaptive_kl: bool = _f(False, "Adapt β so the measured KL tracks kl_target (Ziegler et al. 2019).")
+    kl_target: float = _f(6.0, "adaptive_kl: target KL per completion, in nats.")
+    kl_horizon: int = _f(10000, "adaptive_kl: horizon (in samples) of the proportional controller.")
+    ppo_epochs: int = _f(4, "ppo: passes over each rollout batch.")
+    num_mini_batches: int = _f(1, "ppo: minibatches per pass (each one optimizer step).")
+    clip_range: float = _f(0.2, "ppo: ε of the clipped probability ratio.")
+    clip_range_value: float | None = _f(0.2, "ppo: clip value predictions to old ± this (null = no value clipping).")
+    vf_coef: float = _f(0.1, "ppo: weight of the value loss (the value head shares the policy's trunk).")
+    gamma: float = _f(1.0, "ppo: discount.")
+    lam: float = _f(0.95, "ppo: GAE λ.")
+    whiten_advantages: bool = _f(True, "Normalise advantages to zero mean, unit variance per rollout batch.")
+    missing_eos_penalty: float | None = _f(None, "Subtract this from the score of completions that hit "
+                                                 "max_new_tokens without EOS (null = off).")
+    reward_batch_size: int = _f(32, "Completions per reward-model call.")
+    max_steps: int = _f(-1, "If > 0, stop after this many rollouts (each: sample, score, then ppo_epochs × "
+                            "num_mini_batches optimizer steps for ppo, one for rloo / reinforce).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gradient_accumulation_steps != 1:
+            raise ConfigError("gradient_accumulation_steps must be 1 for RL: a rollout is one batch of prompts "
+                              "(per_device_train_batch_size); ppo splits it with num_mini_batches")
+        _require(self.reward, "reward", "is required: a reward-model folder or 'module:function'")
+        _positive(self, "num_generations", "max_new_tokens", "temperature", "kl_horizon", "ppo_epochs",
+                  "num_mini_batches", "kl_target", "reward_batch_size")
+        _non_negative(self, "kl_coef", "vf_coef", "clip_range")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        for key in ("gamma", "lam"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.algorithm == "rloo" and self.num_generations < 2:
+            raise ConfigError("algorithm rloo needs num_generations >= 2 (the baseline is the other samples' mean)")
+        rollout = self.per_device_train_batch_size * self.num_generations
+        if self.algorithm == "ppo" and rollout % self.num_mini_batches:
+            raise ConfigError(f"num_mini_batches ({self.num_mini_batches}) must divide the rollout batch "
+                              f"(per_device_train_batch_size × num_generations = {rollout})")
+        defaults = {f.name: f.default for f in dataclasses.fields(RLConfig)}
+        ppo_only = ("ppo_epochs", "num_mini_batches", "clip_range", "clip_range_value", "vf_coef", "gamma", "lam")
+        if self.algorithm != "ppo":
+            changed = [k for k in ppo_only if getattr(self, k) != defaults[k]]
+            if changed:
+                raise ConfigError(f"{changed[0]} is set but only algorithm ppo uses it")
+        if not self.adaptive_kl:
+            for key in ("kl_target", "kl_horizon"):
+                if getattr(self, key) != defaults[key]:
+                    raise ConfigError(f"{key} is set but adaptive_kl is false, so it would be ignored")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Building a config from YAML + overrides
 

@@ -21,10 +21,17 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class SequenceLogps:
-    """Per-sequence sums over completion tokens: ``logps`` [N] and token counts ``lengths`` [N]."""
+    """Per-sequence sums over completion tokens: ``logps`` [N] and token counts ``lengths`` [N].
+
+    With ``per_token=True`` also ``tokens`` [N, T]: log p(x_t | x_<t) at every completion position t
+    (aligned with ``loss_mask``, 0 elsewhere), and, when the model has a value head, ``values`` [N, T]:
+    V of the prefix x_<t at the same positions (the state in which token t is chosen).
+    """
 
     logps: Tensor
     lengths: Tensor
+    tokens: Tensor | None = None
+    values: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -33,15 +40,17 @@ class SequenceLogps:
 
 
 def _token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                 softcap: float | None) -> Tensor:
+                 softcap: float | None, temperature: float = 1.0) -> Tensor:
     logits = F.linear(hidden, weight, bias).float()
     if softcap is not None:  # Gemma-2 style final-logit soft-capping
         logits = torch.tanh(logits / softcap) * softcap
+    if temperature != 1.0:
+        logits = logits / temperature
     return torch.gather(logits.log_softmax(-1), 1, targets.unsqueeze(1)).squeeze(1)
 
 
 def chunked_token_logps(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_size: int,
-                        softcap: float | None = None) -> Tensor:
+                        softcap: float | None = None, temperature: float = 1.0) -> Tensor:
     """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M].
 
     Chunks are checkpointed when gradients flow, so no more than ``chunk_size`` × vocab logits exist.
@@ -49,7 +58,8 @@ def chunked_token_logps(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_
     out = []
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     for start in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[start:start + chunk_size], head.weight, head.bias, targets[start:start + chunk_size], softcap)
+        args = (hidden[start:start + chunk_size], head.weight, head.bias, targets[start:start + chunk_size], softcap,
+                temperature)
         if need_grad:
             out.append(checkpoint(_token_logps, *args, use_reentrant=False))
         else:
@@ -72,15 +82,23 @@ class SequenceLogprobModel(nn.Module):
     produces the loss inputs, or its gradient hooks would not see the decoder's parameters used.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024) -> None:
+    def __init__(self, model: nn.Module, chunk_size: int = 1024, value_head: nn.Module | None = None,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        # Online RL samples from softmax(logits / T): that tempered distribution is the policy whose
+        # log-probs the ratios and KL terms must use, not the T = 1 model.
+        self.temperature = temperature
+        # PPO's critic: a linear head on the policy's own hidden states (shared trunk, one model in memory).
+        self.value_head = value_head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> SequenceLogps:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
+                per_token: bool = False) -> SequenceLogps:
         """input_ids, attention_mask, loss_mask: [N, T]; loss_mask marks completion tokens.
 
-        Returns sums over completion tokens [N] and their counts [N] (float32).
+        Returns sums over completion tokens [N] and their counts [N] (float32); with ``per_token``
+        also the per-token log-probs and values [N, T] (see :class:`SequenceLogps`).
         """
         lm = unwrap_causal_lm(self.model)
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
@@ -91,12 +109,24 @@ class SequenceLogprobModel(nn.Module):
         targets = input_ids[:, 1:][predict]             # [M]
         softcap = getattr(lm.config, "final_logit_softcapping", None)
         token_logps = chunked_token_logps(hidden_sel, lm.get_output_embeddings(), targets, self.chunk_size,
-                                          softcap)
+                                          softcap, self.temperature)
         seq_ids = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
         logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
         logps = logps.index_add(0, seq_ids, token_logps.float())
         lengths = predict.sum(1).to(torch.float32)
-        return SequenceLogps(logps=logps, lengths=lengths)
+        if not per_token:
+            return SequenceLogps(logps=logps, lengths=lengths)
+        tokens = _scatter_positions(token_logps.float(), predict)
+        values = None
+        if self.value_head is not None:
+            values = _scatter_positions(self.value_head(hidden_sel).squeeze(-1).float(), predict)
+        return SequenceLogps(logps=logps, lengths=lengths, tokens=tokens, values=values)
+
+
+def _scatter_positions(flat: Tensor, predict: Tensor) -> Tensor:
+    """[M] values of the predicted positions → [N, T] aligned with the input (column 0 predicts nothing)."""
+    shifted = torch.zeros(predict.shape, dtype=flat.dtype, device=flat.device).masked_scatter(predict, flat)
+    return torch.cat([shifted.new_zeros(predict.shape[0], 1), shifted], dim=1)
 
 
 def full_logits_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:

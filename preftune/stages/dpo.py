@@ -189,7 +189,8 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     optimizer = build_optimizer(policy.parameters(), cfg)
     sampler, steps = plan_steps(run, len(train))
     state = restore_state(run, resume_dir, optimizer)
-    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main)
+    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
+                           resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
     save = checkpoint_saver(run, policy.model, tokenizer, optimizer)
 

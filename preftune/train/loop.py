@@ -33,6 +33,7 @@ class LoopState:
     step: int = 0                 # optimizer steps taken (including skipped non-finite ones)
     tokens_seen: int = 0          # non-padding tokens through the policy, all ranks (as of the last log)
     skipped_steps: int = 0
+    optimizer_steps: int = 0      # RL: several optimizer steps per rollout (``step`` counts rollouts)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -52,6 +53,25 @@ def reduce_means(sums: dict[str, Tensor], info: DistInfo) -> dict[str, float]:
     count = totals.pop("count")
     counts = {k.removeprefix("count:"): totals.pop(k) for k in keys if k.startswith("count:")}
     return {k: v / counts.get(k, count) for k, v in totals.items() if counts.get(k, count) > 0}
+
+
+def guarded_step(params: list[Tensor], optimizer: torch.optim.Optimizer, max_grad_norm: float, state: LoopState,
+                 info: DistInfo, where: str, write: Callable[[str], None] = print) -> Tensor:
+    """Clip (the pre-clip norm is returned, to be logged as grad_norm), step, zero the gradients.
+
+    A non-finite norm skips the update, counted in ``state.skipped_steps``: a NaN or inf never reaches
+    the optimizer. All ranks hold the same reduced gradients, so they take the same decision.
+    """
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        state.skipped_steps += 1
+        if info.is_main:
+            write(f"{where}: non-finite gradient norm ({grad_norm.item()}); update skipped "
+                  f"({state.skipped_steps} so far)")
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def train_loop(
@@ -100,18 +120,9 @@ def train_loop(
                 window[k] = window[k] + v if k in window else v.detach().clone()
             window_tokens += n_tokens
 
-        # 3. Clip (pre-clip norm is the logged grad_norm) and refuse non-finite updates: a NaN or inf
-        #    never reaches the optimizer. All ranks hold the same reduced gradients, so they agree.
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            state.skipped_steps += 1
-            if info.is_main:
-                bar.write(f"step {state.step + 1}: non-finite gradient norm ({grad_norm.item()}); "
-                          f"update skipped ({state.skipped_steps} so far)")
-        optimizer.zero_grad(set_to_none=True)
+        # 3. Clip, step, or refuse a non-finite update.
+        grad_norm = guarded_step(params, optimizer, cfg.max_grad_norm, state, info,
+                                 f"step {state.step + 1}", bar.write)
         grad_norms.append(grad_norm.detach())
         state.step += 1
         bar.update(1)

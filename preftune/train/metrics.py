@@ -14,7 +14,12 @@ from typing import Any
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: str | Path, report_to: str = "auto", enabled: bool = True) -> None:
+    """``resume_step`` None starts ``metrics.jsonl`` afresh (a new run in an old folder must not mix
+    its curve with the old one); on resume the records after ``resume_step`` — logged by the run that
+    was interrupted after its last checkpoint — are dropped, since they are about to be logged again."""
+
+    def __init__(self, output_dir: str | Path, report_to: str = "auto", enabled: bool = True,
+                 resume_step: int | None = None) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = None
@@ -22,7 +27,12 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        kept = ""
+        if resume_step is not None and self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = "".join(line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step)
+        self._file = self.path.open("w", encoding="utf-8")
+        self._file.write(kept)
         if report_to in ("auto", "tensorboard"):
             try:
                 from torch.utils.tensorboard import SummaryWriter

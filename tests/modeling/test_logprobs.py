@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from preftune.modeling.logprobs import SequenceLogprobModel, chunked_token_logps, full_logits_logps
-from preftune.testing import tiny_llama
+from preftune.testing import tiny_llama, tiny_tokenizer
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -87,3 +87,27 @@ def test_no_vocabulary_sized_tensor_is_saved_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         full_logits_logps(model, ids, attention, loss_mask).sum()
     assert any(s[-1] == vocab and s.numel() >= ids.shape[0] * (ids.shape[1] - 1) * vocab for s in saved)
+
+
+def test_per_token_log_probs_and_values_sit_at_completion_positions():
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(len(tokenizer)).eval()
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    wrapped = SequenceLogprobModel(model, chunk_size=3, value_head=head)
+    ids = torch.randint(3, 50, (2, 7))
+    attention = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    out = wrapped(ids, attention, loss_mask, per_token=True)
+    logits = model(input_ids=ids, attention_mask=attention).logits.log_softmax(-1)
+    hidden = model.model(input_ids=ids, attention_mask=attention).last_hidden_state
+    for n in range(2):
+        for t in range(7):
+            if loss_mask[n, t]:
+                assert out.tokens[n, t].item() == pytest.approx(logits[n, t - 1, ids[n, t]].item(), abs=1e-5)
+                assert out.values[n, t].item() == pytest.approx(head(hidden[n, t - 1]).item(), abs=1e-5)
+            else:
+                assert out.tokens[n, t].item() == 0 and out.values[n, t].item() == 0
+    assert torch.allclose(out.tokens.sum(1), out.logps, atol=1e-5)
+    out.values.sum().backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0

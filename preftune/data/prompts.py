@@ -1,0 +1,52 @@
+"""Prompts for online RL: load → render → tokenize, with no completion (the policy writes it).
+
+Any record with a ``prompt`` field works (a string or a message list), so a preference or SFT file
+doubles as a prompt file: its other fields are ignored. The rendered prompt is what generation
+continues from (the chat template's generation prompt included); the *raw* prompt is kept for the
+reward function, which sees prompts the way the data wrote them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from preftune.data.dataset import BuiltDataset, DataSettings
+from preftune.data.load import load_records
+from preftune.data.render import _require_template_for_messages, _use_template, _value
+from preftune.data.tokenize import _prompt_ids
+from preftune.errors import DataError
+
+__all__ = ["TokenizedPrompt", "build_prompt_dataset", "render_prompt"]
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    prompt_ids: tuple[int, ...]
+    prompt: Any  # as written in the data: str or a list of messages
+    origin: str
+
+
+def render_prompt(prompt: Any, tokenizer: Any, templated: bool, origin: str) -> str:
+    if not templated:
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - jinja errors, including the template's own raise_exception()
+        raise DataError(f"{origin}: the chat template failed on field 'prompt': {e}") from None
+
+
+def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *, split: str = "train") -> BuiltDataset:
+    """Every record's ``prompt``, rendered and cut from the left to ``max_prompt_length`` tokens."""
+    templated = _use_template(tokenizer, settings.use_chat_template)
+    examples = []
+    for record in load_records(source, split=split):
+        prompt = _value(record, "prompt")
+        _require_template_for_messages({"prompt": prompt}, templated, record.origin)
+        text = render_prompt(prompt, tokenizer, templated, record.origin)
+        ids = _prompt_ids(text, tokenizer, settings.max_prompt_length, record.origin)
+        examples.append(TokenizedPrompt(tuple(ids), prompt, record.origin))
+    name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "dataset"
+    return BuiltDataset(examples, Counter(), name, settings)
