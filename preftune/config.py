@@ -257,8 +257,10 @@ class RLConfig(TrainingConfig):
     temperature: float = _f(1.0, "Sampling temperature.")
     top_p: float = _f(1.0, "Nucleus sampling mass (1 = off).")
     kl_coef: float = _f(0.05, "β of the KL penalty (initial value when adaptive_kl).")
-    kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: k1 = log π/π_ref, k3 = (r − 1) − log r "
-                                 "with r = π_ref/π (unbiased, never negative).", choices=("k1", "k3"))
+    kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: k1 = log π/π_ref (the one whose gradient "
+                                 "is right), k3 = (r − 1) − log r, r = π_ref/π: an unbiased, never-negative "
+                                 "estimate of the KL's value but, used as a reward, a biased gradient: in "
+                                 "`preftune theory` PPO with k3 settles 0.6 nats from π*.", choices=("k1", "k3"))
     adaptive_kl: bool = _f(False, "Adapt β so the measured KL tracks kl_target (Ziegler et al. 2019).")
     kl_target: float = _f(6.0, "adaptive_kl: target KL per completion, in nats.")
     kl_horizon: int = _f(10000, "adaptive_kl: horizon (in samples) of the proportional controller.")

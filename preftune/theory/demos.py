@@ -3,7 +3,8 @@
 Every claim is made in the exact world of :mod:`preftune.theory.world`. Unless a demonstration says
 "sampled", preference losses are minimised on the *population* pairs (:func:`expected_pairs`), i.e.
 the exact infinite-data expectation, so the residual is optimisation error, not sampling noise; the
-finite-sample row uses ``Settings.sampled_n`` seeded BT pairs.
+finite-sample row uses ``Settings.sampled_n`` seeded BT pairs. Likewise REINFORCE and PPO use exact
+expectations over completions, except in :func:`sampled_rl`, which draws seeded completions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from preftune.theory.data import (
     sample_pairs,
     sample_rankings,
 )
-from preftune.theory.train import TrainResult, standard_monitor, train_ppo, train_preference, train_reinforce
+from preftune.theory.train import (
+    TrainResult,
+    standard_monitor,
+    train_ppo,
+    train_ppo_sampled,
+    train_preference,
+    train_reinforce,
+)
 from preftune.theory.world import TabularWorld
 
 
@@ -53,6 +61,12 @@ class Settings:
     ppo_epochs: int = 4
     ppo_lr: float = 0.05
     sampled_n: int = 1_000_000  # BT pairs in the finite-sample DPO run
+    # Sampled RL (K completions per prompt per batch). Not shortened by quick(): with half the steps
+    # the sampling-noise floor of KL(π_θ‖π*) comes within 2× of the 1e-2 threshold for some seeds.
+    rloo_samples: int = 16
+    rloo_steps: int = 1000  # Adam steps, one fresh batch each (lr = ``lr``)
+    sampled_ppo_samples: int = 64
+    sampled_ppo_iterations: int = 250  # batches, × ppo_epochs steps each (lr = ``ppo_lr``)
     record_every: int = 10
     seed: int = 0
 
@@ -201,6 +215,33 @@ def sacpo(world: TabularWorld, s: Settings, lam: float = 0.5) -> DemoResult:
     return DemoResult(checks, {"stage1": stage1, "stage2": stage2})
 
 
+def sampled_rl(world: TabularWorld, s: Settings) -> DemoResult:
+    """RLHF as the LM-scale stage runs it, from samples: RLOO (K fresh completions per prompt per step,
+    leave-one-out baseline, KL penalty r − β log π/π_ref in the reward) and PPO (K completions per
+    prompt from π_old, per-token KL estimates in the reward, leave-one-out baseline, ``ppo_epochs``
+    clipped-surrogate steps per batch), all with :mod:`preftune.rl`'s math, reach π* up to sampling
+    noise. With k3 in the reward PPO converges elsewhere: k3 estimates the KL's value without bias,
+    but as a reward it is not log π/π_ref, so the stationary point (r − β Σ_t k3_t constant over the
+    sampled completions) is not π*."""
+    mon, star = standard_monitor(world), world.optimal_policy()
+    K, Kp, ep = s.rloo_samples, s.sampled_ppo_samples, s.ppo_epochs
+    rloo = train_reinforce(world, steps=s.rloo_steps, lr=s.lr, n_samples=K, seed=s.seed, monitor=mon,
+                           record_every=s.record_every)
+    ppo = {est: train_ppo_sampled(world, iterations=s.sampled_ppo_iterations, epochs=ep, n_samples=Kp,
+                                  lr=s.ppo_lr, kl_estimator=est, seed=s.seed, monitor=mon,
+                                  record_every=s.record_every)
+           for est in ("k1", "k3")}
+    checks = [Check(f"RLOO (sampled, K={K}) reaches π*", f"KL(π_RLOO ‖ π*), {s.rloo_steps} steps",
+                    world.mean_kl(rloo.probs, star), 1e-2),
+              Check(f"PPO (sampled, K={Kp}, {ep} epochs/batch) reaches π*",
+                    f"KL(π_PPO ‖ π*), k1 in the reward, {s.sampled_ppo_iterations} batches",
+                    world.mean_kl(ppo["k1"].probs, star), 1e-2),
+              Check("PPO (sampled) with k3 in the reward misses π*",
+                    f"KL(π_PPO-k3 ‖ π*), {s.sampled_ppo_iterations} batches",
+                    world.mean_kl(ppo["k3"].probs, star), 0.1, ">")]
+    return DemoResult(checks, {"rloo": rloo, "ppo_k1": ppo["k1"], "ppo_k3": ppo["k3"]})
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Run torch on one thread, then restore. The tensors here have ~10³ entries: intra-op threads
@@ -223,8 +264,9 @@ def run_all(world: TabularWorld | None = None, settings: Settings | None = None)
         return {"same_optimum": first, "reward_shift": reward_shift(world, s),
                 "theorem1": recovered_reward(world, s, dpo, sampled),
                 "unlikelihood": unlikelihood(world, s, dpo), "ipo_vs_dpo": ipo_vs_dpo(world, s),
-                "sacpo": sacpo(world, s)}
+                "sacpo": sacpo(world, s), "sampled_rl": sampled_rl(world, s)}
 
 
 __all__ = ["Check", "DemoResult", "Settings", "run_all", "same_optimum",
-           "reward_shift", "recovered_reward", "unlikelihood", "ipo_vs_dpo", "sacpo"]
+           "reward_shift", "recovered_reward", "unlikelihood", "ipo_vs_dpo", "sacpo",
+           "sampled_rl"]

@@ -28,16 +28,18 @@ def _plots(out: Path, world: TabularWorld, results: dict[str, DemoResult]) -> li
         return []
     names = []
     first, ul, ipo = results["same_optimum"].numbers, results["unlikelihood"].numbers, results["ipo_vs_dpo"].numbers
+    sampled = results["sampled_rl"].numbers
     curves = {"DPO (sigmoid)": first["dpo"], "PPO (clipped, KL penalty)": first["ppo"],
               "REINFORCE (exact, baseline)": first["reinforce"], "unlikelihood": ul["ul"],
-              "IPO (BT data)": ipo["ipo_bt"]}
+              "IPO (BT data)": ipo["ipo_bt"], "RLOO (sampled)": sampled["rloo"],
+              "PPO (sampled, k1 in reward)": sampled["ppo_k1"], "PPO (sampled, k3 in reward)": sampled["ppo_k3"]}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, res in curves.items():
         kls = [max(v, _KL_FLOOR) for v in res.history["kl_to_target"]]
-        ax.plot(res.history["step"], kls, label=label)
+        ax.plot(res.history["step"], kls, label=label, ls="--" if "sampled" in label else "-")
     ax.set(yscale="log", xlabel="gradient step", ylabel="E_x KL(π_θ ‖ π*)",
            title="Distance to the closed-form optimum π* = π_ref e^{r*/β}/Z")
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "kl_to_optimum.png", dpi=110)
     plt.close(fig)
@@ -96,7 +98,12 @@ def _markdown(world: TabularWorld, s: Settings, results: dict[str, DemoResult], 
         "use the population pairs: every ordered (y1, y2) weighted by ρ(x) π_ref(y1) π_ref(y2) "
         "σ(r*(y1) − r*(y2)), the exact infinite-data loss. REINFORCE uses the exact expectation over all "
         "completions with baseline b(x) = E_π[r − β log π/π_ref]; PPO the exact expectation under π_old "
-        "with a sequence-level ratio and the KL penalty in the reward.",
+        "with a sequence-level ratio and the KL penalty in the reward. "
+        f"Sampled RL (seed {s.seed}): RLOO with {s.rloo_samples} fresh completions per prompt per step "
+        f"({s.rloo_steps} steps, lr {s.lr}, leave-one-out baseline, r − β log π/π_ref as reward); PPO with "
+        f"{s.sampled_ppo_samples} completions per prompt from π_old per batch ({s.sampled_ppo_iterations} "
+        f"batches × {s.ppo_epochs} epochs, lr {s.ppo_lr}), per-token KL estimate k1 or k3 in the reward, "
+        "leave-one-out baseline, clipped surrogate, all from preftune.rl.",
         "",
         f"J(π_ref) = {_fmt(first['objective_ref'])}, J(π*) = {_fmt(first['objective_star'])}.",
         f"**{n_pass}/{len(checks)} checks pass**; run time {seconds:.1f} s.",

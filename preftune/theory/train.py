@@ -12,8 +12,12 @@ is deterministic (no sampling inside training unless ``n_samples`` asks for Mont
   (the baseline does not change the exact sum, Σ π ∇log π = 0, it is what the estimator would use).
   With ``n_samples`` = K: K draws per prompt from π_θ and the leave-one-out (RLOO) baseline.
 * :func:`train_ppo` — PPO's clipped surrogate (SPEC §3) with the KL penalty folded into the reward,
-  sequence-level ratio ρ = π_θ(y|x)/π_old(y|x), exact expectation over y ~ π_old, ``epochs`` Adam
+  sequence-level ratio ρ = π_θ(y|x)/π_old(y|x), exact expectation over y ~ π_old
+  (:func:`exact_ppo_loss`, via :func:`preftune.rl.surrogate.ppo_policy_loss`), ``epochs`` Adam
   steps per π_old, advantage A = R̃_old − V_old(x) with the exact value V_old = E_{π_old} R̃_old.
+* :func:`train_ppo_sampled` — the same from K samples per prompt, as the LM-scale stage runs it:
+  per-token KL estimates in the reward, leave-one-out baseline, clipped surrogate, ``epochs`` steps
+  per batch, all from :mod:`preftune.rl`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from preftune import losses as loss_registry
-from preftune.rl.advantages import rloo_advantages
+from preftune.rl.advantages import rloo_advantages, token_level_rewards
+from preftune.rl.kl import kl_penalty, masked_sum
+from preftune.rl.surrogate import ppo_policy_loss
 from preftune.theory.data import PreferencePairs
 from preftune.theory.world import TabularWorld
 
@@ -182,6 +188,24 @@ def train_reinforce(world: TabularWorld, *, reward: Tensor | None = None, beta: 
     return _optimise(policy, loss_fn, steps, lr, monitor, record_every)
 
 
+def exact_ppo_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, prompt_weights: Tensor,
+                   clip: float) -> Tensor:
+    """−Σ_x ρ(x) Σ_y π_old(y|x) min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = π_θ(y|x)/π_old(y|x): PPO's clipped
+    surrogate in exact expectation over y ~ π_old, computed by the shipped
+    :func:`preftune.rl.surrogate.ppo_policy_loss` (each completion one "token", mask of ones).
+
+    That function takes an unweighted mean over the P·N completions; the weights enter exactly through
+    the advantages, since the clipped objective is positively homogeneous in A:
+    w·min(ρA, clip(ρ)A) = min(ρ·wA, clip(ρ)·wA) for w ≥ 0, so A' = P·N·ρ(x)·π_old(y|x)·A gives the
+    weighted sum (value and gradient). ``logps``, ``old_logps``, ``advantages`` (P, N); ρ (P,).
+    """
+    weight = logps.numel() * prompt_weights[:, None] * old_logps.detach().exp()
+    ones = torch.ones(logps.numel(), 1, dtype=torch.bool)
+    loss, _ = ppo_policy_loss(logps.reshape(-1, 1), old_logps.reshape(-1, 1),
+                              (weight * advantages).reshape(-1, 1), ones, clip)
+    return loss
+
+
 def train_ppo(world: TabularWorld, *, reward: Tensor | None = None, beta: float | None = None,
               iterations: int = 200, epochs: int = 4, clip: float = 0.2, lr: float = 0.05,
               monitor: Monitor | None = None, record_every: int = 10) -> TrainResult:
@@ -204,14 +228,69 @@ def train_ppo(world: TabularWorld, *, reward: Tensor | None = None, beta: float 
             old = policy.logps()
             shaped = _shaped_reward(reward, old, ref, beta)
             pi_old = old.exp()
-            state["old"], state["pi_old"] = old, pi_old
+            state["old"] = old
             state["adv"] = shaped - (pi_old * shaped).sum(-1, keepdim=True)
 
     def loss_fn() -> Tensor:
-        ratio = torch.exp(policy.logps() - state["old"])
-        adv = state["adv"]
-        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-        return -(rho * (state["pi_old"] * surrogate).sum(-1)).sum()
+        return exact_ppo_loss(policy.logps(), state["old"], state["adv"], rho, clip)
 
     refresh(0)
+    return _optimise(policy, loss_fn, iterations * epochs, lr, monitor, record_every, on_step=refresh)
+
+
+def train_ppo_sampled(world: TabularWorld, *, reward: Tensor | None = None, beta: float | None = None,
+                      iterations: int = 250, epochs: int = 4, n_samples: int = 16, clip: float = 0.2,
+                      lr: float = 0.05, kl_estimator: str = "k1", seed: int = 0,
+                      monitor: Monitor | None = None, record_every: int = 10) -> TrainResult:
+    """PPO from samples, as the LM-scale stage runs it, with the shipped :mod:`preftune.rl` math.
+
+    Per iteration: ``n_samples`` = K completions per prompt drawn from π_old; per-token KL estimates
+    ``kl_estimator`` (:func:`~preftune.rl.kl.kl_penalty`) of π_old against π_ref on the sampled tokens
+    folded into the reward (:func:`~preftune.rl.advantages.token_level_rewards`), so the return is
+    r(x, y) − β Σ_t kl_t; advantages from the leave-one-out baseline over the K samples
+    (:func:`~preftune.rl.advantages.rloo_advantages`, no value head); then ``epochs`` Adam steps on
+    the sequence-level clipped surrogate (:func:`~preftune.rl.surrogate.ppo_policy_loss`, each
+    completion one "token", ratio π_θ(y|x)/π_old(y|x)) over that fixed batch.
+
+    With k1 (Σ_t kl_t = log π_old(y)/π_ref(y)) the gradient at π_θ = π_old is an unbiased estimate of
+    ∇J, so π* is the fixed point. k3 is an unbiased estimate of the KL's *value*, but as a reward it
+    is not log π/π_ref, and the fixed point (r − β Σ_t k3_t constant over the completions that keep
+    mass) is not π*.
+    ``record_every`` counts gradient steps (iterations × epochs in total).
+    """
+    if n_samples < 2:
+        raise ValueError("the leave-one-out baseline needs n_samples >= 2")
+    beta = world.beta if beta is None else beta
+    reward = world.reward if reward is None else reward
+    tree, rho, P, K = world.tree, world.prompt_weights, world.n_prompts, n_samples
+    ref_path = tree.path_logprobs(world.ref_logits)  # (P, N, T)
+    policy = TabularPolicy(world)
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.arange(P)[:, None]
+    ones = torch.ones(P * K, 1, dtype=torch.bool)
+    # Prompt weights P·ρ(x) (1 for uniform ρ) make the batch mean an estimate of E_{x~ρ}.
+    prompt_weight = (P * rho).repeat_interleave(K)
+    state: dict[str, Tensor] = {}
+
+    def refresh(step: int) -> None:
+        if step % epochs:
+            return  # same batch (and π_old) for ``epochs`` consecutive steps
+        with torch.no_grad():
+            old_path = tree.path_logprobs(policy.logits)  # (P, N, T)
+            old = old_path.sum(-1)
+            ys = torch.multinomial(old.exp(), K, replacement=True, generator=gen)  # (P, K)
+            mask = tree.step_mask[ys].bool().reshape(P * K, -1)  # (P·K, T): the sampled tokens
+            kl = kl_penalty(old_path[rows, ys].reshape(P * K, -1), ref_path[rows, ys].reshape(P * K, -1),
+                            kl_estimator)
+            token_rewards = token_level_rewards(reward[rows, ys].reshape(-1), kl, mask, beta)
+            returns = masked_sum(token_rewards, mask, dim=-1)  # r − β Σ_t kl_t, (P·K,)
+            adv = rloo_advantages(returns, K) * prompt_weight
+            state["ys"], state["old"], state["adv"] = ys, old[rows, ys].reshape(-1, 1), adv.reshape(-1, 1)
+
+    def loss_fn() -> Tensor:
+        lp = policy.logps()[rows, state["ys"]].reshape(-1, 1)
+        loss, _ = ppo_policy_loss(lp, state["old"], state["adv"], ones, clip)
+        return loss
+
+    # _optimise calls refresh before every step, the first sample included.
     return _optimise(policy, loss_fn, iterations * epochs, lr, monitor, record_every, on_step=refresh)

@@ -57,12 +57,20 @@ class CompletionTree:
         """log softmax over each node's actions, EOS masked at the root: (P, n_nodes, A) → same shape."""
         return torch.log_softmax(logits + self.action_mask.to(logits), dim=-1)
 
-    def seq_logprobs(self, logits: Tensor) -> Tensor:
-        """log π(y|x) for every completion: (P, n_nodes, A) → (P, n), the sum of the path's token log-probs."""
+    def path_logprobs(self, logits: Tensor) -> Tensor:
+        """Each completion's token log-probs in order, EOS included: (P, n_nodes, A) → (P, n, max_len).
+
+        Steps past a completion's end (``step_mask`` 0) are 0: the per-token view an LM's RL stage sees
+        (e.g. for per-token KL estimates), with ``step_mask`` as the completion mask.
+        """
         logp = self.token_logprobs(logits)
         per_step = logp[:, self.node_idx, self.act_idx]  # (P, n, max_len)
         # Padding steps point at (root, token 0): zero them by the mask (not by −inf, to keep grads finite).
-        return (per_step * self.step_mask.to(per_step)).sum(-1)
+        return per_step * self.step_mask.to(per_step)
+
+    def seq_logprobs(self, logits: Tensor) -> Tensor:
+        """log π(y|x) for every completion: (P, n_nodes, A) → (P, n), the sum of the path's token log-probs."""
+        return self.path_logprobs(logits).sum(-1)
 
     def logits_from_probs(self, probs: Tensor) -> Tensor:
         """Inverse of :meth:`seq_logprobs`: the logit table (log conditionals) of a distribution (P, n).

@@ -69,3 +69,14 @@ def test_every_check_passes_and_report_renders(results, tmp_path):
     pytest.importorskip("matplotlib")
     assert (tmp_path / "kl_to_optimum.png").stat().st_size > 0
     assert (tmp_path / "recovered_reward.png").stat().st_size > 0
+
+
+def test_sampled_rloo_reaches_pi_star(results):
+    # K fresh completions per prompt per step, leave-one-out baseline: sampling noise only.
+    assert _value(results, "sampled_rl", "KL(π_RLOO ‖ π*)") < 1e-2
+
+
+def test_sampled_ppo_reaches_pi_star_with_k1_not_k3(results):
+    assert _value(results, "sampled_rl", "KL(π_PPO ‖ π*), k1") < 1e-2
+    # k3 in the reward: unbiased KL value, biased gradient; the run settles far from π*.
+    assert _value(results, "sampled_rl", "KL(π_PPO-k3 ‖ π*)") > 0.1
