@@ -66,3 +66,15 @@ def test_kto_and_plackett_luce_are_loss_types_with_their_hyperparameters():
     with pytest.raises(ConfigError, match="undesirable_weight must be > 0"):
         load_config(DPOConfig, None, BASE + ["loss_type=kto", "undesirable_weight=0"])
     assert load_config(DPOConfig, None, BASE + ["loss_type=plackett_luce"]).loss_type == ["plackett_luce"]
+
+
+def test_example_configs_in_the_repo_load():
+    from pathlib import Path
+
+    from preftune.config import RLConfig
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    stage = {"dpo_paper.yaml": DPOConfig, "sft_chosen.yaml": SFTConfig, "ppo_sentiment.yaml": RLConfig}
+    assert {p.name for p in root.glob("*.yaml")} <= set(stage)
+    for name, cls in stage.items():
+        load_config(cls, root / name, ["model_name_or_path=m", "train_file=t.jsonl"])
