@@ -255,7 +255,8 @@ class RLConfig(TrainingConfig):
     num_generations: int = _f(1, "Completions sampled per prompt (rloo needs >= 2; the baseline is the others').")
     max_new_tokens: int = _f(48, "Most tokens generated per completion (generation stops at EOS).")
     temperature: float = _f(1.0, "Sampling temperature.")
-    top_p: float = _f(1.0, "Nucleus sampling mass (1 = off).")
+    top_p: float = _f(1.0, "Nucleus sampling mass (1 = off). Below 1 the samples come from a truncated "
+                           "distribution while the log-probs are the full tempered softmax's: slightly off-policy.")
     kl_coef: float = _f(0.05, "β of the KL penalty (initial value when adaptive_kl).")
     kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: k1 = log π/π_ref (the one whose gradient "
                                  "is right), k3 = (r − 1) − log r, r = π_ref/π: an unbiased, never-negative "
