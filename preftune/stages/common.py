@@ -142,17 +142,22 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
         else:
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing:
-        base = model.get_base_model() if is_peft(model) else model
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
+        enable_gradient_checkpointing(model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"
             + (" (LoRA)" if cfg.use_peft else ""))
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute decoder activations in backward (non-reentrant), LoRA-wrapped or not."""
+    base = model.get_base_model() if is_peft(model) else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
 
 
 def num_tokens(examples: list[Any]) -> int:

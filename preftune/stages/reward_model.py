@@ -48,6 +48,7 @@ from preftune.stages.common import (
     Run,
     RunResult,
     checkpoint_saver,
+    enable_gradient_checkpointing,
     finish,
     load_data,
     num_tokens,
@@ -55,7 +56,7 @@ from preftune.stages.common import (
     restore_state,
     start_run,
 )
-from preftune.train.checkpoint import is_peft, resolve_resume
+from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import wrap_ddp
 from preftune.train.loop import autocast, reduce_means, train_loop
 from preftune.train.metrics import MetricsLogger
@@ -116,12 +117,7 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
         else:
             model = apply_reward_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing:
-        base = model.get_base_model() if is_peft(model) else model
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
+        enable_gradient_checkpointing(model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     run.log(f"reward model: {cfg.model_name_or_path} + scalar head · {n_all / 1e6:.1f}M parameters, "
