@@ -41,17 +41,23 @@ def test_rl_raises_held_out_reward_and_drifts_from_the_reference(tiny_model_dir,
         assert {"value_loss", "clipfrac", "approx_kl", "vf_clipfrac"} <= set(logged)
 
 
-def test_adaptive_kl_holds_ppo_near_the_target(tiny_model_dir, tmp_path):
-    target = 2.0
-    cfg = rl_config(tiny_model_dir, tmp_path, "ppo", "per_device_train_batch_size=16", "max_steps=60",
-                    "kl_coef=1.0", "adaptive_kl=true", f"kl_target={target}", "kl_horizon=32")
+@pytest.mark.parametrize("algorithm, target, extra", [
+    ("ppo", 2.0, ["per_device_train_batch_size=16"]),
+    ("rloo", 1.0, ["per_device_train_batch_size=4", "num_generations=4"]),
+])
+def test_adaptive_kl_holds_the_policy_near_the_target(tiny_model_dir, tmp_path, algorithm, target, extra):
+    cfg = rl_config(tiny_model_dir, tmp_path, algorithm, "max_steps=60", "kl_coef=1.0", "adaptive_kl=true",
+                    f"kl_target={target}", "kl_horizon=32", *extra)
     result = run_rl(cfg, train_data=PROMPTS)
     history = result.history
+    kl = [h["kl"] for h in history]
+    # The policy does overshoot (β starts too low for this learning rate) — the controller has work to do.
+    assert max(kl) > 2 * target
     # The controller's rule, step by step: β rises exactly when the measured KL exceeded the target.
     for now, nxt in zip(history, history[1:]):
         assert (nxt["kl_coef"] > now["kl_coef"]) == (now["kl"] > target)
-    tail = [h["kl"] for h in history[-20:]]
-    assert sum(tail) / len(tail) < 2 * target
+    # ... and it pulls the policy back: the last 20 rollouts and the held-out KL sit under 2 × target.
+    assert sum(kl[-20:]) / 20 < 2 * target
     assert result.eval_after["kl"] < 2 * target
     assert result.eval_after["reward"] > result.eval_before["reward"]
 
