@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,7 +70,12 @@ class TrainingConfig:
     eval_steps: int | None = _f(None, "Evaluate on the held-out set every N steps (null = only at start and end).")
     save_steps: int | None = _f(None, "Save a resumable checkpoint every N steps (null = only at the end).")
     save_total_limit: int | None = _f(2, "Keep only the newest N step checkpoints (null = keep all).")
-    resume: str | None = _f(None, "Resume from a checkpoint folder, or 'latest' in output_dir.")
+    resume: str | None = _f(None, "Resume from a checkpoint folder, or 'latest' in output_dir (the newest "
+                                  "checkpoint whose manifest verifies; a corrupt one is reported and skipped).")
+    force_resume: bool = _f(False, "Resume even though the seed, data, tokenizer, model config or a training "
+                                   "setting differs from the checkpoint's (each difference is still printed).")
+    max_consecutive_skips: int = _f(5, "Stop the run after this many optimizer steps in a row with a non-finite "
+                                       "loss or gradient (each is skipped; 0 = never stop).")
     report_to: str = _f("auto", "auto (TensorBoard when installed), tensorboard or none.",
                         choices=("auto", "tensorboard", "none"))
     logprob_chunk_size: int = _f(1024, "Completion tokens per output-layer chunk: bounds the live logits.")
@@ -86,27 +92,22 @@ class TrainingConfig:
         _positive(self, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
                   "gradient_accumulation_steps", "num_train_epochs", "logging_steps", "logprob_chunk_size",
                   "lora_r", "lora_alpha", "adam_epsilon")
-        _non_negative(self, "weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "eval_size",
-                      "lora_dropout")
-        for key in ("eval_steps", "save_steps", "save_total_limit", "threads", "max_length", "max_prompt_length"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be a positive integer or null, got {value}")
-        if self.warmup_ratio > 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
-        for key in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        _non_negative(self, "weight_decay", "warmup_steps", "max_grad_norm", "eval_size",
+                      "max_consecutive_skips")
+        _positive_or_null(self, "eval_steps", "save_steps", "save_total_limit", "threads")
+        _check_lengths(self)
+        _in_range(self, "warmup_ratio", "[0, 1]")
+        _in_range(self, "adam_beta1", "[0, 1)")
+        _in_range(self, "adam_beta2", "[0, 1)")
+        _in_range(self, "lora_dropout", "[0, 1)")
+        if self.max_steps != -1 and self.max_steps <= 0:
+            raise ConfigError(f"max_steps must be -1 (no limit) or > 0, got {self.max_steps}")
         if not self.use_peft:
             defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig) if f.name.startswith("lora_")}
             changed = [k for k, v in defaults.items()
                        if v is not dataclasses.MISSING and getattr(self, k) != v]
             if changed:
                 raise ConfigError(f"{changed[0]} is set but use_peft is false, so it would be ignored")
-        if (self.max_length is not None and self.max_prompt_length is not None
-                and self.max_prompt_length >= self.max_length):
-            raise ConfigError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
-                              f"({self.max_length}) so every completion keeps at least one token")
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,8 @@ class LossConfig:
     def validate_losses(self) -> None:
         from preftune import losses
 
-        if self.beta <= 0:
-            raise ConfigError(f"beta must be > 0, got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        _positive(self, "beta")
+        _in_range(self, "label_smoothing", "[0, 0.5)")
         if not self.loss_type:
             raise ConfigError("loss_type must name at least one loss")
         for name in self.loss_type:
@@ -148,9 +147,13 @@ class LossConfig:
         if kinds != {"pairwise"} and len(self.loss_type) > 1:
             raise ConfigError(f"loss_type {self.loss_type}: kto and plackett_luce train from their own data "
                               "layouts (unpaired labels, rankings), so they cannot be combined with other losses")
-        for key in ("desirable_weight", "undesirable_weight"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        _positive(self, "desirable_weight", "undesirable_weight", "discopop_tau")
+        _non_negative(self, "simpo_gamma", "orpo_alpha")
+        for i, weight in enumerate(self.loss_weights or ()):
+            if weight < 0:
+                raise ConfigError(f"loss_weights[{i}] must be >= 0, got {weight}")
+        if self.loss_weights and not sum(self.loss_weights) > 0:
+            raise ConfigError(f"loss_weights must have a sum > 0, got {self.loss_weights}")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(f"loss_weights has {len(self.loss_weights)} entries but loss_type has "
                               f"{len(self.loss_type)}")
@@ -214,6 +217,8 @@ class EvalConfig(LossConfig):
         _require(self.ref_model_name_or_path, "ref_model_name_or_path", "is required")
         self.validate_losses()
         _positive(self, "per_device_eval_batch_size", "logprob_chunk_size")
+        _positive_or_null(self, "threads")
+        _check_lengths(self)
         if self.seed != 42 and self.loss_type != ["kto"]:
             raise ConfigError("seed is set but only loss_type kto uses it (for its KL partners)")
 
@@ -235,8 +240,9 @@ class RMConfig(TrainingConfig):
         super().__post_init__()
         if self.loss_type == "plackett_luce" and (self.margin != 0.0 or self.center_rewards_coefficient is not None):
             raise ConfigError("margin and center_rewards_coefficient apply to bradley_terry only")
+        _non_negative(self, "margin")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
-            raise ConfigError(f"center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}")
+            raise ConfigError(f"center_rewards_coefficient must be >= 0 or null, got {self.center_rewards_coefficient}")
 
 
 @dataclass(frozen=True)
@@ -287,12 +293,15 @@ class RLConfig(TrainingConfig):
         _require(self.reward, "reward", "is required: a reward-model folder or 'module:function'")
         _positive(self, "num_generations", "max_new_tokens", "temperature", "kl_horizon", "ppo_epochs",
                   "num_mini_batches", "kl_target", "reward_batch_size")
-        _non_negative(self, "kl_coef", "vf_coef", "clip_range")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        for key in ("gamma", "lam"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        _positive(self, "clip_range")  # as preftune.rl.surrogate requires: ε = 0 pins every ratio to 1
+        _positive_or_null(self, "clip_range_value")
+        _non_negative(self, "kl_coef", "vf_coef")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            # A negative penalty would reward rambling to max_new_tokens.
+            raise ConfigError(f"missing_eos_penalty must be >= 0 or null, got {self.missing_eos_penalty}")
+        _in_range(self, "top_p", "(0, 1]")
+        _in_range(self, "gamma", "[0, 1]")
+        _in_range(self, "lam", "[0, 1]")
         if self.algorithm == "rloo" and self.num_generations < 2:
             raise ConfigError("algorithm rloo needs num_generations >= 2 (the baseline is the other samples' mean)")
         rollout = self.per_device_train_batch_size * self.num_generations
@@ -407,14 +416,20 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return int(value)
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-6 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e-6 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            # nan slips through every `<= 0` range check, and inf is no setting of any key.
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -428,12 +443,15 @@ def _validate_choices(config: Any) -> None:
     for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
         if choices and getattr(config, f.name) not in choices:
-            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(config, f.name)!r}")
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(config, f.name)!r}")
 
 
 def _require(value: Any, key: str, why: str) -> None:
     if not value:
         raise ConfigError(f"{key} {why}")
+
+
+# Every range error reads "<key> must be <allowed range>, got <value>".
 
 
 def _positive(config: Any, *keys: str) -> None:
@@ -446,3 +464,32 @@ def _non_negative(config: Any, *keys: str) -> None:
     for key in keys:
         if getattr(config, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)}")
+
+
+def _positive_or_null(config: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be > 0 or null, got {value}")
+
+
+def _in_range(config: Any, key: str, interval: str) -> None:
+    """``interval`` in the usual notation, e.g. ``"[0, 1)"``: it is both the check and the message."""
+    value = getattr(config, key)
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    if not (above and below):
+        raise ConfigError(f"{key} must be in {interval}, got {value}")
+
+
+def _check_lengths(config: Any) -> None:
+    """max_length / max_prompt_length: the same rules as the data pipeline's DataSettings."""
+    max_length, max_prompt_length = config.max_length, config.max_prompt_length
+    if max_length is not None and max_length < 2:
+        raise ConfigError(f"max_length must be >= 2 or null (a prompt and a completion token), got {max_length}")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ConfigError(f"max_prompt_length must be >= 1 or null, got {max_prompt_length}")
+    if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
+        raise ConfigError(f"max_prompt_length must be < max_length ({max_length}) so every completion keeps "
+                          f"at least one token, got {max_prompt_length}")

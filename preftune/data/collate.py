@@ -10,6 +10,12 @@ partner's completion; the two are padded separately, since the partner rows only
 reference point. Ranked lists are ragged (K differs between examples), so their rows are every
 completion of every example with no padding rows, and :meth:`RankingBatch.to_matrix` lays
 per-row values out as the ``[B, K]`` matrix plus mask that the Plackett–Luce loss takes.
+
+Every row must have at least one supervised token: a row whose loss mask is all False would add
+nothing to a summed loss and divide by zero in a per-token mean, so collating one is an error
+naming the example, never a silently wasted or NaN row. The builders never produce such a row
+(a completion is at least its EOS, and a fully truncated one is dropped); this is the last check
+before a loss.
 """
 
 from __future__ import annotations
@@ -173,8 +179,8 @@ def collate_preferences(
 ) -> PreferenceBatch:
     """Pad pairs into a :class:`PreferenceBatch` (chosen rows first, then rejected)."""
     _check(examples, indices)
-    rows = [completion_sequence(e.prompt_ids, e.chosen_ids) for e in examples]
-    rows += [completion_sequence(e.prompt_ids, e.rejected_ids) for e in examples]
+    rows = [_sequence(e.prompt_ids, e.chosen_ids, e.origin, "chosen") for e in examples]
+    rows += [_sequence(e.prompt_ids, e.rejected_ids, e.origin, "rejected") for e in examples]
     ids, attention, loss = _pad(rows, pad_token_id, pad_to_multiple_of)
     return PreferenceBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
 
@@ -188,7 +194,7 @@ def collate_completions(
 ) -> CompletionBatch:
     """Pad SFT examples into a :class:`CompletionBatch`."""
     _check(examples, indices)
-    rows = [completion_sequence(e.prompt_ids, e.completion_ids) for e in examples]
+    rows = [_sequence(e.prompt_ids, e.completion_ids, e.origin, "completion") for e in examples]
     ids, attention, loss = _pad(rows, pad_token_id, pad_to_multiple_of)
     return CompletionBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
 
@@ -208,8 +214,8 @@ def collate_unpaired(
                 f"{e.origin}: the example has no KL partner (kl_completion_ids is empty); "
                 "assign_kl_partners must run on the dataset first"
             )
-    main = [completion_sequence(e.prompt_ids, e.completion_ids) for e in examples]
-    kl = [completion_sequence(e.prompt_ids, e.kl_completion_ids) for e in examples]
+    main = [_sequence(e.prompt_ids, e.completion_ids, e.origin, "completion") for e in examples]
+    kl = [_sequence(e.prompt_ids, e.kl_completion_ids, e.origin, "KL partner") for e in examples]
     index = _long(indices)
     position = torch.arange(len(examples))
     return UnpairedBatch(
@@ -232,7 +238,7 @@ def collate_rankings(
     rows, example, position, column = [], [], [], []
     for b, (e, i) in enumerate(zip(examples, indices)):
         for rank, completion in enumerate(e.completion_ids):
-            rows.append(completion_sequence(e.prompt_ids, completion))
+            rows.append(_sequence(e.prompt_ids, completion, e.origin, f"completion of rank {rank + 1}"))
             example.append(i)
             position.append(b)
             column.append(rank)
@@ -248,6 +254,20 @@ def _check(examples: Sequence, indices: Sequence[int]) -> None:
         raise ValueError("cannot collate an empty batch")
     if len(indices) != len(examples):
         raise ValueError(f"got {len(examples)} examples but {len(indices)} indices")
+
+
+def _sequence(
+    prompt_ids: Sequence[int], completion_ids: Sequence[int], origin: str, what: str
+) -> tuple[list[int], list[bool]]:
+    """``completion_sequence``, refusing a row with no supervised token (module docstring) by its origin."""
+    if not completion_ids:
+        raise ValueError(
+            f"{origin}: the {what} has no tokens, so its row would have no supervised token (its loss "
+            "mask would be all False); such a row must never reach a loss"
+        )
+    if not prompt_ids:
+        raise ValueError(f"{origin}: the prompt has no tokens; the first completion token needs a preceding one")
+    return completion_sequence(prompt_ids, completion_ids)
 
 
 def _long(values: Sequence[int]) -> torch.LongTensor:

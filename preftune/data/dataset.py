@@ -2,7 +2,9 @@
 
 Malformed data (DataError) stops the build: silently training on a fraction of a broken file is
 worse than failing. Valid-but-unusable examples (SkipExample, e.g. fully truncated) are dropped
-and counted by reason, and ``summary()`` reports the counts so nothing disappears unnoticed.
+and counted by reason, and ``summary()`` reports the counts so nothing disappears unnoticed; it
+also counts the prompts and completions that were cut to fit, which lose tokens without being
+dropped. docs/bad_inputs.md lists every bad input and what happens to it.
 
 KTO data needs one more step after its build: :func:`assign_kl_partners` gives every example a
 mismatched completion for the KL reference point. It is a dataset step rather than a per-batch
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from preftune.data.load import load_records
+from preftune.data.load import Record, load_records
 from preftune.data.render import render_completion, render_preference
 from preftune.data.render_unpaired_ranked import render_ranking, render_unpaired
 from preftune.data.tokenize import (
@@ -62,24 +64,28 @@ class DataSettings:
         # Fail at configuration time, not on the first example of a long build.
         lengths = (self.max_length, self.max_prompt_length)
         if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
+            raise ConfigError(f"max_length must be >= 2 or null, got {self.max_length}")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ConfigError(f"max_prompt_length must be at least 1, got {self.max_prompt_length}")
+            raise ConfigError(f"max_prompt_length must be >= 1 or null, got {self.max_prompt_length}")
         if None not in lengths and self.max_prompt_length >= self.max_length:
             raise ConfigError(
-                f"max_prompt_length ({self.max_prompt_length}) must be smaller than "
-                f"max_length ({self.max_length})"
+                f"max_prompt_length must be < max_length ({self.max_length}), got {self.max_prompt_length}"
             )
 
 
 @dataclass
 class BuiltDataset:
-    """Tokenized examples in source order (minus drops), the drop counts, and the settings used."""
+    """Tokenized examples in source order (minus drops), the drop and cut counts, and the settings used.
+
+    ``truncated`` counts sequences of the kept examples that lost tokens to the length limits
+    (``prompts cut from the left``, ``completions cut from the right``).
+    """
 
     examples: list[Example]
     dropped: Counter[str]
     source: str
     settings: DataSettings = field(default_factory=DataSettings)
+    truncated: Counter[str] = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -89,7 +95,7 @@ class BuiltDataset:
 
         E.g. ``prefs.jsonl: 998 examples, dropped 2 (completion fully truncated: 2)``; unpaired
         data also gives its label balance: ``kto.jsonl: 10 examples, 7 desirable / 3 undesirable,
-        dropped 0``.
+        dropped 0``. Cuts, if any, follow: ``, cut to fit (prompts cut from the left: 3)``.
         """
         total = sum(self.dropped.values())
         text = f"{self.source}: {len(self.examples)} examples"
@@ -100,6 +106,9 @@ class BuiltDataset:
         if total:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items()))
             text += f" ({reasons})"
+        if sum(self.truncated.values()):
+            cuts = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.truncated.items()) if n)
+            text += f", cut to fit ({cuts})"
         return text
 
     def fingerprint(self) -> str:
@@ -151,15 +160,10 @@ def build_preference_dataset(
 ) -> BuiltDataset:
     """Load, render and tokenize every preference record of ``source``; see the module docstring."""
 
-    def step(record):
+    def step(record: Record, notes: Counter[str]) -> Example:
         text = render_preference(record, tokenizer, use_chat_template=settings.use_chat_template)
-        return tokenize_preference(
-            text,
-            tokenizer,
-            max_length=settings.max_length,
-            max_prompt_length=settings.max_prompt_length,
-            add_eos=settings.add_eos,
-        )
+        _require_answer(tokenizer, text.origin, {"field 'chosen'": text.chosen, "field 'rejected'": text.rejected})
+        return tokenize_preference(text, tokenizer, **_limits(settings), notes=notes)
 
     return _build(source, settings, split, step)
 
@@ -174,17 +178,12 @@ def build_completion_dataset(
 ) -> BuiltDataset:
     """Load, render and tokenize every SFT record of ``source``; see the module docstring."""
 
-    def step(record):
+    def step(record: Record, notes: Counter[str]) -> Example:
         text = render_completion(
             record, tokenizer, use_chat_template=settings.use_chat_template, completion_field=completion_field
         )
-        return tokenize_completion(
-            text,
-            tokenizer,
-            max_length=settings.max_length,
-            max_prompt_length=settings.max_prompt_length,
-            add_eos=settings.add_eos,
-        )
+        _require_answer(tokenizer, text.origin, {f"field '{text.field}'": text.completion})
+        return tokenize_completion(text, tokenizer, **_limits(settings), notes=notes)
 
     return _build(source, settings, split, step)
 
@@ -197,15 +196,10 @@ def build_unpaired_dataset(
     The examples have no KL partner yet: run :func:`assign_kl_partners` before collating.
     """
 
-    def step(record):
+    def step(record: Record, notes: Counter[str]) -> Example:
         text = render_unpaired(record, tokenizer, use_chat_template=settings.use_chat_template)
-        return tokenize_unpaired(
-            text,
-            tokenizer,
-            max_length=settings.max_length,
-            max_prompt_length=settings.max_prompt_length,
-            add_eos=settings.add_eos,
-        )
+        _require_answer(tokenizer, text.origin, {"field 'completion'": text.completion})
+        return tokenize_unpaired(text, tokenizer, **_limits(settings), notes=notes)
 
     return _build(source, settings, split, step)
 
@@ -215,17 +209,37 @@ def build_ranking_dataset(
 ) -> BuiltDataset:
     """Load, render and tokenize every ranked list ``{prompt, completions, scores?}`` of ``source``."""
 
-    def step(record):
+    def step(record: Record, notes: Counter[str]) -> Example:
         text = render_ranking(record, tokenizer, use_chat_template=settings.use_chat_template)
-        return tokenize_ranking(
-            text,
-            tokenizer,
-            max_length=settings.max_length,
-            max_prompt_length=settings.max_prompt_length,
-            add_eos=settings.add_eos,
-        )
+        # By rank, not by index in the file: scores may have reordered the list.
+        ranks = {f"field 'completions' (rank {r})": c for r, c in enumerate(text.completions, start=1)}
+        _require_answer(tokenizer, text.origin, ranks)
+        return tokenize_ranking(text, tokenizer, **_limits(settings), notes=notes)
 
     return _build(source, settings, split, step)
+
+
+def _limits(settings: DataSettings) -> dict[str, Any]:
+    return {
+        "max_length": settings.max_length,
+        "max_prompt_length": settings.max_prompt_length,
+        "add_eos": settings.add_eos,
+    }
+
+
+def _require_answer(tokenizer: Any, origin: str, completions: dict[str, str]) -> None:
+    """Training data must answer: a completion rendered to the EOS alone (an answer message with
+    empty content) would teach "stop at once" from a row whose answer is simply missing.
+
+    ``completions`` maps where each one is (``"field 'chosen'"``) to its rendered text.
+    """
+    eos = getattr(tokenizer, "eos_token", None)
+    for where, text in completions.items():
+        if not text or text == eos:
+            raise DataError(
+                f"{origin}: {where} is an empty completion (nothing but EOS, so the row would only "
+                "teach stopping at once)"
+            )
 
 
 def assign_kl_partners(dataset: BuiltDataset, seed: int) -> BuiltDataset:
@@ -259,7 +273,9 @@ def assign_kl_partners(dataset: BuiltDataset, seed: int) -> BuiltDataset:
         if max_length is not None:
             kl = kl[: max_length - len(ex.prompt_ids)]
         partnered[target] = replace(ex, kl_completion_ids=kl)
-    return BuiltDataset(partnered, Counter(dataset.dropped), dataset.source, dataset.settings)
+    return BuiltDataset(
+        partnered, Counter(dataset.dropped), dataset.source, dataset.settings, Counter(dataset.truncated)
+    )
 
 
 def _columns(ex: Example) -> int:
@@ -268,17 +284,23 @@ def _columns(ex: Example) -> int:
     return 1 if isinstance(ex, TokenizedCompletion) else 2
 
 
-def _build(source: Any, settings: DataSettings, split: str, step: Callable[[Any], Example]) -> BuiltDataset:
+def _build(
+    source: Any, settings: DataSettings, split: str, step: Callable[[Record, Counter[str]], Example]
+) -> BuiltDataset:
     name = str(source) if isinstance(source, (str, os.PathLike)) else "dataset"
     records = load_records(source, split=split)
     examples: list[Example] = []
     dropped: Counter[str] = Counter()
+    truncated: Counter[str] = Counter()
     for record in records:
+        notes: Counter[str] = Counter()  # per example: a dropped one counts as dropped only, not also as cut
         try:
-            examples.append(step(record))
+            examples.append(step(record, notes))
         except SkipExample as e:
             dropped[e.reason] += 1
+            continue
+        truncated.update(notes)
     if not examples:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items()))
         raise DataError(f"{name}: all {len(records)} examples were dropped ({reasons})")
-    return BuiltDataset(examples, dropped, name, settings)
+    return BuiltDataset(examples, dropped, name, settings, truncated)

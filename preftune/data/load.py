@@ -6,7 +6,7 @@ like an editor or a spreadsheet does (a CSV header is not a row); ``dataset[i]``
 
 Loading does no validation of the fields themselves: that is render's job, which knows which
 fields a task needs. Only structural problems (unreadable JSON, a row that is not an object,
-an empty file) are reported here.
+bytes that are not UTF-8, an empty file) are reported here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from preftune.data.encoding import first_undecoded, undecoded_error, undecoded_field
 from preftune.errors import DataError
 
 __all__ = ["Record", "load_records"]
@@ -79,15 +80,24 @@ def _load_path(path: Path, split: str) -> list[Record]:
 def _load_jsonl(path: Path) -> list[Record]:
     records = []
     # utf-8-sig: files written on Windows often start with a BOM, which json.loads rejects.
-    with path.open(encoding="utf-8-sig") as f:
+    # surrogateescape: a byte that is not UTF-8 must be reported with its line, not as a bare
+    # UnicodeDecodeError from deep inside the file iterator.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             origin = f"{path}:{lineno}"
+            bad = first_undecoded(line)
             try:
-                obj = json.loads(line)
+                # Without its newline, an error at the end of the line gets this line's column
+                # rather than "column 1" of a phantom next line.
+                obj = json.loads(line.rstrip())
             except json.JSONDecodeError as e:
+                if bad is not None:  # the bad byte is the likelier cause, and the actionable one
+                    raise undecoded_error(origin, bad[1], f"at column {bad[0] + 1}", None) from None
                 raise DataError(f"{origin}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if bad is not None:
+                raise undecoded_error(origin, bad[1], f"at column {bad[0] + 1}", undecoded_field(obj))
             if not isinstance(obj, dict):
                 raise DataError(f"{origin}: expected a JSON object per line, got {_json_type(obj)}")
             records.append(Record(obj, origin))
@@ -95,27 +105,51 @@ def _load_jsonl(path: Path) -> list[Record]:
 
 
 def _load_json(path: Path) -> list[Record]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
     if not text.strip():
         raise DataError(f"{path}: file is empty")
+    bad = first_undecoded(text)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
+        if bad is not None:
+            raise _json_undecoded(path, text, bad, None) from None
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if bad is not None:
+        raise _json_undecoded(path, text, bad, obj)
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a top-level JSON list of objects, got {_json_type(obj)}")
     return _from_rows(obj, str(path), file_rows=True)
+
+
+def _json_undecoded(path: Path, text: str, bad: tuple[int, int], obj: Any) -> DataError:
+    index, byte = bad
+    line = text.count("\n", 0, index) + 1
+    column = index - text.rfind("\n", 0, index)  # rfind gives -1 on the first line: column index + 1
+    where = f"at line {line}, column {column}"
+    # Name the row and field when the JSON parses; the bad byte may also sit outside any row.
+    rows = obj if isinstance(obj, list) else []
+    for i, row in enumerate(rows):
+        field = undecoded_field(row)
+        if field is not None:
+            return undecoded_error(f"{path} row {i + 1}", byte, where, field)
+    return undecoded_error(f"{path}:{line}", byte, where, None)
 
 
 def _load_csv(path: Path) -> list[Record]:
     # The csv module rather than pandas: every cell stays the exact string in the file (pandas
     # would turn "1" into an int and an empty cell into NaN), and no optional dependency is needed.
     records = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path}: file is empty")
+        for column, cell in enumerate(header, start=1):
+            bad = first_undecoded(cell)
+            if bad is not None:
+                where = f"on line {reader.line_num}"
+                raise undecoded_error(str(path), bad[1], where, None, f"the header (column {column})")
         row_no = 0
         for cells in reader:
             if not cells:  # a blank line; csv yields [] for it
@@ -127,8 +161,17 @@ def _load_csv(path: Path) -> list[Record]:
                     f"{origin}: has {len(cells)} cells but the header has {len(header)} "
                     f"(columns {header}); a value with a comma must be quoted"
                 )
+            _check_csv_cells(cells, header, origin, reader.line_num)
             records.append(Record(dict(zip(header, cells)), origin))
     return records
+
+
+def _check_csv_cells(cells: list[str], header: list[str], origin: str, line: int) -> None:
+    for cell, name in zip(cells, header):
+        bad = first_undecoded(cell)
+        if bad is not None:
+            # line_num is where the row ends: a quoted cell may span several lines.
+            raise undecoded_error(origin, bad[1], f"in a row ending on line {line}", name)
 
 
 def _load_parquet(path: Path) -> list[Record]:

@@ -15,6 +15,7 @@ from typing import Any
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.load import load_records
 from preftune.data.render import _require_template_for_messages, _use_template, _value
+from preftune.data.special_tokens import check_special_tokens
 from preftune.data.tokenize import _prompt_ids
 from preftune.errors import DataError
 
@@ -45,6 +46,7 @@ def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *,
     for record in load_records(source, split=split):
         prompt = _value(record, "prompt")
         _require_template_for_messages({"prompt": prompt}, templated, record.origin)
+        check_special_tokens({"prompt": prompt}, tokenizer, record.origin, templated=templated, completions=())
         text = render_prompt(prompt, tokenizer, templated, record.origin)
         ids = _prompt_ids(text, tokenizer, settings.max_prompt_length, record.origin)
         examples.append(TokenizedPrompt(tuple(ids), prompt, record.origin))

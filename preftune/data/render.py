@@ -5,6 +5,13 @@ place. With a chat template the completion is defined as ``full[len(prompt):]`` 
 is the conversation rendered with the generation prompt and ``full`` the conversation including
 the answer; this is only sound if the template renders the former as a prefix of the latter
 (the *prompt-prefix invariant*), which is checked for every example rather than assumed.
+
+Text fields must be valid Unicode and must not spell a special token where the tokenizer would
+read it as a control token (see :mod:`preftune.data.special_tokens`); an empty string field is an
+error. Whitespace-only text is kept: it may be the intended answer (code, formatting), and it
+still encodes to at least one token. (An answer *message* with empty content renders to the EOS
+alone; the dataset builders reject that for training data, while the reward scorer uses it on
+purpose to score a policy that stopped at once.)
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from preftune.data.encoding import check_text
 from preftune.data.load import Record
+from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import ConfigError, DataError
 
 __all__ = ["CompletionText", "PreferenceText", "render_completion", "render_preference"]
@@ -35,11 +44,12 @@ class PreferenceText:
 
 @dataclass(frozen=True)
 class CompletionText:
-    """A rendered SFT example: one prompt and the completion to learn."""
+    """A rendered SFT example: one prompt and the completion to learn (``field`` names it in errors)."""
 
     prompt: str
     completion: str
     origin: str
+    field: str = "completion"
 
 
 def render_preference(
@@ -56,9 +66,9 @@ def render_preference(
     rejected = _value(record, "rejected")
     prompt = _value(record, "prompt", required=False)
     templated = _use_template(tokenizer, use_chat_template)
-    _require_template_for_messages(
-        {"prompt": prompt, "chosen": chosen, "rejected": rejected}, templated, origin
-    )
+    values = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    _require_template_for_messages(values, templated, origin)
+    check_special_tokens(values, tokenizer, origin, templated=templated, completions=("chosen", "rejected"))
     if prompt is None:
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected, origin)
     if not templated:
@@ -74,8 +84,12 @@ def render_completion(
     *,
     use_chat_template: bool | None = None,
     completion_field: str = "completion",
+    allow_special_tokens: bool = False,
 ) -> CompletionText:
     """Render an SFT record: ``{prompt, <completion_field>}`` or ``{messages: [...]}``.
+
+    ``allow_special_tokens`` skips the special-token check (preftune.data.special_tokens): for text a
+    policy generated, which is scored as the tokenizer reads it rather than refused mid-run.
 
     In the ``messages`` form the last message must be the assistant's: it is the completion and
     everything before it is the prompt.
@@ -93,15 +107,19 @@ def render_completion(
         if len(messages) < 2:
             raise DataError(f"{origin}: field 'messages' needs at least one message before the assistant's")
         prompt, completion = messages[:-1], messages[-1:]
+        field, values = "messages", {"messages": messages}
     else:
         prompt = _value(record, "prompt")
         completion = _value(record, completion_field)
+        field, values = completion_field, {"prompt": prompt, completion_field: completion}
     templated = _use_template(tokenizer, use_chat_template)
-    _require_template_for_messages({"prompt": prompt, completion_field: completion}, templated, origin)
+    _require_template_for_messages(values, templated, origin)
+    if not allow_special_tokens:
+        check_special_tokens(values, tokenizer, origin, templated=templated, completions=(completion_field,))
     if not templated:
-        return CompletionText(prompt, completion, origin)
-    prompt_text, completion_text = _render_templated(prompt, completion, completion_field, tokenizer, origin)
-    return CompletionText(prompt_text, completion_text, origin)
+        return CompletionText(prompt, completion, origin, field)
+    prompt_text, completion_text = _render_templated(prompt, completion, field, tokenizer, origin)
+    return CompletionText(prompt_text, completion_text, origin, field)
 
 
 def _value(record: Record, name: str, *, required: bool = True) -> TextOrMessages | None:
@@ -119,6 +137,7 @@ def _value(record: Record, name: str, *, required: bool = True) -> TextOrMessage
         if messages is None:
             if not value:  # whitespace-only is kept: it may be meaningful (code, formatting)
                 raise DataError(f"{origin}: field '{name}' is empty")
+            check_text(value, f"field '{name}'", origin)
             return value
         value = messages
     if not isinstance(value, (list, tuple)):
@@ -156,6 +175,7 @@ def _check_messages(messages: list, name: str, origin: str) -> Messages:
                 raise DataError(
                     f"{origin}: field '{name}' message {i}: '{key}' must be a string, got {found}"
                 )
+            check_text(message[key], f"field '{name}' message {i} '{key}'", origin)
     return [dict(m) for m in messages]
 
 

@@ -27,6 +27,7 @@ from preftune.data.render import (
     _use_template,
     _value,
 )
+from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import DataError, SkipExample
 
 __all__ = ["RankingText", "UnpairedText", "render_ranking", "render_unpaired"]
@@ -68,7 +69,9 @@ def render_unpaired(record: Record, tokenizer: Any, *, use_chat_template: bool |
     completion = _value(record, "completion")
     label = _label(record)
     templated = _use_template(tokenizer, use_chat_template)
-    _require_template_for_messages({"prompt": prompt, "completion": completion}, templated, origin)
+    values = {"prompt": prompt, "completion": completion}
+    _require_template_for_messages(values, templated, origin)
+    check_special_tokens(values, tokenizer, origin, templated=templated, completions=("completion",))
     if not templated:
         return UnpairedText(prompt, completion, label, origin)
     prompt_text, completion_text = _render_templated(prompt, completion, "completion", tokenizer, origin)
@@ -89,7 +92,9 @@ def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | 
     scores = _scores(record, len(completions))
     templated = _use_template(tokenizer, use_chat_template)
     names = [f"completions[{i}]" for i in range(len(completions))]
-    _require_template_for_messages({"prompt": prompt, **dict(zip(names, completions))}, templated, origin)
+    values = {"prompt": prompt, **dict(zip(names, completions))}
+    _require_template_for_messages(values, templated, origin)
+    check_special_tokens(values, tokenizer, origin, templated=templated, completions=names)
     order = list(range(len(completions)))
     if scores is not None:
         if len(set(scores)) < len(scores):

@@ -19,9 +19,15 @@ Truncation, in this order:
    max_length``. A completion cut this way loses its EOS, which is right: the model must not
    learn to stop where the text was merely cut.
 
-A completion left with no tokens raises ``SkipExample("completion fully truncated")``; a pair
-whose chosen and rejected ids are identical (before or after truncation) carries no preference
-signal and raises ``SkipExample("chosen and rejected are identical")``. ``None`` means no limit.
+Every cut is counted in ``notes`` (when given), which the dataset builders report in their
+summary: a prompt cut from the left, a completion cut from the right. A completion left with no
+tokens raises ``SkipExample("completion fully truncated")``; a pair whose chosen and rejected
+ids are identical (before or after truncation) carries no preference signal and raises
+``SkipExample("chosen and rejected are identical")``. ``None`` means no limit.
+A completion whose non-empty text encodes to zero tokens (a tokenizer that drops whitespace, say)
+is a DataError naming the field: appending EOS to nothing would train "stop at once" on an answer
+the data never gave. (An empty text is accepted here: render never produces one from data, and the
+reward scorer passes one on purpose to score a bare EOS.)
 
 KTO's unpaired examples follow the SFT rules (one prompt, one completion; the label is carried
 along). A ranked list fits every completion like a pair's; two completions with identical ids
@@ -31,6 +37,7 @@ cannot be ordered by the model's likelihood, so the list raises
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +59,8 @@ __all__ = [
 FULLY_TRUNCATED = "completion fully truncated"
 IDENTICAL = "chosen and rejected are identical"
 IDENTICAL_RANKED = "identical completions in a ranking"
+PROMPT_CUT = "prompts cut from the left"
+COMPLETION_CUT = "completions cut from the right"
 
 
 @dataclass(frozen=True)
@@ -104,14 +113,15 @@ def tokenize_preference(
     max_length: int | None,
     max_prompt_length: int | None,
     add_eos: bool = True,
+    notes: Counter[str] | None = None,
 ) -> TokenizedPreference:
     """Tokenize and truncate a rendered pair (rules in the module docstring)."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
-    chosen = _completion_ids(text.chosen, tokenizer, add_eos, text.origin)
-    rejected = _completion_ids(text.rejected, tokenizer, add_eos, text.origin)
-    chosen = _fit(prompt, chosen, max_length, text.origin)
-    rejected = _fit(prompt, rejected, max_length, text.origin)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    chosen = _completion_ids(text.chosen, tokenizer, add_eos, text.origin, "field 'chosen'")
+    rejected = _completion_ids(text.rejected, tokenizer, add_eos, text.origin, "field 'rejected'")
+    chosen = _fit(prompt, chosen, max_length, text.origin, notes)
+    rejected = _fit(prompt, rejected, max_length, text.origin, notes)
     if chosen == rejected:
         raise SkipExample(IDENTICAL, text.origin)
     return TokenizedPreference(tuple(prompt), tuple(chosen), tuple(rejected), text.origin)
@@ -124,12 +134,13 @@ def tokenize_completion(
     max_length: int | None,
     max_prompt_length: int | None,
     add_eos: bool = True,
+    notes: Counter[str] | None = None,
 ) -> TokenizedCompletion:
     """Tokenize and truncate a rendered SFT example (rules in the module docstring)."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
-    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin)
-    completion = _fit(prompt, completion, max_length, text.origin)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, f"field '{text.field}'")
+    completion = _fit(prompt, completion, max_length, text.origin, notes)
     return TokenizedCompletion(tuple(prompt), tuple(completion), text.origin)
 
 
@@ -140,12 +151,13 @@ def tokenize_unpaired(
     max_length: int | None,
     max_prompt_length: int | None,
     add_eos: bool = True,
+    notes: Counter[str] | None = None,
 ) -> TokenizedUnpaired:
     """Tokenize and truncate a rendered KTO example like an SFT example; no KL partner yet."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
-    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin)
-    completion = _fit(prompt, completion, max_length, text.origin)
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, "field 'completion'")
+    completion = _fit(prompt, completion, max_length, text.origin, notes)
     return TokenizedUnpaired(tuple(prompt), tuple(completion), text.label, text.origin)
 
 
@@ -156,14 +168,16 @@ def tokenize_ranking(
     max_length: int | None,
     max_prompt_length: int | None,
     add_eos: bool = True,
+    notes: Counter[str] | None = None,
 ) -> TokenizedRanking:
     """Tokenize and truncate a rendered ranked list, every completion as in a pair (module docstring)."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin)
-    completions = [
-        tuple(_fit(prompt, _completion_ids(c, tokenizer, add_eos, text.origin), max_length, text.origin))
-        for c in text.completions
-    ]
+    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    # Ranks, not 'completions[i]': scores may have reordered the list since it was read.
+    completions = []
+    for rank, completion in enumerate(text.completions, start=1):
+        ids = _completion_ids(completion, tokenizer, add_eos, text.origin, f"field 'completions' (rank {rank})")
+        completions.append(tuple(_fit(prompt, ids, max_length, text.origin, notes)))
     if len(set(completions)) < len(completions):
         raise SkipExample(IDENTICAL_RANKED, text.origin)
     return TokenizedRanking(tuple(prompt), tuple(completions), text.origin)
@@ -172,18 +186,20 @@ def tokenize_ranking(
 def _check_limits(max_length: int | None, max_prompt_length: int | None) -> None:
     if max_length is not None and max_length < 2:
         raise ValueError(
-            f"max_length must be at least 2 (one prompt and one completion token), got {max_length}"
+            f"max_length must be >= 2 or None (one prompt and one completion token), got {max_length}"
         )
     if max_prompt_length is not None and max_prompt_length < 1:
-        raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
+        raise ValueError(f"max_prompt_length must be >= 1 or None, got {max_prompt_length}")
     if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
         raise ValueError(
-            f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length}), "
-            "or no completion token could ever fit"
+            f"max_prompt_length must be < max_length ({max_length}) so a completion token can fit, "
+            f"got {max_prompt_length}"
         )
 
 
-def _prompt_ids(text: str, tokenizer: Any, max_prompt_length: int | None, origin: str) -> list[int]:
+def _prompt_ids(
+    text: str, tokenizer: Any, max_prompt_length: int | None, origin: str, notes: Counter[str] | None = None
+) -> list[int]:
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and text.startswith(bos))
     ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
@@ -191,11 +207,15 @@ def _prompt_ids(text: str, tokenizer: Any, max_prompt_length: int | None, origin
         raise DataError(f"{origin}: field 'prompt' encodes to zero tokens")
     if max_prompt_length is not None and len(ids) > max_prompt_length:
         ids = ids[-max_prompt_length:]
+        if notes is not None:
+            notes[PROMPT_CUT] += 1
     return ids
 
 
-def _completion_ids(text: str, tokenizer: Any, add_eos: bool, origin: str) -> list[int]:
+def _completion_ids(text: str, tokenizer: Any, add_eos: bool, origin: str, where: str) -> list[int]:
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if text and not ids:
+        raise DataError(f"{origin}: {where} encodes to zero tokens (the tokenizer keeps none of its text)")
     if add_eos:
         eos_id = tokenizer.eos_token_id
         if eos_id is None:
@@ -205,9 +225,13 @@ def _completion_ids(text: str, tokenizer: Any, add_eos: bool, origin: str) -> li
     return ids
 
 
-def _fit(prompt: list[int], completion: list[int], max_length: int | None, origin: str) -> list[int]:
-    if max_length is not None:
+def _fit(
+    prompt: list[int], completion: list[int], max_length: int | None, origin: str, notes: Counter[str] | None = None
+) -> list[int]:
+    if max_length is not None and len(completion) > max_length - len(prompt):
         completion = completion[: max(0, max_length - len(prompt))]
+        if completion and notes is not None:
+            notes[COMPLETION_CUT] += 1
     if not completion:
         raise SkipExample(FULLY_TRUNCATED, origin)
     return completion

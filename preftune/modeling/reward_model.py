@@ -206,7 +206,9 @@ class RewardModelScorer:
 
     def _render(self, prompt: Any, completion: Any, origin: str) -> CompletionText:
         record = Record({"prompt": prompt, "completion": completion}, origin)
-        return render_completion(record, self.tokenizer, use_chat_template=self.use_chat_template)
+        # A policy's sample may spell "<|im_end|>" out of ordinary tokens; an RL run must score it, not stop.
+        return render_completion(record, self.tokenizer, use_chat_template=self.use_chat_template,
+                                 allow_special_tokens=True)
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str]) -> list[float]:

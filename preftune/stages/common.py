@@ -32,6 +32,7 @@ from preftune.train.checkpoint import (
 from preftune.train.distributed import DistInfo, init_distributed, shutdown
 from preftune.train.loop import LoopState
 from preftune.train.metrics import MetricsLogger
+from preftune.train.preflight import check_free_space, check_resume, checkpoint_bytes, run_fingerprints
 from preftune.train.sampler import StepSampler, total_steps
 
 
@@ -42,6 +43,7 @@ class Run:
     cfg: Any
     info: DistInfo
     output_dir: Path
+    data_report: list[str] = field(default_factory=list)   # repeated at the end: drops and cuts, counted
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -103,7 +105,8 @@ def split_off_eval(train: BuiltDataset, eval_size: int, seed: int) -> tuple[Buil
     held = set(order[:eval_size])
     keep = [ex for i, ex in enumerate(train.examples) if i not in held]
     out = [ex for i, ex in enumerate(train.examples) if i in held]
-    return (BuiltDataset(keep, train.dropped, train.source, train.settings),
+    # Drop and cut counts stay with the training part: they describe the file as it was read.
+    return (BuiltDataset(keep, train.dropped, train.source, train.settings, train.truncated),
             BuiltDataset(out, type(train.dropped)(), f"{train.source} (held out {eval_size})", train.settings))
 
 
@@ -115,14 +118,16 @@ def load_data(run: Run, build, train_source: Any, eval_source: Any, tokenizer: A
         raise ConfigError("train_file is required (or pass train_data= from Python)")
     settings = data_settings(cfg)
     train = build(train_source, tokenizer, settings, **kw)
-    run.log(f"train data: {train.summary()}")
+    run.data_report.append(f"train data: {train.summary()}")
+    run.log(run.data_report[-1])
     evaluation = None
     if eval_source not in (None, ""):
         evaluation = build(eval_source, tokenizer, settings, **kw)
     elif cfg.eval_size > 0:
         train, evaluation = split_off_eval(train, cfg.eval_size, cfg.seed)
     if evaluation is not None:
-        run.log(f"eval data: {evaluation.summary()}")
+        run.data_report.append(f"eval data: {evaluation.summary()}")
+        run.log(run.data_report[-1])
     return train, evaluation
 
 
@@ -208,11 +213,26 @@ def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Opti
     return LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
 
 
-def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer):
+def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: Any, train: BuiltDataset
+              ) -> dict[str, Any]:
+    """Before any expensive work: a resumed run must match its checkpoint (seed, data, tokenizer, model
+    config, settings), and the output folder must have room. Returns the meta every checkpoint stores."""
+    cfg = run.cfg
+    meta = {"config": to_dict(cfg), "fingerprints": run_fingerprints(cfg.model_name_or_path, tokenizer, train)}
+    if resume_dir is not None:
+        check_resume(resume_dir, meta["config"], meta["fingerprints"], cfg.force_resume, run.log)
+    if run.info.is_main:
+        one, final = checkpoint_bytes(model, cfg.optimizer, cfg.use_peft)
+        check_free_space(run.output_dir, one + final, "a checkpoint (weights + optimizer state) and the final model")
+    return meta
+
+
+def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
+                     meta: dict[str, Any] | None = None):
     def save(state: LoopState) -> None:
         path = save_checkpoint(run.output_dir, state.step, model, tokenizer, optimizer,
                                {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
-                                "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit)
+                                "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit, meta)
         run.log(f"checkpoint saved: {path}")
     return save
 
@@ -221,8 +241,10 @@ def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger,
            tokenizer: Any, save: Any, started: float) -> RunResult:
     """Last checkpoint, the final Hugging Face folder, summary.json; leaves the process group."""
     result.history = state.history
+    for line in run.data_report:   # what was dropped or cut, again where the user reads last
+        run.log(line)
     if state.skipped_steps:
-        run.log(f"{state.skipped_steps} step(s) skipped for non-finite gradients")
+        run.log(f"{state.skipped_steps} step(s) skipped for a non-finite loss or gradient")
     save(state)
     if run.info.is_main:
         result.final_dir = save_final(run.output_dir / "final", model, tokenizer)

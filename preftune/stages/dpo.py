@@ -50,6 +50,7 @@ from preftune.stages.common import (
     load_policy,
     num_tokens,
     plan_steps,
+    preflight,
     restore_state,
     start_run,
 )
@@ -164,7 +165,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     run = start_run(cfg)
     info = run.info
     objective = objective_for(cfg.loss_type)
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.data_format}")
 
     # 2-3. Policy, tokenizer, data.
@@ -173,6 +174,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
                                 eval_data if eval_data is not None else cfg.eval_file, tokenizer)
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
+    meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
     ddp_policy = wrap_ddp(policy, info)
     train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
@@ -192,7 +194,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
                            resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer)
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta)
 
     def do_eval(step: int, score: Score | None = None) -> dict[str, float]:
         with eval_mode(policy):

@@ -53,6 +53,7 @@ from preftune.stages.common import (
     load_data,
     num_tokens,
     plan_steps,
+    preflight,
     restore_state,
     start_run,
 )
@@ -180,7 +181,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     run = start_run(cfg)
     info = run.info
     build, collate, loss_fn, _ = LAYOUTS[cfg.loss_type]
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
 
     # 2. Tokenizer and data.
     tokenizer = load_tokenizer(cfg.model_name_or_path)
@@ -192,6 +193,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
 
     # 3. The reward model.
     model = load_reward_policy(run, resume_dir, tokenizer)
+    meta = preflight(run, resume_dir, model, tokenizer, train)
     reward_model = RewardHeadModel(model)
     ddp_model = wrap_ddp(reward_model, info)
 
@@ -199,9 +201,10 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     optimizer = build_optimizer(reward_model.parameters(), cfg)
     sampler, steps = plan_steps(run, len(train))
     state = restore_state(run, resume_dir, optimizer)
-    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main)
+    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
+                           resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, model, tokenizer, optimizer)
+    save = checkpoint_saver(run, model, tokenizer, optimizer, meta)
 
     def do_eval(step: int) -> dict[str, float]:
         with eval_mode(reward_model):

@@ -38,10 +38,19 @@ from preftune.data.prompts import TokenizedPrompt, build_prompt_dataset
 from preftune.modeling.load import freeze, load_causal_lm
 from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
 from preftune.rewards import load_reward, score
-from preftune.stages.common import Run, RunResult, finish, load_data, load_policy, plan_steps, start_run
+from preftune.stages.common import (
+    Run,
+    RunResult,
+    finish,
+    load_data,
+    load_policy,
+    plan_steps,
+    preflight,
+    start_run,
+)
 from preftune.train.checkpoint import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
-from preftune.train.loop import LoopState, autocast, guarded_step, reduce_means
+from preftune.train.loop import LoopState, autocast, guarded_step, reduce_means, stop_if_diverged
 from preftune.train.metrics import MetricsLogger, format_postfix, progress_bar
 from preftune.train.optim import build_optimizer, lr_at, set_lr, warmup_steps
 from preftune.train.sampler import eval_shard
@@ -282,7 +291,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     # 1. Set-up.
     run = start_run(cfg)
     info = run.info
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"algorithm: {cfg.algorithm} · {cfg.num_generations} completion(s) per prompt · KL β {cfg.kl_coef} "
             f"({cfg.kl_estimator}{', adaptive, target ' + str(cfg.kl_target) if cfg.adaptive_kl else ''})")
 
@@ -290,6 +299,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     model, tokenizer = load_policy(run, resume_dir)
     train, held_out = load_data(run, build_prompt_dataset, train_data if train_data is not None else cfg.train_file,
                                 eval_data if eval_data is not None else cfg.eval_file, tokenizer)
+    meta = preflight(run, resume_dir, model, tokenizer, train)
 
     # 3. Policy (+ value head), reference, reward.
     value_head = None
@@ -339,7 +349,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
                  "kl_controller": controller.state_dict(), "config": to_dict(cfg),
                  "value_head": value_head.state_dict() if value_head is not None else None}
         path = save_checkpoint(run.output_dir, s.step, policy.model, tokenizer, optimizer, extra, info,
-                               cfg.save_total_limit)
+                               cfg.save_total_limit, meta)
         run.log(f"checkpoint saved: {path}")
 
     def do_eval(step: int) -> dict[str, float]:
@@ -366,6 +376,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         sums = rollout_metrics(rollout, kl_coef)
         sums.update(update(run, ddp_policy, params, optimizer, rollout, kl_coef, state, lr_of))
         state.step += 1
+        stop_if_diverged(state, cfg.max_consecutive_skips, cfg.output_dir)
         bar.update(1)
         seconds = time.perf_counter() - t0
 
@@ -391,7 +402,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
             bar.set_postfix(format_postfix(metrics), refresh=False)
         if held_out is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < rollouts:
             do_eval(state.step)
-        if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < rollouts:
+        if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < rollouts and not state.consecutive_skips:
             save(state)
     bar.close()
 

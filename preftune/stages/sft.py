@@ -32,6 +32,7 @@ from preftune.stages.common import (
     load_policy,
     num_tokens,
     plan_steps,
+    preflight,
     restore_state,
     start_run,
 )
@@ -83,7 +84,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
     # 1. Run set-up.
     run = start_run(cfg)
     info = run.info
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
 
     # 2-3. Model, tokenizer, data.
     model, tokenizer = load_policy(run, resume_dir)
@@ -91,6 +92,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
                                 train_data if train_data is not None else cfg.train_file,
                                 eval_data if eval_data is not None else cfg.eval_file, tokenizer,
                                 completion_field=cfg.completion_field)
+    meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
     ddp_policy = wrap_ddp(policy, info)
     train_batch = make_batches(train, tokenizer.pad_token_id, info.device)
@@ -103,7 +105,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
                            resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer)
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta)
 
     def do_eval(step: int) -> dict[str, float]:
         metrics = evaluate(run, policy, held_out, eval_batch)

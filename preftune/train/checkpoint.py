@@ -3,15 +3,22 @@
 Layout of ``<output_dir>/checkpoint-<step>/``:
     model/               Hugging Face folder (safetensors + config + tokenizer); a LoRA run stores
                          its adapter here (peft format) — the base model is named in the config
+    meta.json            the run's config and fingerprints (data, tokenizer, model config)
     trainer_state.pt     optimizer state, step, token and skip counters, the config, rank-0 RNG
     rng_rank<r>.pt       every rank's RNG state (python, numpy, torch), for dropout after resume
-The folder is written under a temporary name and renamed when complete, so a crash mid-save never
-leaves a folder that looks finished. ``final/`` holds the trained model alone (LoRA merged in).
+    manifest.json        every other file with its size and sha256, written last
+Saving writes everything under ``.checkpoint-<step>.tmp``, fsyncs the files, writes the manifest,
+renames the folder atomically and fsyncs the parent, so a crash at any moment leaves either the
+complete checkpoint or none. Resuming verifies the manifest (sizes and hashes), so a checkpoint that
+was damaged afterwards is refused by name and the previous one is used. ``final/`` holds the trained
+model alone (LoRA merged in).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import random
 import re
@@ -23,9 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from preftune.errors import PreftuneError
+from preftune.train import faults
 from preftune.train.distributed import DistInfo, barrier
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(PreftuneError):
+    """No usable checkpoint where one was asked for."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,28 +71,90 @@ def is_peft(model: nn.Module) -> bool:
 
 def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokenizer: Any,
                     optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any], info: DistInfo,
-                    total_limit: int | None = None) -> Path:
+                    total_limit: int | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Save a resumable checkpoint atomically (see the module docstring); ``meta`` (the run's config and
+    fingerprints, JSON) is what a later resume is checked against."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
     if info.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in output_dir.glob(".checkpoint-*.tmp"):  # left by a crash mid-save
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
+        faults.kill_if("kill_in_save", step, info.rank)
+        if meta is not None:
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         torch.save({**trainer_state, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()},
                    tmp / "trainer_state.pt")
     barrier(info)
     torch.save(rng_state(), tmp / f"rng_rank{info.rank}.pt")
     barrier(info)
     if info.is_main:
+        write_manifest(tmp, step)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        _fsync_dir(output_dir)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
     barrier(info)
     return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    """Hash and fsync every file of ``folder``, then write (and fsync) ``manifest.json`` last."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _fsync_file(path)
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    for sub in sorted({p.parent for p in folder.rglob("*")} | {folder}):
+        _fsync_dir(sub)
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "step": step, "files": files}, indent=1))
+    _fsync_file(folder / MANIFEST)
+    _fsync_dir(folder)
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with the checkpoint at ``path`` (None: complete, every file's size and sha256 as saved)."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return "no manifest.json (the save did not finish)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"manifest.json is unreadable ({e})"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its sha256 in the manifest (damaged after saving)"
+    return None
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -90,17 +166,31 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+def resolve_resume(resume: str | None, output_dir: str | Path, log: Any = print) -> Path | None:
+    """The checkpoint to resume from: ``latest`` is the newest that verifies (each refused one is
+    reported with its reason); a named folder must verify itself."""
     if resume is None:
         return None
     if resume == "latest":
         found = list_checkpoints(output_dir)
         if not found:
-            raise FileNotFoundError(f"resume=latest but {output_dir} holds no checkpoint-<step> folder")
-        return found[-1]
+            raise CheckpointError(f"resume=latest but {output_dir} holds no checkpoint-<step> folder")
+        refused = []
+        for path in reversed(found):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if refused:
+                    log(f"resuming from {path.name}, the newest complete checkpoint")
+                return path
+            refused.append(f"{path.name}: {problem}")
+            log(f"checkpoint refused: {path} — {problem}; trying the one before")
+        raise CheckpointError(f"resume=latest: no usable checkpoint in {output_dir} ({'; '.join(refused)})")
     path = Path(resume)
     if not (path / "trainer_state.pt").is_file():
-        raise FileNotFoundError(f"resume={resume}: not a checkpoint folder (no trainer_state.pt)")
+        raise CheckpointError(f"resume={resume}: not a checkpoint folder (no trainer_state.pt)")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"resume={resume}: checkpoint refused — {problem}")
     return path
 
 

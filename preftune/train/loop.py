@@ -2,8 +2,15 @@
 
 A stage supplies two functions: ``get_batch(indices)`` turns dataset indices into a device batch,
 and ``compute_loss(batch)`` returns the micro-batch loss (a mean over its items) together with
-detached per-item *sums* of whatever it wants logged, including ``count``. Sums reduce exactly
-across micro-steps and ranks; they are turned into means only when logged.
+detached per-item *sums* of whatever it wants logged, including ``count``, the number of items the
+loss averages over (pairs, lists, or tokens for SFT). Sums reduce exactly across micro-steps and
+ranks; they are turned into means only when logged.
+
+The gradient of a step is the mean over *all* the step's items, whatever the split into micro-batches
+and ranks: each micro-batch back-propagates its loss × count (a sum), and the summed gradient is
+divided once by the global count. So batch 8 × accumulation 1 and batch 1 × accumulation 8 take the
+same step, also for SFT's token mean, where a per-micro-batch mean would weight short micro-batches'
+tokens more (tested in tests/train/test_invariances.py).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from preftune.config import TrainingConfig
+from preftune.errors import PreftuneError
+from preftune.train import faults
+from preftune.train.checkpoint import list_checkpoints
 from preftune.train.distributed import DistInfo, all_reduce_sum
 from preftune.train.metrics import MetricsLogger, format_postfix, progress_bar
 from preftune.train.optim import lr_at, set_lr, warmup_steps
@@ -33,6 +43,7 @@ class LoopState:
     step: int = 0                 # optimizer steps taken (including skipped non-finite ones)
     tokens_seen: int = 0          # non-padding tokens through the policy, all ranks (as of the last log)
     skipped_steps: int = 0
+    consecutive_skips: int = 0    # non-finite steps in a row (not saved: a resumed run starts afresh)
     optimizer_steps: int = 0      # RL: several optimizer steps per rollout (``step`` counts rollouts)
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -55,23 +66,49 @@ def reduce_means(sums: dict[str, Tensor], info: DistInfo) -> dict[str, float]:
     return {k: v / counts.get(k, count) for k, v in totals.items() if counts.get(k, count) > 0}
 
 
+class TrainingDiverged(PreftuneError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
 def guarded_step(params: list[Tensor], optimizer: torch.optim.Optimizer, max_grad_norm: float, state: LoopState,
-                 info: DistInfo, where: str, write: Callable[[str], None] = print) -> Tensor:
+                 info: DistInfo, where: str, write: Callable[[str], None] = print,
+                 nonfinite_loss: Tensor | None = None) -> Tensor:
     """Clip (the pre-clip norm is returned, to be logged as grad_norm), step, zero the gradients.
 
-    A non-finite norm skips the update, counted in ``state.skipped_steps``: a NaN or inf never reaches
-    the optimizer. All ranks hold the same reduced gradients, so they take the same decision.
+    A non-finite gradient norm, or ``nonfinite_loss`` > 0 (non-finite micro-batch losses, already
+    summed over ranks), skips the update: parameters and optimizer state stay bitwise as they were
+    (clipping only touches the gradients, which are then dropped). Counted in ``state.skipped_steps``.
+    All ranks hold the same reduced gradients and the same loss flag, so they take the same decision.
     """
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
-    if torch.isfinite(grad_norm):
+    ok = torch.isfinite(grad_norm)
+    if nonfinite_loss is not None:
+        ok = ok & (nonfinite_loss == 0)
+    if ok.item():  # the one host sync per optimizer step: stepping or not is a host decision
         optimizer.step()
+        state.consecutive_skips = 0
     else:
         state.skipped_steps += 1
+        state.consecutive_skips += 1
         if info.is_main:
-            write(f"{where}: non-finite gradient norm ({grad_norm.item()}); update skipped "
-                  f"({state.skipped_steps} so far)")
+            what = "loss" if nonfinite_loss is not None and nonfinite_loss.item() > 0 else "gradient norm"
+            write(f"{where}: non-finite {what} (grad norm {grad_norm.item()}); update skipped, parameters and "
+                  f"optimizer state unchanged ({state.skipped_steps} skipped so far)")
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def stop_if_diverged(state: LoopState, limit: int, output_dir: str) -> None:
+    """After ``limit`` skipped steps in a row, stop: more data will not make the numbers finite again."""
+    if limit <= 0 or state.consecutive_skips < limit:
+        return
+    found = list_checkpoints(output_dir)
+    kept = (f"the last good checkpoint is kept: {found[-1]} (resume=latest continues from it)" if found
+            else "no checkpoint was saved before this point")
+    raise TrainingDiverged(
+        f"stopped at step {state.step}: {state.consecutive_skips} optimizer steps in a row had a non-finite loss or "
+        f"gradient (max_consecutive_skips={limit}); {kept}. Lower learning_rate, enable gradient clipping "
+        f"(max_grad_norm), or check the data of these steps.")
 
 
 def train_loop(
@@ -107,7 +144,11 @@ def train_loop(
         set_lr(optimizer, lr)
 
         # 2. Forward/backward over the micro-batches; gradients sync across ranks only on the last one.
+        #    Each micro-batch back-propagates a *sum* over its items (loss × count).
         micro = sampler.micro_batches(state.step)
+        units = torch.zeros((), device=info.device)
+        nonfinite = torch.zeros((), device=info.device)
+        poison = faults.nan_if("nan_loss", state.step + 1, info.rank)
         for i, indices in enumerate(micro):
             batch, n_tokens = get_batch(list(indices))
             sync = i == len(micro) - 1
@@ -115,14 +156,23 @@ def train_loop(
             with ctx:
                 with autocast(cfg.bf16, info.device):
                     loss, sums = compute_loss(batch)
-                (loss / len(micro)).backward()
+                    loss = loss * poison
+                (loss * sums["count"]).backward()
+            units = units + sums["count"].detach()
+            nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()
             for k, v in sums.items():
                 window[k] = window[k] + v if k in window else v.detach().clone()
             window_tokens += n_tokens
 
-        # 3. Clip, step, or refuse a non-finite update.
+        # 3. Mean over the step's global items (DDP has already averaged over ranks, hence × world
+        #    size), then clip and step, or skip a non-finite update.
+        units, nonfinite = all_reduce_sum(torch.stack([units, nonfinite]), info).unbind()
+        scale = info.world_size / units.clamp(min=1)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
         grad_norm = guarded_step(params, optimizer, cfg.max_grad_norm, state, info,
-                                 f"step {state.step + 1}", bar.write)
+                                 f"step {state.step + 1}", bar.write, nonfinite_loss=nonfinite)
         grad_norms.append(grad_norm.detach())
         state.step += 1
         bar.update(1)
@@ -138,11 +188,13 @@ def train_loop(
             metrics["epoch"] = state.step / sampler.steps_per_epoch
             state.tokens_seen += int(tokens)
             metrics["tokens_seen"] = float(state.tokens_seen)
+            metrics["skipped_steps"] = float(state.skipped_steps)
             logger.log(state.step, metrics)
             state.history.append({"step": state.step, **metrics})
             bar.set_postfix(format_postfix(metrics), refresh=False)
             window, grad_norms = {}, []
             window_tokens, window_start = 0, time.perf_counter()
+        stop_if_diverged(state, cfg.max_consecutive_skips, cfg.output_dir)   # after the step is logged
 
         # 5. Periodic held-out evaluation and checkpoints.
         if evaluate is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps:
@@ -151,7 +203,14 @@ def train_loop(
             model.train()
             window_start = time.perf_counter()  # evaluation time is not training throughput
         if save is not None and cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < total_steps:
-            save(state)
+            # Not in the middle of a run of skipped steps: the newest checkpoint stays one from before
+            # the trouble, and rotation cannot delete it in favour of one taken inside it.
+            if state.consecutive_skips == 0:
+                save(state)
+            elif info.is_main:
+                bar.write(f"step {state.step}: checkpoint not saved, the last {state.consecutive_skips} step(s) "
+                          "were skipped as non-finite")
             window_start = time.perf_counter()
+        faults.kill_if("kill_after_step", state.step, info.rank)
     bar.close()
     return state

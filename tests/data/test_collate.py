@@ -3,8 +3,20 @@
 import pytest
 import torch
 
-from preftune.data.collate import CompletionBatch, PreferenceBatch, collate_completions, collate_preferences
-from preftune.data.tokenize import TokenizedCompletion, TokenizedPreference
+from preftune.data.collate import (
+    CompletionBatch,
+    PreferenceBatch,
+    collate_completions,
+    collate_preferences,
+    collate_rankings,
+    collate_unpaired,
+)
+from preftune.data.tokenize import (
+    TokenizedCompletion,
+    TokenizedPreference,
+    TokenizedRanking,
+    TokenizedUnpaired,
+)
 
 PAD = 0
 EXAMPLES = [
@@ -74,3 +86,19 @@ def test_bad_inputs():
         collate_preferences(EXAMPLES, [0], pad_token_id=PAD)
     with pytest.raises(ValueError, match="empty batch"):
         collate_completions([], [], pad_token_id=PAD)
+
+
+@pytest.mark.parametrize(
+    "collate, example, what",
+    [
+        (collate_preferences, TokenizedPreference((1, 2), (3,), (), "f.jsonl:4"), "the rejected has no tokens"),
+        (collate_completions, TokenizedCompletion((1, 2), (), "f.jsonl:4"), "the completion has no tokens"),
+        (collate_unpaired, TokenizedUnpaired((1,), (), True, "f.jsonl:4", (5,)), "the completion has no tokens"),
+        (collate_rankings, TokenizedRanking((1,), ((3,), ()), "f.jsonl:4"), "the completion of rank 2 has no tokens"),
+    ],
+)
+def test_a_row_without_a_supervised_token_never_reaches_a_loss(collate, example, what):
+    # Built datasets never hold one (see test_bad_input_matrix.py); collate is the last guard before a loss.
+    with pytest.raises(ValueError) as err:
+        collate([example], [0], pad_token_id=PAD)
+    assert str(err.value).startswith(f"f.jsonl:4: {what}, so its row would have no supervised token")

@@ -111,10 +111,8 @@ VARIED = [
     "3.14159",
     "-_-",
     "a,b;c:d",
-    "<not special>",
-    "<|im_start|> inside",
+    "<not special>",  # special-token text inside a field is an error: see test_bad_input_matrix.py
     "end with newline\n",
-    "ends with im_end<|im_end|>",
     "The quick brown fox",
     "good movie",
     "bad",

@@ -191,7 +191,7 @@ def test_render_completion_prompt_and_completion(chat_tok, plain_tok):
     )
     assert render_completion(
         rec(prompt="hi", response="yes"), plain_tok, completion_field="response"
-    ) == CompletionText("hi", "yes", "dataset[7]")
+    ) == CompletionText("hi", "yes", "dataset[7]", "response")
     with pytest.raises(DataError, match=r"^dataset\[7\]: missing field 'completion'$"):
         render_completion(rec(prompt="hi"), chat_tok)
     with pytest.raises(DataError, match=r"^dataset\[7\]: field 'completion' is empty$"):
@@ -200,7 +200,7 @@ def test_render_completion_prompt_and_completion(chat_tok, plain_tok):
 
 def test_render_completion_messages_form(chat_tok):
     out = render_completion(rec(messages=[user("hi"), assistant("yes")]), chat_tok)
-    assert out == CompletionText(HI_PROMPT, "yes<|im_end|>", "dataset[7]")
+    assert out == CompletionText(HI_PROMPT, "yes<|im_end|>", "dataset[7]", "messages")
     with pytest.raises(DataError, match="last message must be the assistant's.*got role 'user'"):
         render_completion(rec(messages=[assistant("yes"), user("hi")]), chat_tok)
     with pytest.raises(DataError, match="at least one message before the assistant's"):

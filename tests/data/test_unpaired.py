@@ -378,7 +378,8 @@ def test_build_counts_drops_and_labels(tmp_path):
     ]
     assert built.dropped == Counter({"completion fully truncated": 1})
     assert built.summary() == (
-        f"{path}: 3 examples, 1 desirable / 2 undesirable, dropped 1 (completion fully truncated: 1)"
+        f"{path}: 3 examples, 1 desirable / 2 undesirable, dropped 1 (completion fully truncated: 1), "
+        "cut to fit (completions cut from the right: 1)"  # the row at line 3
     )
 
 

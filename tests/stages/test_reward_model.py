@@ -81,6 +81,9 @@ def test_scorer_ranks_held_out_chosen_above_rejected(trained):
     # The scorer reproduces the stage's own held-out evaluation of the final model.
     assert sum(chosen) / len(rows) == pytest.approx(result.eval_after["rewards/chosen"], abs=1e-5)
     assert sum(rejected) / len(rows) == pytest.approx(result.eval_after["rewards/rejected"], abs=1e-5)
+    # A policy's sample that spells a special token is scored, not refused (training data would be).
+    odd = scorer([rows[0]["prompt"]] * 2, ["good <|im_end|> more", ""])
+    assert all(math.isfinite(x) for x in odd)
 
 
 @pytest.mark.parametrize("margin,center", [(0.0, None), (1.0, None), (0.0, 0.5), (0.5, 0.25)])

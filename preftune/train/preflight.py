@@ -1,0 +1,98 @@
+"""Checks made before any training work, so a run fails in seconds rather than after hours.
+
+- Resuming: the checkpoint's settings and fingerprints (data, tokenizer, model config) must match the
+  run's, or the resumed run would silently be a different experiment; each difference is named.
+- Disk: the output folder must have room for a checkpoint and the final model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from preftune.errors import ConfigError
+
+# Settings a resumed run may change: where and how often it reports, and on what hardware it runs.
+# Everything else (seed, data, model, loss, batch, schedule, ...) decides the numbers of the run.
+CHANGEABLE_ON_RESUME = frozenset({
+    "output_dir", "resume", "force_resume", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+    "progress_bar", "report_to", "threads", "device", "per_device_eval_batch_size", "max_consecutive_skips",
+})
+_VOLATILE_MODEL_KEYS = ("_name_or_path", "transformers_version", "use_cache", "dtype", "torch_dtype")
+
+
+def _sha(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """The vocabulary, special tokens and chat template: what decides the token ids."""
+    return _sha({"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
+                 "template": getattr(tokenizer, "chat_template", None)})
+
+
+def model_config_fingerprint(name_or_path: str) -> str:
+    """The architecture of the base model (its config.json, without bookkeeping keys)."""
+    from transformers import AutoConfig
+
+    from preftune.modeling.load import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path)).to_dict()
+    return _sha({k: v for k, v in config.items() if k not in _VOLATILE_MODEL_KEYS})
+
+
+def run_fingerprints(model_name_or_path: str, tokenizer: Any, train: Any) -> dict[str, str]:
+    return {"train_data": train.fingerprint(), "tokenizer": tokenizer_fingerprint(tokenizer),
+            "model_config": model_config_fingerprint(model_name_or_path)}
+
+
+def resume_differences(saved: dict[str, Any], config: dict[str, Any], fingerprints: dict[str, str]) -> list[str]:
+    """Each setting or fingerprint of ``saved`` (a checkpoint's meta.json) that the new run changes."""
+    now = json.loads(json.dumps(config))  # the same JSON types as the saved copy (tuples → lists)
+    before = saved.get("config", {})
+    diffs = [f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in sorted(set(before) | set(now))
+             if k not in CHANGEABLE_ON_RESUME and before.get(k) != now.get(k)]
+    for name, value in fingerprints.items():
+        old = saved.get("fingerprints", {}).get(name)
+        if old != value:
+            diffs.append(f"{name}: fingerprint {str(old)[:12]} → {value[:12]}")
+    return diffs
+
+
+def check_resume(checkpoint: Path, config: dict[str, Any], fingerprints: dict[str, str], force: bool,
+                 log: Any = print) -> None:
+    """Refuse to resume ``checkpoint`` with different settings, naming each, unless ``force``."""
+    meta_file = checkpoint / "meta.json"
+    if not meta_file.is_file():
+        diffs = ["the checkpoint has no meta.json to compare with (saved by an older preftune)"]
+    else:
+        diffs = resume_differences(json.loads(meta_file.read_text()), config, fingerprints)
+    if not diffs:
+        return
+    if force:
+        for d in diffs:
+            log(f"force_resume: resuming {checkpoint.name} although {d}")
+        return
+    raise ConfigError(f"resume from {checkpoint}: this run differs from the one that saved it — "
+                      + "; ".join(diffs) + ". Undo the change, or set force_resume=true to resume anyway.")
+
+
+def checkpoint_bytes(model: nn.Module, optimizer: str, peft: bool) -> tuple[int, int]:
+    """(bytes of one resumable checkpoint, bytes of the final model folder), fp32 weights."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4
+    everything = sum(p.numel() for p in model.parameters()) * 4
+    optimizer_states = {"adamw": 2, "rmsprop": 1}.get(optimizer, 2)
+    weights = trainable if peft else everything
+    return weights + optimizer_states * trainable, everything
+
+
+def check_free_space(output_dir: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(output_dir).free
+    if free < need:
+        raise ConfigError(f"output_dir {output_dir}: {free / 1e9:.2f} GB free, but {what} need about "
+                          f"{need / 1e9:.2f} GB; free some space or point output_dir elsewhere")

@@ -1,0 +1,61 @@
+"""Preflight: a resumed run must match its checkpoint; the output folder must have room."""
+
+import json
+from collections import namedtuple
+
+import pytest
+from torch import nn
+
+from preftune.errors import ConfigError
+from preftune.train import preflight
+from preftune.train.preflight import check_free_space, check_resume, checkpoint_bytes, resume_differences
+
+SAVED = {"config": {"seed": 0, "beta": 0.1, "loss_type": ["sigmoid"], "logging_steps": 1, "output_dir": "a"},
+         "fingerprints": {"train_data": "a" * 64, "tokenizer": "b" * 64}}
+
+
+def test_every_setting_that_shapes_the_numbers_is_named():
+    now = {"seed": 1, "beta": 0.2, "loss_type": ("sigmoid",), "logging_steps": 10, "output_dir": "b"}
+    diffs = resume_differences(SAVED, now, SAVED["fingerprints"])
+    assert diffs == ["beta: 0.1 → 0.2", "seed: 0 → 1"]   # tuple == saved list; logging and output may change
+
+
+def test_fingerprints_are_compared_and_named():
+    diffs = resume_differences(SAVED, SAVED["config"], {"train_data": "c" * 64, "tokenizer": "b" * 64})
+    assert diffs == ["train_data: fingerprint aaaaaaaaaaaa → cccccccccccc"]
+
+
+def test_a_new_or_dropped_key_counts_as_a_difference():
+    assert resume_differences(SAVED, {**SAVED["config"], "lora_r": 8}, SAVED["fingerprints"]) == ["lora_r: None → 8"]
+
+
+def test_check_resume_refuses_unless_forced(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps(SAVED))
+    changed = {**SAVED["config"], "seed": 7}
+    with pytest.raises(ConfigError, match=r"seed: 0 → 7.*force_resume=true"):
+        check_resume(tmp_path, changed, SAVED["fingerprints"], force=False)
+    said = []
+    check_resume(tmp_path, changed, SAVED["fingerprints"], force=True, log=said.append)
+    assert said == [f"force_resume: resuming {tmp_path.name} although seed: 0 → 7"]
+    check_resume(tmp_path, SAVED["config"], SAVED["fingerprints"], force=False)  # unchanged: silent
+
+
+def test_a_checkpoint_without_meta_cannot_be_checked(tmp_path):
+    with pytest.raises(ConfigError, match="no meta.json"):
+        check_resume(tmp_path, {}, {}, force=False)
+
+
+def test_checkpoint_size_by_hand():
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 5))     # 110 + 55 parameters
+    assert checkpoint_bytes(model, "adamw", peft=False) == ((165 + 2 * 165) * 4, 165 * 4)
+    assert checkpoint_bytes(model, "rmsprop", peft=False) == ((165 + 165) * 4, 165 * 4)
+    model[0].requires_grad_(False)                                 # an adapter-like run: 55 trainable
+    assert checkpoint_bytes(model, "adamw", peft=True) == ((55 + 2 * 55) * 4, 165 * 4)
+
+
+def test_too_little_free_space_is_an_error_before_any_work(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    with pytest.raises(ConfigError, match=r"0.01 GB free, but the checkpoint need about 0.02 GB"):
+        check_free_space(tmp_path, 2 * 10**7, "the checkpoint")
+    check_free_space(tmp_path, 4 * 10**6, "the checkpoint")
