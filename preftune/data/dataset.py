@@ -128,8 +128,10 @@ class BuiltDataset:
                 parts = ["U", ex.prompt_ids, ex.completion_ids, ex.label, ex.kl_completion_ids]
             elif isinstance(ex, TokenizedRanking):
                 parts = ["R", ex.prompt_ids, list(ex.completion_ids)]
-            else:
+            elif hasattr(ex, "completion_ids"):
                 parts = ["C", ex.prompt_ids, ex.completion_ids]
+            else:  # RL prompts: no completion yet
+                parts = ["Q", ex.prompt_ids]
             h.update(json.dumps(parts, separators=(",", ":")).encode())
             h.update(b"\n")  # unambiguous record separator; JSON never contains a raw newline
         return h.hexdigest()
