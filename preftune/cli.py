@@ -1,4 +1,4 @@
-"""``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory}``: parse the command line and call the stage; nothing else.
+"""``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment}``: parse the command line and call the stage; nothing else.
 
 Every stage takes ``--config file.yaml`` plus ``key=value`` overrides; ``preftune <stage> --help``
 lists every key with its default and meaning. Under torchrun: ``torchrun --nproc_per_node 2 -m
@@ -27,7 +27,7 @@ STAGES = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Preference alignment for language models.")
     sub = parser.add_subparsers(dest="stage", required=True,
-                                metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory}")
+                                metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment}")
     demo = sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
@@ -35,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     theory = sub.add_parser("theory", help="the exact tabular world: DPO, PPO and the paper's claims, checked "
                                           "numerically (markdown table + PNG plots, < 1 min on CPU)")
     theory.add_argument("--out", help="output folder (default ./theory); also --quick, --seed N")
+    from preftune.experiments.config import SentimentExperimentConfig
+
+    experiment = sub.add_parser(
+        "experiment", help="the paper's experiments end to end: `sentiment` = reward-vs-KL frontier of DPO, IPO, "
+                           "PPO and best-of-N on IMDb (CPU size < 60 min; --gpu for the larger one)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"keys (type) = default (the CPU size):\n{describe(SentimentExperimentConfig)}")
+    experiment.add_argument("name", choices=["sentiment"], help="which experiment")
+    experiment.add_argument("--config", help="YAML file of key: value settings")
+    experiment.add_argument("--gpu", action="store_true", help="the GPU size (size=gpu: more prompts, samples "
+                                                               "and steps, bf16)")
+    experiment.add_argument("overrides", nargs="*", metavar="key=value", help="settings that override the file")
     for name, (cls, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=f"keys (type) = default:\n{describe(cls)}")
@@ -67,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "rm":
             from preftune.stages.reward_model import main as stage
             stage(args.config, args.overrides)
+        elif args.stage == "experiment":
+            from preftune.experiments.sentiment import main as experiment_main
+            experiment_main(args.config, args.overrides, gpu=args.gpu)
         elif args.stage in ("ppo", "rloo", "reinforce"):
             from preftune.stages.rl import main as stage
             stage(args.config, [f"algorithm={args.stage}", *args.overrides])

@@ -1,0 +1,232 @@
+"""``SentimentExperimentConfig``: every setting of ``preftune experiment sentiment``, typed and frozen.
+
+Same conventions as :mod:`preftune.config`: a YAML file plus ``key=value`` overrides, unknown keys and
+bad values are errors naming the key. The defaults are the **CPU size** (finishes in under an hour on
+2 cores); ``size: gpu`` (or ``--gpu``) starts from :data:`GPU_PRESET` instead, a size closer to the
+paper's, and any key set in the file or on the command line still wins over the preset.
+
+Each stage run by the experiment (SFT, DPO, reward model, PPO) is built from these keys; anything else a
+stage accepts can be passed through its ``*_extra`` list, e.g. ``dpo_extra=[optimizer=rmsprop]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from preftune.config import from_dict
+from preftune.errors import ConfigError
+
+METHODS = ("dpo", "ipo", "ppo_gt", "ppo_rm", "bon")
+PAIR_MODES = ("best_vs_worst", "bradley_terry")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class SentimentExperimentConfig:
+    """Controlled sentiment generation (DPO paper §6.1, Fig. 2 left) at small scale."""
+
+    size: str = _f("cpu", "cpu (defaults: < 60 min on 2 cores) or gpu (GPU_PRESET: more prompts, samples and "
+                          "steps); keys you set win over the preset.", choices=("cpu", "gpu"))
+    output_dir: str = _f("runs/experiment_sentiment", "Folder of every stage's output, points.csv, frontier.png "
+                                                      "and report.md. A rerun skips the stages already done.")
+    model_name_or_path: str = _f("smollm2", "The base model π_SFT is fine-tuned from ('smollm2' = the embedded "
+                                            "SmolLM2-135M-Instruct, or a Hugging Face folder).")
+    methods: list[str] = _f(list(METHODS), "Which methods to run: dpo, ipo, ppo_gt (PPO on r*), ppo_rm (PPO on a "
+                                           "reward model trained on the pairs), bon (best-of-N from π_SFT).")
+    seed: int = _f(0, "Seed of the data split, sampling and every training stage.")
+    threads: int | None = _f(2, "torch.set_num_threads for every stage (null = torch's default).")
+    device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    bf16: bool = _f(False, "bf16 autocast in every stage (use on a GPU; slow on AVX2-only CPUs).")
+    progress_bar: bool = _f(True, "The stages' live progress bars.")
+    report_to: str = _f("none", "Stages' metric sinks: none, auto or tensorboard (metrics.jsonl is always written).",
+                        choices=("auto", "tensorboard", "none"))
+
+    # Prompts
+    num_train_prompts: int = _f(192, "IMDb review prefixes used for preference pairs and PPO rollouts.")
+    num_eval_prompts: int = _f(64, "Held-out prefixes (other reviews, other prefix texts) every point is measured on.")
+    prompt_min_words: int = _f(2, "Shortest prefix, in words (the paper: 2-8).")
+    prompt_max_words: int = _f(8, "Longest prefix, in words; each prompt draws its length uniformly (seeded).")
+    max_prompt_length: int = _f(24, "Prompt tokens kept (cut from the left).")
+    max_new_tokens: int = _f(24, "Most tokens sampled per completion (everywhere: pairs, PPO, evaluation).")
+    generation_batch_size: int = _f(128, "Completions sampled per generate() call (pairs, best-of-N, evaluation).")
+
+    # Ground-truth reward r*
+    reward: str = _f("classifier", "r*: 'classifier' (TF-IDF + logistic regression trained here on IMDb reviews "
+                                   "disjoint from the prompt and SFT reviews; P(positive)) or a callable "
+                                   "'module:function' taking (prompts, completions) -> floats.")
+    reward_includes_prompt: bool = _f(False, "classifier: score prompt + completion instead of the completion alone.")
+    classifier_max_reviews: int | None = _f(None, "classifier: cap on its training reviews (null = all the "
+                                                  "disjoint ones, ≈ 24,000).")
+    classifier_window_words: int = _f(40, "classifier: train on windows of this many words of each review (closer "
+                                          "to completions than whole reviews).")
+
+    # π_SFT
+    sft_num_reviews: int = _f(256, "IMDb reviews π_SFT is fine-tuned on (prefix -> the rest), disjoint from the "
+                                   "prompt reviews.")
+    sft_max_words: int = _f(32, "Words of each review's continuation kept for SFT.")
+    sft_epochs: float = _f(1.0, "SFT epochs.")
+    sft_learning_rate: float = _f(3e-5, "SFT peak learning rate (AdamW, linear decay).")
+    sft_batch_size: int = _f(8, "SFT batch size.")
+    sft_extra: list[str] = _f([], "More SFTConfig key=value settings.")
+
+    # Preference pairs from π_SFT samples, labelled by r*
+    samples_per_prompt: int = _f(4, "Completions sampled from π_SFT per training prompt.")
+    pair_mode: str = _f("best_vs_worst", "best_vs_worst (one pair per prompt: highest vs lowest r*) or "
+                                         "bradley_terry (random pairs, label drawn with P(a > b) = "
+                                         "σ(scale · (r*(a) − r*(b))).", choices=PAIR_MODES)
+    pairs_per_prompt: int = _f(2, "bradley_terry: distinct pairs drawn per prompt.")
+    bradley_terry_scale: float = _f(10.0, "bradley_terry: scale of the r* difference inside σ (r* = P(positive) "
+                                          "is in [0, 1], so scale 1 would make nearly coin-flip labels).")
+
+    # DPO and IPO
+    dpo_betas: list[float] = _f([0.05, 0.1, 0.5], "One DPO run per β.")
+    ipo_betas: list[float] = _f([0.1], "One IPO run per β (IPO's τ: target log-ratio margin 1/(2τ)).")
+    dpo_epochs: float = _f(1.0, "Epochs over the pairs (DPO and IPO).")
+    dpo_learning_rate: float = _f(3e-5, "DPO / IPO peak learning rate (10% warm-up, then constant).")
+    dpo_batch_size: int = _f(8, "Pairs per DPO step.")
+    dpo_extra: list[str] = _f([], "More DPOConfig key=value settings (DPO and IPO runs).")
+
+    # Reward model (for ppo_rm)
+    rm_epochs: float = _f(1.0, "Reward-model epochs over the pairs.")
+    rm_learning_rate: float = _f(5e-5, "Reward-model peak learning rate (constant after warm-up).")
+    rm_batch_size: int = _f(8, "Pairs per reward-model step.")
+    rm_eval_size: int = _f(32, "Pairs held out to measure the reward model's accuracy.")
+    rm_extra: list[str] = _f([], "More RMConfig key=value settings.")
+
+    # PPO
+    ppo_kl_coefs: list[float] = _f([0.05], "One PPO run per KL coefficient β (each for ppo_gt and ppo_rm).")
+    ppo_max_steps: int = _f(12, "Rollouts per PPO run.")
+    ppo_batch_size: int = _f(16, "Prompts per rollout.")
+    ppo_epochs: int = _f(2, "PPO passes over each rollout.")
+    ppo_num_mini_batches: int = _f(2, "PPO minibatches per pass.")
+    ppo_learning_rate: float = _f(2e-5, "PPO peak learning rate (constant after warm-up).")
+    ppo_extra: list[str] = _f([], "More RLConfig key=value settings (both PPO runs).")
+
+    # Evaluation
+    points_per_run: int = _f(3, "Checkpoints evaluated per training run (evenly spaced; the last is the end).")
+    eval_samples_per_prompt: int = _f(2, "Completions sampled per held-out prompt for each point.")
+    best_of_n: list[int] = _f([1, 4, 16], "best-of-N reference points (N completions from π_SFT, keep the "
+                                          "highest r*; KL = log N − (N − 1)/N).")
+    keep_checkpoints: bool = _f(False, "Keep every evaluated checkpoint (false: delete them once their point "
+                                       "is measured; final/ is kept).")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
+        if not self.model_name_or_path:
+            raise ConfigError("model_name_or_path is required")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"methods: unknown {unknown[0]!r}" if unknown else "methods: name at least one; "
+                              f"known: {', '.join(METHODS)}")
+        for key in ("num_train_prompts", "num_eval_prompts", "prompt_min_words", "max_prompt_length",
+                    "max_new_tokens", "generation_batch_size", "classifier_window_words", "sft_num_reviews",
+                    "sft_max_words", "sft_epochs", "sft_learning_rate", "sft_batch_size", "samples_per_prompt",
+                    "pairs_per_prompt", "bradley_terry_scale", "dpo_epochs", "dpo_learning_rate", "dpo_batch_size",
+                    "rm_epochs", "rm_learning_rate", "rm_batch_size", "ppo_max_steps", "ppo_batch_size",
+                    "ppo_epochs", "ppo_num_mini_batches", "ppo_learning_rate", "points_per_run",
+                    "eval_samples_per_prompt"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.prompt_max_words < self.prompt_min_words:
+            raise ConfigError(f"prompt_max_words ({self.prompt_max_words}) must be >= prompt_min_words "
+                              f"({self.prompt_min_words})")
+        if self.samples_per_prompt < 2:
+            raise ConfigError("samples_per_prompt must be >= 2: a pair needs two completions of one prompt")
+        for key in ("dpo_betas", "ipo_betas", "ppo_kl_coefs"):
+            if any(v <= 0 for v in getattr(self, key)):
+                raise ConfigError(f"{key}: every value must be > 0, got {getattr(self, key)}")
+        if any(n < 1 for n in self.best_of_n):
+            raise ConfigError(f"best_of_n: every N must be >= 1, got {self.best_of_n}")
+        if "bon" in self.methods and not self.best_of_n:
+            raise ConfigError("methods includes bon but best_of_n is empty")
+        if self.classifier_max_reviews is not None and self.classifier_max_reviews < 20:
+            raise ConfigError(f"classifier_max_reviews must be >= 20 or null, got {self.classifier_max_reviews}")
+        if self.reward != "classifier" and ":" not in self.reward:
+            raise ConfigError(f"reward must be 'classifier' or 'module:function', got {self.reward!r}")
+        if self.reward != "classifier":
+            defaults = {f.name: f.default for f in dataclasses.fields(SentimentExperimentConfig)}
+            for key in ("reward_includes_prompt", "classifier_max_reviews", "classifier_window_words"):
+                if getattr(self, key) != defaults[key]:
+                    raise ConfigError(f"{key} is set but reward is {self.reward!r}, not the classifier")
+        if self.ppo_batch_size % self.ppo_num_mini_batches:
+            raise ConfigError(f"ppo_num_mini_batches ({self.ppo_num_mini_batches}) must divide ppo_batch_size "
+                              f"({self.ppo_batch_size})")
+
+
+# The GPU size: closer to the paper (GPT-2 large, 25k prompts, several β / KL targets), still one GPU
+# in a few hours at SmolLM2's size. Set a bigger model with model_name_or_path=<folder>.
+GPU_PRESET: dict[str, Any] = {
+    "output_dir": "runs/experiment_sentiment_gpu",
+    "threads": None,
+    "bf16": True,
+    "num_train_prompts": 4096,
+    "num_eval_prompts": 256,
+    "max_new_tokens": 48,
+    "generation_batch_size": 256,
+    "sft_num_reviews": 4096,
+    "sft_max_words": 64,
+    "sft_batch_size": 32,
+    "samples_per_prompt": 8,
+    "dpo_betas": [0.05, 0.1, 0.2, 0.5, 1.0],
+    "ipo_betas": [0.1, 0.5],
+    "dpo_epochs": 3.0,
+    "dpo_learning_rate": 5e-6,
+    "dpo_batch_size": 32,
+    "rm_epochs": 2.0,
+    "rm_learning_rate": 1e-5,
+    "rm_batch_size": 32,
+    "rm_eval_size": 256,
+    "ppo_kl_coefs": [0.02, 0.05, 0.1, 0.2],
+    "ppo_max_steps": 200,
+    "ppo_batch_size": 64,
+    "ppo_epochs": 4,
+    "ppo_num_mini_batches": 4,
+    "ppo_learning_rate": 1e-5,
+    "points_per_run": 6,
+    "eval_samples_per_prompt": 4,
+    "best_of_n": [1, 2, 4, 8, 16, 64],
+}
+
+
+def load_experiment_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                           *, gpu: bool = False, **values: Any) -> SentimentExperimentConfig:
+    """YAML file, then ``key=value`` overrides, then keyword values; with ``size: gpu`` (or ``gpu=True``)
+    every key none of those sets comes from :data:`GPU_PRESET`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of key: value")
+        raw.update(loaded)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        try:
+            raw[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+    raw.update(values)
+    if gpu:
+        if raw.get("size", "gpu") != "gpu":
+            raise ConfigError(f"--gpu given but the config says size: {raw['size']}")
+        raw["size"] = "gpu"
+    if raw.get("size") == "gpu":
+        raw = {**GPU_PRESET, **raw}
+    return from_dict(SentimentExperimentConfig, raw)

@@ -1,0 +1,435 @@
+"""``preftune experiment sentiment``: the DPO paper's controlled-sentiment experiment (§6.1), offline.
+
+    prompts   IMDb review prefixes of 2–8 words (train / held-out), from reviews nobody else uses
+    rstar     r* = P(positive) of a TF-IDF + logistic-regression classifier on the remaining reviews
+    sft       π_SFT: the base model fine-tuned to continue IMDb reviews (other reviews again)
+    pairs     k samples of π_SFT per train prompt, scored by r*, turned into preference pairs
+    point_sft π_SFT measured on the held-out prompts (the origin of every curve)
+    bon       best-of-N from π_SFT for each N (analytic KL)
+    rm        a reward model trained on the pairs (for PPO-RM)
+    runs/*    DPO per β, IPO per β, PPO with r* (PPO-GT) and with the reward model (PPO-RM) per KL
+              coefficient; every checkpoint is measured on the held-out prompts: mean r* and
+              KL(π ‖ π_SFT) from the same samples (:mod:`preftune.experiments.sampling`)
+    outputs   points.csv, frontier.png, report.md (with the verdict: does DPO's frontier dominate PPO's?)
+
+Each stage writes into ``<output_dir>/<stage>/`` and, last, a ``done.json``; a rerun skips stages whose
+marker exists (an interrupted training run resumes from its latest checkpoint; interrupted sampling
+continues from its last finished batch; each measured checkpoint is kept as its own JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from preftune.assets.imdb import write_jsonl
+from preftune.config import DPOConfig, RLConfig, RMConfig, SFTConfig, load_config, to_dict
+from preftune.data.dataset import DataSettings
+from preftune.data.prompts import build_prompt_dataset
+from preftune.errors import ConfigError
+from preftune.experiments import frontier, report, rstar, sampling
+from preftune.experiments.config import SentimentExperimentConfig, load_experiment_config
+from preftune.experiments.data import make_pairs, split_reviews
+from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer, pick_device
+from preftune.modeling.logprobs import SequenceLogprobModel
+from preftune.rewards import load_reward
+from preftune.train.checkpoint import list_checkpoints
+
+RSTAR_SPEC = "preftune.experiments.rstar:positive_probability"
+RESERVED = ("output_dir", "model_name_or_path", "train_file", "eval_file", "resume", "save_steps",
+            "save_total_limit", "max_steps", "num_train_epochs", "reward", "ref_model_name_or_path")
+# Keys a rerun may change without invalidating finished stages (they add runs or change nothing measured).
+ADDITIVE = ("methods", "dpo_betas", "ipo_betas", "ppo_kl_coefs", "best_of_n", "threads", "progress_bar",
+            "report_to", "keep_checkpoints", "device", "output_dir", "size")
+EVAL_SEED = 7919
+BON_SEED = 4243
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    name: str
+    method: str  # dpo, ipo, ppo_gt, ppo_rm
+    beta: float  # DPO/IPO β or PPO KL coefficient
+
+
+def run_specs(cfg: SentimentExperimentConfig) -> list[RunSpec]:
+    out = []
+    for method, values in (("dpo", cfg.dpo_betas), ("ipo", cfg.ipo_betas), ("ppo_gt", cfg.ppo_kl_coefs),
+                           ("ppo_rm", cfg.ppo_kl_coefs)):
+        if method in cfg.methods:
+            key = "kl" if method.startswith("ppo") else "beta"
+            out += [RunSpec(f"{method}_{key}{v:g}", method, v) for v in values]
+    return out
+
+
+class SentimentExperiment:
+    """The pipeline; :meth:`run` does every stage not done yet and returns the points."""
+
+    def __init__(self, cfg: SentimentExperimentConfig, log: Callable[[str], object] | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.log = log or (lambda m: print(f"[experiment] {m}", flush=True))
+        self.device = pick_device(cfg.device)
+        self.timings: dict[str, dict[str, Any]] = {}
+        self._reference: SequenceLogprobModel | None = None
+        self._tokenizer: Any = None
+        self._reward_fn: Any = None
+
+    # -- stage bookkeeping -----------------------------------------------------------------------------
+
+    def stage(self, name: str, folder: Path, body: Callable[[], dict]) -> dict:
+        """Run ``body`` unless ``folder/done.json`` exists; the marker (payload + seconds) is written last."""
+        marker = folder / "done.json"
+        if marker.is_file():
+            payload = read_json(marker)
+            self.timings[name] = {"seconds": payload.get("seconds", 0.0), "skipped": True}
+            self.log(f"↷ {name}: done before ({payload.get('seconds', 0.0):.1f}s), skipped")
+            return payload
+        self.log(f"▶ {name}")
+        started = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = body()
+        payload["seconds"] = time.perf_counter() - started
+        write_json(marker, payload)
+        self.timings[name] = {"seconds": payload["seconds"], "skipped": False}
+        self.log(f"✓ {name} ({payload['seconds']:.1f}s)")
+        return payload
+
+    def check_settings(self) -> None:
+        """A rerun into the same folder must not silently mix results made with other settings."""
+        now = {k: v for k, v in to_dict(self.cfg).items() if k not in ADDITIVE}
+        path = self.out / "experiment.json"
+        if path.is_file():
+            before = read_json(path)["settings"]
+            changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+            if changed:
+                k = changed[0]
+                raise ConfigError(f"{self.out} holds results made with other settings ({k}: {before.get(k)!r} -> "
+                                  f"{now.get(k)!r}); use another output_dir, or delete {self.out} to start over")
+        else:
+            write_json(path, {"settings": now})
+
+    def stage_config(self, cls: type, values: dict[str, Any], extra: list[str]) -> Any:
+        given = {item.partition("=")[0].strip() for item in extra}
+        reserved = sorted(given & set(RESERVED))
+        if reserved:
+            raise ConfigError(f"{cls.__name__} key {reserved[0]!r} is set by the experiment; it cannot be overridden")
+        cfg = self.cfg
+        common = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device, "bf16": cfg.bf16,
+                  "progress_bar": cfg.progress_bar, "report_to": cfg.report_to, "use_chat_template": False,
+                  "max_prompt_length": cfg.max_prompt_length, "save_total_limit": None}
+        merged = {**common, **values}
+        return load_config(cls, None, extra, **{k: v for k, v in merged.items() if k not in given})
+
+    def prune(self, folder: Path) -> None:
+        """Checkpoints (weights + optimizer state) are only needed to resume or measure: once a stage is
+        done, ``final/`` is what later stages read."""
+        if not self.cfg.keep_checkpoints:
+            for path in list_checkpoints(folder):
+                shutil.rmtree(path, ignore_errors=True)
+
+    # -- shared objects --------------------------------------------------------------------------------
+
+    @property
+    def sft_dir(self) -> Path:
+        return self.out / "sft" / "final"
+
+    def reward_fn(self):
+        if self._reward_fn is None:
+            self._reward_fn = load_reward(self.reward_spec())
+        return self._reward_fn
+
+    def reward_spec(self) -> str:
+        if self.cfg.reward == "classifier":
+            os.environ[rstar.ENV] = str((self.out / "rstar" / "classifier.joblib").resolve())
+            return RSTAR_SPEC
+        return self.cfg.reward
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(str(self.sft_dir))
+        return self._tokenizer
+
+    def reference(self) -> SequenceLogprobModel:
+        if self._reference is None:
+            self._reference = SequenceLogprobModel(freeze(load_causal_lm(str(self.sft_dir), self.device)))
+        return self._reference
+
+    def prompts(self, split: str):
+        rows = [json.loads(line) for line in (self.out / "prompts" / f"{split}.jsonl").read_text().splitlines()]
+        settings = DataSettings(max_length=self.cfg.max_prompt_length + self.cfg.max_new_tokens,
+                                max_prompt_length=self.cfg.max_prompt_length, use_chat_template=False)
+        return build_prompt_dataset([{"prompt": r["prompt"]} for r in rows], self.tokenizer(), settings).examples
+
+    def sample(self, model, prompts, k: int, seed: int, desc: str, with_kl: bool) -> sampling.Samples:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(prompts) * k, desc=desc, unit="sample", disable=not self.cfg.progress_bar,
+                  dynamic_ncols=True, mininterval=0.5) as bar:
+            return sampling.sample(model, self.tokenizer(), prompts, k, self.reward_fn(),
+                                   max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.generation_batch_size,
+                                   seed=seed, device=self.device, bf16=self.cfg.bf16,
+                                   reference=self.reference() if with_kl else None, progress=bar)
+
+    def measure(self, model_dir: Path, desc: str) -> dict[str, float]:
+        """A point: sample the held-out prompts with the policy at ``model_dir``; mean r*, KL to π_SFT."""
+        model = sampling.load_policy_folder(model_dir, self.sft_dir, self.device)
+        s = self.sample(model, self.prompts("eval"), self.cfg.eval_samples_per_prompt, EVAL_SEED + self.cfg.seed, desc,
+                        True)
+        del model
+        return sampling.point_metrics(s)
+
+    # -- the stages ------------------------------------------------------------------------------------
+
+    def run(self) -> list[frontier.Point]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.check_settings()
+        self.log(f"controlled sentiment ({cfg.size} size) · methods {', '.join(cfg.methods)} · output {self.out}")
+        self.stage("prompts", self.out / "prompts", self.make_prompts)
+        self.stage("rstar", self.out / "rstar", self.make_rstar)
+        self.stage("sft", self.out / "sft", self.make_sft)
+        pairs = self.stage("pairs", self.out / "pairs", self.make_pairs)
+        self.stage("point_sft", self.out / "point_sft", lambda: self.measure(self.sft_dir, "π_SFT"))
+        if "bon" in cfg.methods:
+            bon = self.out / "bon"
+            if (bon / "done.json").is_file() and read_json(bon / "done.json")["samples"] < max(cfg.best_of_n):
+                (bon / "done.json").unlink()  # more samples needed for a larger N
+            self.stage("bon", bon, self.make_best_of_n)
+        if "ppo_rm" in cfg.methods:
+            self.stage("rm", self.out / "rm", self.make_reward_model)
+        for spec in run_specs(cfg):
+            self.stage(spec.name, self.out / "runs" / spec.name, lambda s=spec: self.make_run(s, pairs["pairs"]))
+        points = self.collect_points()
+        report.write_outputs(self, points, time.perf_counter() - started)
+        self.log(f"done: {self.out / 'report.md'} · {self.out / 'frontier.png'} · {self.out / 'points.csv'}")
+        return points
+
+    def make_prompts(self) -> dict:
+        cfg = self.cfg
+        split = split_reviews(cfg.num_train_prompts, cfg.num_eval_prompts, cfg.sft_num_reviews,
+                              min_words=cfg.prompt_min_words, max_words=cfg.prompt_max_words,
+                              sft_max_words=cfg.sft_max_words, seed=cfg.seed)
+        folder = self.out / "prompts"
+        write_jsonl(split.train_prompts, folder / "train.jsonl")
+        write_jsonl(split.eval_prompts, folder / "eval.jsonl")
+        write_jsonl(split.sft_rows, folder / "sft.jsonl")
+        write_json(folder / "classifier_rows.json", split.classifier_rows)
+        words = [len(r["prompt"].split()) for r in split.train_prompts + split.eval_prompts]
+        self.log(f"prompts: {len(split.train_prompts)} train, {len(split.eval_prompts)} held out, "
+                 f"{sum(words) / len(words):.1f} words on average; {len(split.sft_rows)} SFT reviews; "
+                 f"{len(split.classifier_rows)} reviews left for r*")
+        return {"train": len(split.train_prompts), "eval": len(split.eval_prompts), "sft": len(split.sft_rows),
+                "classifier_reviews": len(split.classifier_rows), "mean_prompt_words": sum(words) / len(words)}
+
+    def make_rstar(self) -> dict:
+        cfg = self.cfg
+        if cfg.reward != "classifier":
+            self.log(f"r* = {cfg.reward} (no classifier to train)")
+            return {"reward": cfg.reward}
+        rows = read_json(self.out / "prompts" / "classifier_rows.json")
+        pipeline, metrics = rstar.train_classifier(rows, window_words=cfg.classifier_window_words,
+                                                   max_reviews=cfg.classifier_max_reviews, seed=cfg.seed,
+                                                   log=self.log)
+        rstar.save(pipeline, self.out / "rstar" / "classifier.joblib", cfg.reward_includes_prompt)
+        return {"reward": "classifier", **metrics}
+
+    def make_sft(self) -> dict:
+        cfg = self.cfg
+        rows = [json.loads(line) for line in (self.out / "prompts" / "sft.jsonl").read_text().splitlines()]
+        from preftune.stages.sft import run_sft
+
+        sft_cfg = self.stage_config(SFTConfig, {
+            "model_name_or_path": cfg.model_name_or_path, "output_dir": str(self.out / "sft"),
+            "max_length": cfg.max_prompt_length + 2 * cfg.sft_max_words, "learning_rate": cfg.sft_learning_rate,
+            "per_device_train_batch_size": cfg.sft_batch_size, "per_device_eval_batch_size": cfg.sft_batch_size,
+            "num_train_epochs": cfg.sft_epochs, "eval_size": max(1, min(32, len(rows) // 8)),
+            "save_total_limit": 1, "resume": "latest" if list_checkpoints(self.out / "sft") else None,
+        }, cfg.sft_extra)
+        result = run_sft(sft_cfg, train_data=rows)
+        self.prune(self.out / "sft")
+        return {"eval_before": result.eval_before, "eval_after": result.eval_after, "steps": len(result.history)}
+
+    def make_pairs(self) -> dict:
+        cfg = self.cfg
+        folder = self.out / "pairs"
+        prompts = self.prompts("train")
+        per_shard = max(1, cfg.generation_batch_size // cfg.samples_per_prompt)
+        partial = folder / "samples.partial.jsonl"
+        done: dict[int, list[dict]] = {}
+        if partial.is_file():
+            for line in partial.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by an interruption
+                done.setdefault(row["shard"], []).append(row)
+        shards = [prompts[i:i + per_shard] for i in range(0, len(prompts), per_shard)]
+        done = {s: rows for s, rows in done.items() if s < len(shards) and len(rows) == len(shards[s])}
+        if done:
+            self.log(f"pairs: {len(done)} of {len(shards)} sample batches done before, continuing")
+        model = sampling.load_policy_folder(self.sft_dir, self.sft_dir, self.device)
+        with open(partial, "w") as f:  # rewrite the complete shards, then append new ones
+            for s in sorted(done):
+                f.writelines(json.dumps(r) + "\n" for r in done[s])
+            for s, shard in enumerate(shards):
+                if s in done:
+                    continue
+                got = self.sample(model, shard, cfg.samples_per_prompt, cfg.seed * 100_003 + s,
+                                  f"π_SFT samples {s + 1}/{len(shards)}", False)
+                rows = [{"shard": s, "prompt": p, "completions": c, "rewards": r}
+                        for p, c, r in zip(got.prompts, got.completions, got.rewards)]
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+                f.flush()
+                done[s] = rows
+        samples = [r for s in sorted(done) for r in done[s]]
+        write_jsonl(samples, folder / "samples.jsonl")
+        partial.unlink()
+        pairs = make_pairs(samples, cfg.pair_mode, cfg.pairs_per_prompt, cfg.bradley_terry_scale, cfg.seed)
+        write_jsonl(pairs, folder / "pairs.jsonl")
+        all_r = [x for r in samples for x in r["rewards"]]
+        gap = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
+        self.log(f"pairs: {len(pairs)} from {len(all_r)} samples (mean r* {sum(all_r) / len(all_r):.3f}); "
+                 f"mean r* gap chosen − rejected {sum(gap) / max(len(gap), 1):+.3f}")
+        if not pairs:
+            raise ValueError("no preference pairs: every prompt's samples tied or were empty")
+        return {"pairs": len(pairs), "samples": len(all_r), "mean_sample_reward": sum(all_r) / len(all_r),
+                "mean_gap": sum(gap) / len(gap), "wrong_way": sum(1 for g in gap if g < 0)}
+
+    def make_best_of_n(self) -> dict:
+        cfg = self.cfg
+        k = max(cfg.best_of_n)
+        model = sampling.load_policy_folder(self.sft_dir, self.sft_dir, self.device)
+        s = self.sample(model, self.prompts("eval"), k, BON_SEED + cfg.seed, f"best-of-{k} samples", False)
+        write_jsonl([{"prompt": p, "completions": c, "rewards": r} for p, c, r in zip(s.prompts, s.completions,
+                                                                                     s.rewards)],
+                    self.out / "bon" / "samples.jsonl")
+        return {"samples": k, "points": {str(n): sampling.best_of_n(s.rewards, n) for n in sorted(cfg.best_of_n)}}
+
+    def make_reward_model(self) -> dict:
+        cfg = self.cfg
+        from preftune.stages.reward_model import run_rm
+
+        n = len(read_lines(self.out / "pairs" / "pairs.jsonl"))
+        eval_size = min(cfg.rm_eval_size, n // 4)
+        values = {"model_name_or_path": str(self.sft_dir), "output_dir": str(self.out / "rm"),
+                  "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8, "learning_rate": cfg.rm_learning_rate,
+                  "per_device_train_batch_size": cfg.rm_batch_size, "per_device_eval_batch_size": cfg.rm_batch_size,
+                  "num_train_epochs": cfg.rm_epochs, "eval_size": eval_size, "save_total_limit": 1,
+                  "lr_scheduler_type": "constant", "warmup_ratio": 0.1,
+                  "resume": "latest" if list_checkpoints(self.out / "rm") else None}
+        rm_cfg = self.stage_config(RMConfig, values, cfg.rm_extra)
+        result = run_rm(rm_cfg, train_data=str(self.out / "pairs" / "pairs.jsonl"))
+        self.prune(self.out / "rm")
+        return {"eval_before": result.eval_before, "eval_after": result.eval_after, "eval_pairs": eval_size}
+
+    def make_run(self, spec: RunSpec, num_pairs: int) -> dict:
+        """Train (resuming if interrupted), then measure every checkpoint; each point is cached on its own."""
+        folder = self.out / "runs" / spec.name
+        trained = folder / "trained.json"
+        if not trained.is_file():
+            self.train(spec, folder, num_pairs)
+            steps = [int(p.name.split("-")[1]) for p in list_checkpoints(folder)]
+            write_json(trained, {"steps": steps})
+        steps = read_json(trained)["steps"]
+        points = {}
+        for step in steps:
+            cached = folder / "points" / f"step-{step}.json"
+            if not cached.is_file():
+                model_dir = folder / f"checkpoint-{step}" / "model"
+                if not model_dir.is_dir() and step == steps[-1]:
+                    model_dir = folder / "final"  # the last checkpoint's weights
+                if not model_dir.is_dir():
+                    raise FileNotFoundError(f"{model_dir} is gone (checkpoints are deleted once measured; "
+                                            f"keep_checkpoints=true keeps them): delete {folder} to train it again")
+                metrics = self.measure(model_dir, f"{spec.name} @ {step}")
+                write_json(cached, metrics)
+                self.log(f"point {spec.name} @ step {step}: r* {metrics['reward']:.4f} ± {metrics['reward_sem']:.4f}"
+                         f" · KL {metrics['kl']:.3f} ± {metrics['kl_sem']:.3f}")
+            points[str(step)] = read_json(cached)
+        self.prune(folder)
+        return {"method": spec.method, "beta": spec.beta, "points": points}
+
+    def train(self, spec: RunSpec, folder: Path, num_pairs: int) -> None:
+        cfg = self.cfg
+        resume = "latest" if list_checkpoints(folder) else None
+        base = {"model_name_or_path": str(self.sft_dir), "output_dir": str(folder), "resume": resume}
+        if spec.method in ("dpo", "ipo"):
+            from preftune.stages.dpo import run_dpo
+
+            values = {**base, "beta": spec.beta, "loss_type": ["sigmoid" if spec.method == "dpo" else "ipo"],
+                      "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8,
+                      "learning_rate": cfg.dpo_learning_rate, "per_device_train_batch_size": cfg.dpo_batch_size,
+                      "per_device_eval_batch_size": cfg.dpo_batch_size, "lr_scheduler_type": "constant",
+                      "warmup_ratio": 0.1}
+            dpo_cfg = self.stage_config(DPOConfig, values, cfg.dpo_extra)
+            per_epoch = num_pairs // (dpo_cfg.per_device_train_batch_size * dpo_cfg.gradient_accumulation_steps)
+            steps = max(1, int(per_epoch * cfg.dpo_epochs))
+            dpo_cfg = dataclasses.replace(dpo_cfg, max_steps=steps, save_steps=math.ceil(steps / cfg.points_per_run))
+            run_dpo(dpo_cfg, train_data=str(self.out / "pairs" / "pairs.jsonl"))
+            return
+        from preftune.stages.rl import run_rl
+
+        reward = self.reward_spec() if spec.method == "ppo_gt" else str(self.out / "rm" / "final")
+        values = {**base, "algorithm": "ppo", "reward": reward, "kl_coef": spec.beta,
+                  "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8,
+                  "max_new_tokens": cfg.max_new_tokens, "learning_rate": cfg.ppo_learning_rate,
+                  "lr_scheduler_type": "constant", "per_device_train_batch_size": cfg.ppo_batch_size,
+                  "per_device_eval_batch_size": cfg.ppo_batch_size, "ppo_epochs": cfg.ppo_epochs,
+                  "num_mini_batches": cfg.ppo_num_mini_batches, "max_steps": cfg.ppo_max_steps,
+                  "save_steps": math.ceil(cfg.ppo_max_steps / cfg.points_per_run)}
+        rl_cfg = self.stage_config(RLConfig, values, cfg.ppo_extra)
+        prompts = [{"prompt": json.loads(line)["prompt"]} for line in read_lines(self.out / "prompts" / "train.jsonl")]
+        run_rl(rl_cfg, train_data=prompts)
+
+    # -- points ----------------------------------------------------------------------------------------
+
+    def collect_points(self) -> list[frontier.Point]:
+        nan = float("nan")
+        sft = read_json(self.out / "point_sft" / "done.json")
+        points = [frontier.Point("sft", "sft", nan, 0, sft["reward"], sft["reward_sem"], sft["kl"], sft["kl_sem"],
+                                 sft["n"])]
+        if "bon" in self.cfg.methods:
+            for n, m in read_json(self.out / "bon" / "done.json")["points"].items():
+                if int(n) in self.cfg.best_of_n:
+                    points.append(frontier.Point("bon", "bon", nan, int(n), m["reward"], m["reward_sem"], m["kl"],
+                                                 m["kl_sem"], m["n"]))
+        for spec in run_specs(self.cfg):
+            done = read_json(self.out / "runs" / spec.name / "done.json")
+            for step, m in sorted(done["points"].items(), key=lambda kv: int(kv[0])):
+                points.append(frontier.Point(spec.method, spec.name, spec.beta, int(step), m["reward"],
+                                             m["reward_sem"], m["kl"], m["kl_sem"], m["n"]))
+        return points
+
+
+def read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), *, gpu: bool = False
+         ) -> list[frontier.Point]:
+    return SentimentExperiment(load_experiment_config(config_path, overrides, gpu=gpu)).run()
