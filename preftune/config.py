@@ -64,6 +64,8 @@ class TrainingConfig:
     bf16: bool = _f(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32).")
     gradient_checkpointing: bool = _f(False, "Recompute decoder activations in backward to save memory.")
     seed: int = _f(42, "Seed for data order, initialisation and dropout.")
+    group_by_length: bool = _f(False, "Batch examples of similar length together (windows of 16 global batches "
+                                      "sorted by length, batches shuffled): less padding, faster steps.")
     threads: int | None = _f(None, "torch.set_num_threads; on 2 cores 1 thread is often faster (null = torch's default).")
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
     logging_steps: int = _f(1, "Log train metrics every N optimizer steps (each log is one host sync).")

@@ -176,8 +176,8 @@ def num_tokens(examples: list[Any]) -> int:
             completions = [ex.completion_ids, ex.kl_completion_ids]
         elif isinstance(ex, TokenizedRanking):
             completions = list(ex.completion_ids)
-        else:
-            completions = [ex.completion_ids]
+        else:  # a completion (SFT), or an RL prompt whose completion is yet to be sampled
+            completions = [getattr(ex, "completion_ids", ())]
         total += sum(len(ex.prompt_ids) + len(c) for c in completions)
     return total
 
@@ -191,11 +191,12 @@ def write_summary(run: Run, result: RunResult) -> None:
 
 
 
-def plan_steps(run: Run, num_examples: int) -> tuple[StepSampler, int]:
+def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
     """The data order and the number of optimizer steps."""
     cfg = run.cfg
-    sampler = StepSampler(num_examples, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
-                          run.info.world_size, run.info.rank, cfg.seed)
+    lengths = [num_tokens([ex]) for ex in train.examples] if cfg.group_by_length else None
+    sampler = StepSampler(len(train), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                          run.info.world_size, run.info.rank, cfg.seed, lengths=lengths)
     steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
     run.log(f"data order: {sampler.describe()}; {steps} optimizer steps")
     return sampler, steps

@@ -189,7 +189,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
 
     # 5. Optimizer, data order, resume.
     optimizer = build_optimizer(policy.parameters(), cfg)
-    sampler, steps = plan_steps(run, len(train))
+    sampler, steps = plan_steps(run, train)
     state = restore_state(run, resume_dir, optimizer)
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
                            resume_step=state.step if resume_dir is not None else None)

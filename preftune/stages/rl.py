@@ -317,7 +317,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     # 4. Optimizer, prompt order, KL controller, resume.
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
-    sampler, rollouts = plan_steps(run, len(train))
+    sampler, rollouts = plan_steps(run, train)
     updates_per_rollout = cfg.ppo_epochs * cfg.num_mini_batches if cfg.algorithm == "ppo" else 1
     total_updates = rollouts * updates_per_rollout
     warmup = warmup_steps(cfg, total_updates)

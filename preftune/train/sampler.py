@@ -22,8 +22,19 @@ class StepSampler:
     reported by :meth:`describe`.
     """
 
+    GROUP = 16  # global batches per length-sorted window when grouping by length
+
     def __init__(self, num_examples: int, per_device_batch_size: int, accumulation: int,
-                 world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+                 world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
+                 lengths: Sequence[int] | None = None) -> None:
+        """``lengths`` (one per example) turns on length grouping: each epoch's permutation is cut into
+        windows of ``GROUP`` global batches, each window sorted by length (longest first) and cut into
+        global batches, and the global batches are then shuffled. A micro-batch then holds examples of
+        similar length, so little of it is padding, while the epoch still visits every example once in
+        an order that is a function of (seed, epoch)."""
+        if lengths is not None and len(lengths) != num_examples:
+            raise ValueError(f"got {len(lengths)} lengths for {num_examples} examples")
+        self.lengths = list(lengths) if lengths is not None else None
         self.n = num_examples
         self.batch = per_device_batch_size
         self.accumulation = accumulation
@@ -48,13 +59,22 @@ class StepSampler:
 
     def _permutation(self, epoch: int) -> list[int]:
         if epoch != self._epoch:
-            if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                self._perm = torch.randperm(self.n, generator=g).tolist()
-            else:
-                self._perm = list(range(self.n))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+            self._perm = self._grouped(perm, g) if self.lengths is not None else perm
             self._epoch = epoch
         return self._perm
+
+    def _grouped(self, perm: list[int], g: torch.Generator) -> list[int]:
+        used = self.steps_per_epoch * self.global_batch   # the partial global batch stays at the end
+        window = self.GROUP * self.global_batch
+        lengths = self.lengths
+        flat: list[int] = []
+        for start in range(0, used, window):
+            flat += sorted(perm[start:min(start + window, used)], key=lambda i: -lengths[i])
+        batches = [flat[i:i + self.global_batch] for i in range(0, used, self.global_batch)]
+        order = torch.randperm(len(batches), generator=g).tolist() if self.shuffle else range(len(batches))
+        return [i for b in order for i in batches[b]] + perm[used:]
 
     def micro_batches(self, step: int) -> list[Sequence[int]]:
         """The ``accumulation`` index lists this rank processes for optimizer step ``step`` (0-based)."""

@@ -127,3 +127,12 @@ def test_reference_free_losses_load_and_score_no_reference(tiny_model_dir, separ
                                   f"ref_model_name_or_path={tiny_model_dir}"))
     for a, b in zip(result.history, with_ref.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_group_by_length_trains_on_every_example_once_per_epoch(tiny_model_dir, separable_files, tmp_path):
+    train, _ = separable_files
+    result = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "out", "group_by_length=true",
+                                "learning_rate=1e-3", "per_device_train_batch_size=4"))
+    assert len(result.history) == 40                       # 160 pairs / 4: one epoch, nothing lost
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
