@@ -63,6 +63,9 @@ class TrainingConfig:
                                     "pre-clip norm is logged as grad_norm. DPO's reference code uses 10.")
     bf16: bool = _f(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32).")
     gradient_checkpointing: bool = _f(False, "Recompute decoder activations in backward to save memory.")
+    fsdp: bool = _f(False, "Under torchrun, shard weights, gradients and optimizer state across processes (FSDP2, "
+                           "one unit per decoder layer); checkpoints are sharded (torch.distributed.checkpoint) "
+                           "and resume under any process count. sft and dpo stages, full fine-tuning.")
     seed: int = _f(42, "Seed for data order, initialisation and dropout.")
     group_by_length: bool = _f(False, "Batch examples of similar length together (windows of 16 global batches "
                                       "sorted by length, batches shuffled): less padding, faster steps.")
@@ -104,6 +107,9 @@ class TrainingConfig:
         _in_range(self, "lora_dropout", "[0, 1)")
         if self.max_steps != -1 and self.max_steps <= 0:
             raise ConfigError(f"max_steps must be -1 (no limit) or > 0, got {self.max_steps}")
+        if self.fsdp and self.use_peft:
+            raise ConfigError("fsdp must be false with use_peft: sharding is for full fine-tuning (LoRA adapters "
+                              "are small enough to replicate; use plain torchrun data parallelism)")
         if not self.use_peft:
             defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig) if f.name.startswith("lora_")}
             changed = [k for k, v in defaults.items()
@@ -240,6 +246,8 @@ class RMConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.fsdp:
+            raise ConfigError("fsdp must be false: the rm stage shards nothing yet (sft and dpo do)")
         if self.loss_type == "plackett_luce" and (self.margin != 0.0 or self.center_rewards_coefficient is not None):
             raise ConfigError("margin and center_rewards_coefficient apply to bradley_terry only")
         _non_negative(self, "margin")
@@ -289,6 +297,8 @@ class RLConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.fsdp:
+            raise ConfigError("fsdp must be false: the ppo/rloo/reinforce stage shards nothing yet (sft and dpo do)")
         if self.gradient_accumulation_steps != 1:
             raise ConfigError("gradient_accumulation_steps must be 1 for RL: a rollout is one batch of prompts "
                               "(per_device_train_batch_size); ppo splits it with num_mini_batches")

@@ -81,6 +81,8 @@ def weights_fingerprint(model: nn.Module) -> str:
             continue
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
+        if hasattr(tensor, "full_tensor"):  # an FSDP shard: hash the whole tensor (every rank calls this)
+            tensor = tensor.full_tensor()
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 

@@ -135,7 +135,7 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
     """The model to train (fp32 weights) and its tokenizer; from the checkpoint when resuming."""
     cfg = run.cfg
     tokenizer = load_tokenizer(cfg.model_name_or_path)
-    if resume_dir is not None and not cfg.use_peft:
+    if resume_dir is not None and not cfg.use_peft and not cfg.fsdp:
         model = load_causal_lm(str(resume_dir / "model"), run.info.device)
     else:
         model = load_causal_lm(cfg.model_name_or_path, run.info.device)
@@ -202,13 +202,20 @@ def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
     return sampler, steps
 
 
-def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Optimizer) -> LoopState:
-    """Optimizer, counters and RNG from a checkpoint; on a fresh run, per-rank dropout streams."""
+def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Optimizer,
+                  root: nn.Module | None = None) -> LoopState:
+    """Optimizer, counters and RNG from a checkpoint; on a fresh run, per-rank dropout streams.
+    ``root``: the (possibly FSDP-sharded) module whose weights a sharded checkpoint holds."""
     if resume_dir is None:
         torch.manual_seed(run.cfg.seed + run.info.rank)  # same init everywhere, distinct dropout per rank
         return LoopState()
     saved = load_trainer_state(resume_dir, run.info)
-    optimizer.load_state_dict(saved["optimizer"])
+    if getattr(run.cfg, "fsdp", False):
+        from preftune.train.fsdp import load_sharded
+
+        load_sharded(resume_dir / "dcp", root, optimizer)
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
     run.log(f"resumed from {resume_dir} at step {saved['step']}")
     return LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
@@ -219,9 +226,11 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
     """Before any expensive work: a resumed run must match its checkpoint (seed, data, tokenizer, model
     config, settings), and the output folder must have room. Returns the meta every checkpoint stores."""
     cfg = run.cfg
-    meta = {"config": to_dict(cfg), "fingerprints": run_fingerprints(cfg.model_name_or_path, tokenizer, train)}
+    meta = {"config": to_dict(cfg), "fingerprints": run_fingerprints(cfg.model_name_or_path, tokenizer, train),
+            "world_size": run.info.world_size}
     if resume_dir is not None:
-        check_resume(resume_dir, meta["config"], meta["fingerprints"], cfg.force_resume, run.log)
+        check_resume(resume_dir, meta["config"], meta["fingerprints"], cfg.force_resume, run.log,
+                     run.info.world_size)
     if run.info.is_main:
         one, final = checkpoint_bytes(model, cfg.optimizer, cfg.use_peft)
         check_free_space(run.output_dir, one + final, "a checkpoint (weights + optimizer state) and the final model")
@@ -229,24 +238,37 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
 
 
 def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-                     meta: dict[str, Any] | None = None):
+                     meta: dict[str, Any] | None = None, root: nn.Module | None = None):
+    sharded_root = root if getattr(run.cfg, "fsdp", False) else None
+
     def save(state: LoopState) -> None:
         path = save_checkpoint(run.output_dir, state.step, model, tokenizer, optimizer,
                                {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
-                                "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit, meta)
+                                "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit, meta,
+                               sharded_root=sharded_root)
         run.log(f"checkpoint saved: {path}")
     return save
 
 
 def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger, model: nn.Module,
-           tokenizer: Any, save: Any, started: float) -> RunResult:
-    """Last checkpoint, the final Hugging Face folder, summary.json; leaves the process group."""
+           tokenizer: Any, save: Any, started: float, root: nn.Module | None = None) -> RunResult:
+    """Last checkpoint, the final Hugging Face folder, summary.json; leaves the process group.
+    ``root``: the FSDP-sharded module holding ``model`` (as attribute ``model``), if sharded."""
     result.history = state.history
     for line in run.data_report:   # what was dropped or cut, again where the user reads last
         run.log(line)
     if state.skipped_steps:
         run.log(f"{state.skipped_steps} step(s) skipped for a non-finite loss or gradient")
     save(state)
+    from preftune.train.fsdp import gather_full_state, is_fsdp
+
+    if root is not None and is_fsdp(root):
+        full = gather_full_state(root, "model.")          # a collective: every rank takes part
+        if run.info.is_main:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_config(model.config)
+            model.load_state_dict(full)
     if run.info.is_main:
         result.final_dir = save_final(run.output_dir / "final", model, tokenizer)
         run.log(f"final model: {result.final_dir} · metrics: {logger.path}"

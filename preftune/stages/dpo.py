@@ -56,6 +56,7 @@ from preftune.stages.common import (
 )
 from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
+from preftune.train.fsdp import shard
 from preftune.train.loop import autocast, reduce_means, train_loop
 from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
@@ -104,6 +105,8 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
     else:
         path = cfg.ref_model_name_or_path or cfg.model_name_or_path
         ref_lm = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size)
+        if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
+            shard(ref_lm, ref_lm.model)
         live, source = FrozenReference(ref_lm), path
     if not cfg.precompute_ref_log_probs:
         run.log(f"reference ({split}): {source}, computed every step")
@@ -176,7 +179,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
-    ddp_policy = wrap_ddp(policy, info)
+    ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
     eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)
                   if held_out is not None else None)
@@ -190,11 +193,11 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     # 5. Optimizer, data order, resume.
     optimizer = build_optimizer(policy.parameters(), cfg)
     sampler, steps = plan_steps(run, train)
-    state = restore_state(run, resume_dir, optimizer)
+    state = restore_state(run, resume_dir, optimizer, policy)
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
                            resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta)
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy)
 
     def do_eval(step: int, score: Score | None = None) -> dict[str, float]:
         with eval_mode(policy):
@@ -224,7 +227,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     # 8. Evaluate after, save.
     if held_out is not None:
         result.eval_after = do_eval(state.step)
-    return finish(run, result, state, logger, policy.model, tokenizer, save, started)
+    return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
 
 
 def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:

@@ -40,6 +40,7 @@ from preftune.train.checkpoint import (
     resolve_resume,
 )
 from preftune.train.distributed import wrap_ddp
+from preftune.train.fsdp import shard
 from preftune.train.loop import autocast, reduce_means, train_loop
 from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
@@ -94,18 +95,18 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
                                 completion_field=cfg.completion_field)
     meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
-    ddp_policy = wrap_ddp(policy, info)
+    ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(train, tokenizer.pad_token_id, info.device)
     eval_batch = make_batches(held_out, tokenizer.pad_token_id, info.device) if held_out is not None else None
 
     # 4. Optimizer, data order, resume.
     optimizer = build_optimizer(policy.parameters(), cfg)
     sampler, steps = plan_steps(run, train)
-    state = restore_state(run, resume_dir, optimizer)
+    state = restore_state(run, resume_dir, optimizer, policy)
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
                            resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta)
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy)
 
     def do_eval(step: int) -> dict[str, float]:
         metrics = evaluate(run, policy, held_out, eval_batch)
@@ -129,7 +130,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
     # 7. Evaluate after, save.
     if held_out is not None:
         result.eval_after = do_eval(state.step)
-    return finish(run, result, state, logger, policy.model, tokenizer, save, started)
+    return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
 
 
 def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:

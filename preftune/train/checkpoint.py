@@ -71,9 +71,12 @@ def is_peft(model: nn.Module) -> bool:
 
 def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokenizer: Any,
                     optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any], info: DistInfo,
-                    total_limit: int | None = None, meta: dict[str, Any] | None = None) -> Path:
+                    total_limit: int | None = None, meta: dict[str, Any] | None = None,
+                    sharded_root: nn.Module | None = None) -> Path:
     """Save a resumable checkpoint atomically (see the module docstring); ``meta`` (the run's config and
-    fingerprints, JSON) is what a later resume is checked against."""
+    fingerprints, JSON) is what a later resume is checked against. With ``sharded_root`` (an FSDP2 run,
+    or a run in its checkpoint format) model and optimizer state go to ``dcp/``, written by every rank,
+    instead of ``model/`` and trainer_state.pt."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
@@ -81,14 +84,20 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokeniz
         for stale in output_dir.glob(".checkpoint-*.tmp"):  # left by a crash mid-save
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp / "model")
+        if sharded_root is None:
+            model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         faults.kill_if("kill_in_save", step, info.rank)
         if meta is not None:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        torch.save({**trainer_state, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()},
+        optimizer_state = optimizer.state_dict() if sharded_root is None else None
+        torch.save({**trainer_state, "step": step, "optimizer": optimizer_state, "rng": rng_state()},
                    tmp / "trainer_state.pt")
     barrier(info)
+    if sharded_root is not None:
+        from preftune.train.fsdp import save_sharded
+
+        save_sharded(tmp / "dcp", sharded_root, optimizer)
     torch.save(rng_state(), tmp / f"rng_rank{info.rank}.pt")
     barrier(info)
     if info.is_main:

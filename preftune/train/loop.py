@@ -30,6 +30,7 @@ from preftune.errors import PreftuneError
 from preftune.train import faults
 from preftune.train.checkpoint import list_checkpoints
 from preftune.train.distributed import DistInfo, all_reduce_sum
+from preftune.train.fsdp import full_norm, is_fsdp
 from preftune.train.metrics import MetricsLogger, format_postfix, progress_bar
 from preftune.train.optim import lr_at, set_lr, warmup_steps
 from preftune.train.sampler import StepSampler
@@ -80,7 +81,7 @@ def guarded_step(params: list[Tensor], optimizer: torch.optim.Optimizer, max_gra
     (clipping only touches the gradients, which are then dropped). Counted in ``state.skipped_steps``.
     All ranks hold the same reduced gradients and the same loss flag, so they take the same decision.
     """
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
     ok = torch.isfinite(grad_norm)
     if nonfinite_loss is not None:
         ok = ok & (nonfinite_loss == 0)
@@ -132,6 +133,7 @@ def train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = warmup_steps(cfg, total_steps)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    sharded = is_fsdp(model)
     bar = progress_bar(total_steps, state.step, cfg.progress_bar and info.is_main, desc)
     window: dict[str, Tensor] = {}
     grad_norms: list[Tensor] = []
@@ -153,6 +155,8 @@ def train_loop(
             batch, n_tokens = get_batch(list(indices))
             sync = i == len(micro) - 1
             ctx = model.no_sync() if (is_ddp and not sync) else contextlib.nullcontext()
+            if sharded:  # reduce-scatter gradients only after the last micro-batch
+                model.set_requires_gradient_sync(sync)
             with ctx:
                 with autocast(cfg.bf16, info.device):
                     loss, sums = compute_loss(batch)

@@ -51,12 +51,27 @@ def run_fingerprints(model_name_or_path: str, tokenizer: Any, train: Any) -> dic
             "model_config": model_config_fingerprint(model_name_or_path)}
 
 
-def resume_differences(saved: dict[str, Any], config: dict[str, Any], fingerprints: dict[str, str]) -> list[str]:
-    """Each setting or fingerprint of ``saved`` (a checkpoint's meta.json) that the new run changes."""
+def _global_batch(config: dict[str, Any], world_size: int) -> int | None:
+    per_device, accumulation = config.get("per_device_train_batch_size"), config.get("gradient_accumulation_steps")
+    return per_device * accumulation * world_size if per_device and accumulation else None
+
+
+def resume_differences(saved: dict[str, Any], config: dict[str, Any], fingerprints: dict[str, str],
+                       world_size: int = 1) -> list[str]:
+    """Each setting or fingerprint of ``saved`` (a checkpoint's meta.json) that the new run changes.
+
+    Another process count may split the same global batch differently (the data order is a function
+    of the global batch), so per-device batch and accumulation may change when their product with
+    the process count does not.
+    """
     now = json.loads(json.dumps(config))  # the same JSON types as the saved copy (tuples → lists)
     before = saved.get("config", {})
+    changeable = set(CHANGEABLE_ON_RESUME)
+    old_batch, new_batch = _global_batch(before, saved.get("world_size", 1)), _global_batch(now, world_size)
+    if old_batch is not None and old_batch == new_batch:
+        changeable |= {"per_device_train_batch_size", "gradient_accumulation_steps"}
     diffs = [f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in sorted(set(before) | set(now))
-             if k not in CHANGEABLE_ON_RESUME and before.get(k) != now.get(k)]
+             if k not in changeable and before.get(k) != now.get(k)]
     for name, value in fingerprints.items():
         old = saved.get("fingerprints", {}).get(name)
         if old != value:
@@ -65,13 +80,13 @@ def resume_differences(saved: dict[str, Any], config: dict[str, Any], fingerprin
 
 
 def check_resume(checkpoint: Path, config: dict[str, Any], fingerprints: dict[str, str], force: bool,
-                 log: Any = print) -> None:
+                 log: Any = print, world_size: int = 1) -> None:
     """Refuse to resume ``checkpoint`` with different settings, naming each, unless ``force``."""
     meta_file = checkpoint / "meta.json"
     if not meta_file.is_file():
         diffs = ["the checkpoint has no meta.json to compare with (saved by an older preftune)"]
     else:
-        diffs = resume_differences(json.loads(meta_file.read_text()), config, fingerprints)
+        diffs = resume_differences(json.loads(meta_file.read_text()), config, fingerprints, world_size)
     if not diffs:
         return
     if force:

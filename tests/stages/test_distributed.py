@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from preftune.train.metrics import read_metrics
 
@@ -67,3 +68,36 @@ def test_kto_reference_point_is_estimated_over_the_global_batch(tiny_model_dir, 
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["kl"] == pytest.approx(a["kl"], abs=1e-5)
+
+
+def test_fsdp_matches_one_process_and_its_sharded_checkpoint_resumes_under_another_process_count(
+        tiny_model_dir, separable_files, tmp_path):
+    """FSDP2 over 2 gloo processes takes the steps of 1 process with doubled accumulation; its sharded
+    checkpoint (torch.distributed.checkpoint) resumes in 1 process and continues with the same losses;
+    the final folder is one plain Hugging Face model."""
+    from transformers import AutoModelForCausalLM
+
+    train, _ = separable_files
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
+    common = ["dpo", f"model_name_or_path={tiny_model_dir}", f"train_file={train}", "max_length=48",
+              "max_prompt_length=16", "per_device_train_batch_size=4", "max_steps=6", "learning_rate=1e-3",
+              "logging_steps=1", "progress_bar=false", "report_to=none", "threads=1"]
+    _run([*common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2"], 1, env)
+    _run([*common, f"output_dir={tmp_path / 'fsdp'}", "fsdp=true", "save_steps=3"], 2, env)
+    assert (tmp_path / "fsdp" / "checkpoint-3" / "dcp" / ".metadata").is_file()
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl", "train")
+    sharded = read_metrics(tmp_path / "fsdp" / "metrics.jsonl", "train")
+    for a, b in zip(one, sharded, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (a["step"], a["loss"], b["loss"])
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+    _run([*common, f"output_dir={tmp_path / 'fsdp'}", "fsdp=true", "gradient_accumulation_steps=2",
+          f"resume={tmp_path / 'fsdp' / 'checkpoint-3'}"], 1, env)
+    resumed = read_metrics(tmp_path / "fsdp" / "metrics.jsonl", "train")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(one, resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (a["step"], a["loss"], b["loss"])
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final")
+    for (name, p), q in zip(final.named_parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name

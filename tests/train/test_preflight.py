@@ -59,3 +59,11 @@ def test_too_little_free_space_is_an_error_before_any_work(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"0.01 GB free, but the checkpoint need about 0.02 GB"):
         check_free_space(tmp_path, 2 * 10**7, "the checkpoint")
     check_free_space(tmp_path, 4 * 10**6, "the checkpoint")
+
+
+def test_another_process_count_may_split_the_same_global_batch_differently():
+    saved = {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}, "world_size": 2}
+    same = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}
+    assert resume_differences(saved, same, {}, world_size=1) == []
+    bigger = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4}
+    assert resume_differences(saved, bigger, {}, world_size=1) == ["gradient_accumulation_steps: 1 → 4"]
