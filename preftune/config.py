@@ -343,6 +343,12 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
     Values from the command line are parsed as YAML scalars (``beta=0.2``, ``bf16=true``,
     ``loss_type=[sigmoid,ipo]``), then checked against the field's type.
     """
+    return from_dict(cls, read_settings(path, overrides, **values))
+
+
+def read_settings(path: str | Path | None = None, overrides: typing.Sequence[str] = (), **values: Any
+                  ) -> dict[str, Any]:
+    """The raw key → value mapping of a YAML file, then ``key=value`` overrides, then keyword values."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -361,7 +367,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
     raw.update(values)
-    return from_dict(cls, raw)
+    return raw
 
 
 def from_dict(cls: type[C], raw: dict[str, Any]) -> C:

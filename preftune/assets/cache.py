@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -12,6 +13,15 @@ from preftune.errors import PreftuneError
 
 class AssetMissingError(PreftuneError, FileNotFoundError):
     """A packaged asset (model or data file) is not installed; the message says what to install."""
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks (model weights do not fit comfortably in one read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_dir() -> Path:

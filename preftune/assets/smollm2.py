@@ -7,7 +7,6 @@ GGUF-loaded model, and returns the folder; later calls return it at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from preftune.assets.cache import cache_dir, package_file
+from preftune.assets.cache import cache_dir, file_sha256, package_file
 from preftune.errors import PreftuneError
 
 NAME = "smollm2-135m-instruct"
@@ -62,14 +61,6 @@ def _step(log: Callable[[str], object], what: str):
     log(f"smollm2: {what} ({time.perf_counter() - t:.1f}s)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fix_tokenizer(tok) -> None:
     """Check the special-token ids and set bos/eos/pad explicitly (pad is never the eos)."""
     got = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_IDS}
@@ -92,7 +83,7 @@ def _convert(src: Path, out: Path, log: Callable[[str], object]) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _step(log, f"sha256 of {src.name}"):
-        digest, size = _sha256(src), src.stat().st_size
+        digest, size = file_sha256(src), src.stat().st_size
     with _step(log, "loaded GGUF tokenizer"):
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         _fix_tokenizer(tok)

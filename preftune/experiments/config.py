@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from preftune.config import from_dict
+from preftune.config import from_dict, read_settings
 from preftune.errors import ConfigError
 
 METHODS = ("dpo", "ipo", "ppo_gt", "ppo_rm", "bon")
@@ -205,24 +203,7 @@ def load_experiment_config(path: str | Path | None = None, overrides: list[str] 
                            *, gpu: bool = False, **values: Any) -> SentimentExperimentConfig:
     """YAML file, then ``key=value`` overrides, then keyword values; with ``size: gpu`` (or ``gpu=True``)
     every key none of those sets comes from :data:`GPU_PRESET`."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config file must be a mapping of key: value")
-        raw.update(loaded)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        try:
-            raw[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
-    raw.update(values)
+    raw = read_settings(path, overrides, **values)
     if gpu:
         if raw.get("size", "gpu") != "gpu":
             raise ConfigError(f"--gpu given but the config says size: {raw['size']}")

@@ -6,9 +6,11 @@ reads top to bottom.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,17 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
     run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"
             + (" (LoRA)" if cfg.use_peft else ""))
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Evaluation mode (no dropout) inside the block, the previous mode after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

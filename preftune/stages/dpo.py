@@ -16,9 +16,8 @@ ranked lists (plackett_luce) — which supplies the data layout and the loss; th
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from preftune.stages.common import (
     Run,
     RunResult,
     checkpoint_saver,
+    eval_mode,
     finish,
     load_data,
     load_policy,
@@ -76,16 +76,6 @@ def make_batches(objective: Objective, dataset: BuiltDataset, pad_token_id: int,
 def scorer(model: nn.Module) -> Score:
     """The policy as a ``score(rows)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or not)."""
     return lambda rows: model(rows.input_ids, rows.attention_mask, rows.loss_mask)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel, dataset: BuiltDataset,

@@ -23,9 +23,8 @@ holds ``preftune_reward.json``, which :class:`~preftune.modeling.reward_model.Re
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from preftune.stages.common import (
     RunResult,
     checkpoint_saver,
     enable_gradient_checkpointing,
+    eval_mode,
     finish,
     load_data,
     num_tokens,
@@ -134,16 +134,6 @@ def make_batches(collate, dataset: BuiltDataset, pad_token_id: int, device: torc
         examples = [dataset.examples[i] for i in indices]
         return collate(examples, indices, pad_token_id=pad_token_id).to(device), num_tokens(examples)
     return get_batch
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ model alone (LoRA merged in).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from preftune.assets.cache import file_sha256
 from preftune.errors import PreftuneError
 from preftune.train import faults
 from preftune.train.distributed import DistInfo, barrier
@@ -112,14 +112,6 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokeniz
     return final
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -138,7 +130,7 @@ def write_manifest(folder: Path, step: int) -> None:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         _fsync_file(path)
-        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     for sub in sorted({p.parent for p in folder.rglob("*")} | {folder}):
         _fsync_dir(sub)
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "step": step, "files": files}, indent=1))
@@ -161,7 +153,7 @@ def verify_checkpoint(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != expected["bytes"]:
             return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}"
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             return f"{name} does not match its sha256 in the manifest (damaged after saving)"
     return None
 

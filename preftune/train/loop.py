@@ -160,7 +160,8 @@ def train_loop(
             with ctx:
                 with autocast(cfg.bf16, info.device):
                     loss, sums = compute_loss(batch)
-                    loss = loss * poison
+                    if poison != 1.0:  # only under PREFTUNE_FAULT=nan_loss:...
+                        loss = loss * poison
                 (loss * sums["count"]).backward()
             units = units + sums["count"].detach()
             nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()
