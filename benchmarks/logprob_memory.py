@@ -14,7 +14,11 @@ Variants:
   (``model(...).logits`` and the usual gather; what ``preftune.modeling.logprobs.full_logits_logps`` does).
 * ``chunked-N``: preftune's own ``SequenceLogprobModel`` after the decoder (a stand-in LM returns the given
   hidden states): the completion positions are gathered and run through the output layer N tokens at a
-  time, each chunk under activation checkpointing (``logprob_chunk_size``, default 1024).
+  time by its custom autograd function (``preftune/modeling/output_layer.py``; ``logprob_chunk_size``).
+* ``checkpointed-N``: the same chunks, but through plain autograd with each chunk under activation
+  checkpointing (``torch.utils.checkpoint``; preftune's implementation before the custom autograd
+  function): backward holds a chunk's logits, log-softmax and their gradient, and a fresh [V, H]
+  weight gradient per chunk.
 * ``trl``: TRL's fused LM head (``ChunkedLogProbFunction`` with the outputs DPOTrainer asks for), as
   DPOTrainer calls it on this device; only if trl is installed (``pip install -e .[bench]``).
 
@@ -52,6 +56,15 @@ class Inputs:
     loss_mask: Tensor   # [R, T] bool: completion tokens
     ref_logps: Tensor   # [R]
     beta: float = 0.1
+
+
+def _default_chunk() -> int:
+    from preftune.config import DPOConfig
+
+    return DPOConfig.__dataclass_fields__["logprob_chunk_size"].default
+
+
+DEFAULT_CHUNK = _default_chunk()
 
 
 def make_inputs(pairs: int, seq: int, hidden: int, vocab: int, completion_frac: float = 1.0,
@@ -101,6 +114,20 @@ def logps_chunked(x: Inputs, chunk: int) -> Tensor:
     return SequenceLogprobModel(_GivenHiddenLM(x), chunk)(x.input_ids, x.attention_mask, x.loss_mask).logps
 
 
+def logps_checkpointed(x: Inputs, chunk: int) -> Tensor:
+    from torch.utils.checkpoint import checkpoint
+
+    def token_logps(h: Tensor, w: Tensor, t: Tensor) -> Tensor:
+        return F.linear(h, w).float().log_softmax(-1).gather(1, t[:, None]).squeeze(1)
+
+    predict = x.loss_mask[:, 1:]
+    hidden, targets = x.hidden[:, :-1][predict], x.input_ids[:, 1:][predict]
+    token = torch.cat([checkpoint(token_logps, hidden[i:i + chunk], x.weight, targets[i:i + chunk], use_reentrant=False)
+                       for i in range(0, hidden.shape[0], chunk)])
+    rows = torch.arange(predict.shape[0]).unsqueeze(1).expand_as(predict)[predict]
+    return torch.zeros(predict.shape[0], dtype=token.dtype).index_add(0, rows.to(token.device), token)
+
+
 def logps_trl(x: Inputs) -> Tensor:
     """TRL 1.16 DPOTrainer's fused LM head as ``add_fused_lm_head`` calls it (trl/trainer/utils.py)."""
     from trl.kernels.chunked_logprob import ChunkedLogProbFunction, _use_triton
@@ -127,6 +154,9 @@ def variant_fn(name: str):
     if name.startswith("chunked-"):
         chunk = int(name.split("-", 1)[1])
         return lambda x: logps_chunked(x, chunk)
+    if name.startswith("checkpointed-"):
+        chunk = int(name.split("-", 1)[1])
+        return lambda x: logps_checkpointed(x, chunk)
     if name == "trl":
         return logps_trl
     raise ValueError(f"unknown variant {name!r}")
@@ -184,6 +214,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--pairs", type=int, default=1, help="pairs: 2 × pairs sequences (chosen | rejected)")
     p.add_argument("--chunks", type=int, nargs="+", default=[128, 512, 1024, 2048])
+    p.add_argument("--checkpointed", type=int, nargs="*", default=[512, 1024],
+                   help="chunk sizes for the activation-checkpointing variant (the earlier implementation)")
     p.add_argument("--completion-frac", type=float, default=1.0,
                    help="fraction of each sequence that is completion (1.0: all but the first token)")
     p.add_argument("--repeats", type=int, default=2)
@@ -198,7 +230,7 @@ def main() -> None:
         print(json.dumps(measure(a.worker, a)))
         return
 
-    names = ["naive"] + [f"chunked-{c}" for c in a.chunks]
+    names = (["naive"] + [f"chunked-{c}" for c in a.chunks] + [f"checkpointed-{c}" for c in a.checkpointed])
     if not a.no_trl:
         try:
             import trl  # noqa: F401
@@ -233,8 +265,13 @@ def main() -> None:
     labels = {"naive": "naive (full logits)", "trl": "TRL 1.16 fused head (DPOTrainer's path here)"}
     for r in results:
         v = r["variant"]
-        label = labels[v] if v in labels else (f"preftune, chunk {v.split('-', 1)[1]}"
-                                               + (" (default)" if v == "chunked-1024" else ""))
+        if v in labels:
+            label = labels[v]
+        elif v.startswith("checkpointed-"):
+            label = f"checkpointed chunks of {v.split('-', 1)[1]} (earlier preftune)"
+        else:
+            size = int(v.split("-", 1)[1])
+            label = f"preftune, chunk {size}" + (" (default)" if size == DEFAULT_CHUNK else "")
         print(f"| {label} | {r['peak_mib']:.0f} | {r['peak_mib'] / naive['peak_mib']:.2f} | {r['seconds']:.2f} | "
               f"{r['seconds'] / naive['seconds']:.2f} |")
     if a.json:

@@ -83,7 +83,7 @@ class TrainingConfig:
                                        "loss or gradient (each is skipped; 0 = never stop).")
     report_to: str = _f("auto", "auto (TensorBoard when installed), tensorboard or none.",
                         choices=("auto", "tensorboard", "none"))
-    logprob_chunk_size: int = _f(1024, "Completion tokens per output-layer chunk: bounds the live logits.")
+    logprob_chunk_size: int = _f(512, "Completion tokens per output-layer chunk: bounds the live logits.")
     use_peft: bool = _f(False, "Train LoRA adapters instead of all weights.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA α (scale = α / r).")
@@ -214,7 +214,7 @@ class EvalConfig(LossConfig):
     bf16: bool = _f(False, "bf16 autocast.")
     threads: int | None = _f(None, "torch.set_num_threads.")
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
-    logprob_chunk_size: int = _f(1024, "Completion tokens per output-layer chunk.")
+    logprob_chunk_size: int = _f(512, "Completion tokens per output-layer chunk.")
     output_file: str | None = _f(None, "Write the metrics as JSON here too.")
     seed: int = _f(42, "kto only: seed of the fixed KL partners (use the training run's seed).")
 

@@ -65,7 +65,7 @@ def sample(policy: nn.Module, tokenizer: Any, prompts: list[TokenizedPrompt], k:
     estimate per sample. Each batch is seeded by (seed, batch index), so a result never depends on what
     else ran before it (the same noise for every checkpoint: common random numbers)."""
     policy.eval()
-    scorer = SequenceLogprobModel(policy, chunk_size=1024) if reference is not None else None
+    scorer = SequenceLogprobModel(policy) if reference is not None else None
     settings = types.SimpleNamespace(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
     flat = [(i, ex) for i, ex in enumerate(prompts) for _ in range(k)]
     texts: list[str] = []

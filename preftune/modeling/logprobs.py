@@ -4,9 +4,9 @@ A causal LM's logits are [batch, seq, vocab]; at SmolLM2's vocab of 49,152 and 1
 200 MB per sequence in fp32, most of it for prompt and padding positions nobody needs. Here the
 decoder runs once over the (chosen | rejected) batch, the hidden states at the positions that
 predict completion tokens are gathered ([M, hidden], M = completion tokens in the batch), and the
-output layer is applied to them in chunks. Each chunk is wrapped in activation checkpointing, so in
-backward its [chunk, vocab] logits are recomputed instead of kept: at most one chunk of logits is
-alive at any time, in forward and in backward.
+output layer is applied to them in chunks by a custom autograd function that recomputes each chunk's
+[chunk, vocab] logits in backward instead of keeping them (``output_layer.py``): at most one chunk of
+logits is alive at any time, in forward and in backward.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+
+from preftune.modeling.output_layer import ChunkedTokenLogprobs
 
 
 @dataclass
@@ -39,34 +39,14 @@ class SequenceLogps:
         return self.logps / self.lengths.clamp(min=1)
 
 
-def _token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                 softcap: float | None, temperature: float = 1.0) -> Tensor:
-    logits = F.linear(hidden, weight, bias).float()
-    if softcap is not None:  # Gemma-2 style final-logit soft-capping
-        logits = torch.tanh(logits / softcap) * softcap
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.gather(logits.log_softmax(-1), 1, targets.unsqueeze(1)).squeeze(1)
-
-
 def chunked_token_logps(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_size: int,
                         softcap: float | None = None, temperature: float = 1.0) -> Tensor:
-    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M].
+    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M] float32.
 
-    Chunks are checkpointed when gradients flow, so no more than ``chunk_size`` × vocab logits exist.
+    No more than ``chunk_size`` × vocab logits exist at once, in forward or backward
+    (:class:`~preftune.modeling.output_layer.ChunkedTokenLogprobs`).
     """
-    out = []
-    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
-    for start in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[start:start + chunk_size], head.weight, head.bias, targets[start:start + chunk_size], softcap,
-                temperature)
-        if need_grad:
-            out.append(checkpoint(_token_logps, *args, use_reentrant=False))
-        else:
-            out.append(_token_logps(*args))
-    if not out:
-        return hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(out)
+    return ChunkedTokenLogprobs.apply(hidden, head.weight, head.bias, targets, chunk_size, softcap, temperature)
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -82,7 +62,7 @@ class SequenceLogprobModel(nn.Module):
     produces the loss inputs, or its gradient hooks would not see the decoder's parameters used.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024, value_head: nn.Module | None = None,
+    def __init__(self, model: nn.Module, chunk_size: int = 512, value_head: nn.Module | None = None,
                  temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model

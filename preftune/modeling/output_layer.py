@@ -1,0 +1,110 @@
+"""Token log-probs through the output layer, chunk by chunk, with a hand-written backward.
+
+For M completion positions with hidden states h [M, H], an output layer W [V, H] (bias b) and targets t:
+
+    z_i   = g(h_i Wᵀ + b)                     g: optional soft-capping c·tanh(·/c), then division by T
+    out_i = z_i[t_i] − logsumexp(z_i)         (log p(t_i | h_i))
+
+Gradient, for an upstream gradient γ_i of out_i and p_i = softmax(z_i):
+
+    ∂out_i/∂z_i = e_{t_i} − p_i
+    ∂/∂a_i      = γ_i (e_{t_i} − p_i) · (1/T) · (1 − tanh²(a_i/c))   for a_i = h_i Wᵀ + b
+    ∂h_i = (∂/∂a_i) W,   ∂W = Σ_i (∂/∂a_i)ᵀ h_i,   ∂b = Σ_i ∂/∂a_i
+
+Forward keeps only h, W, b, t and logsumexp [M]; backward recomputes one chunk's logits at a time, turns
+that buffer into ∂/∂a in place, and accumulates ∂W into one [V, H] buffer with ``addmm_``. So at most one
+[chunk, V] tensor (two with soft-capping) and no per-chunk [V, H] temporary exist at any moment, where
+activation checkpointing of the same computation holds logits, log-softmax and their gradient, plus a
+fresh [V, H] weight gradient for every chunk (``benchmarks/logprob_memory.py`` measures both).
+
+The matmuls run in the autocast dtype when autocast is on (as ``F.linear`` would), everything after
+them (softmax, gradient) in float32 or wider.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(hidden: Tensor) -> torch.dtype:
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+def _raw_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # float32 at least (float64 stays float64, so gradcheck can run in double precision).
+    logits = F.linear(h, weight, None if bias is None else bias.to(weight.dtype))
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _capped(raw: Tensor, softcap: float | None, temperature: float) -> tuple[Tensor, Tensor | None]:
+    """z = g(raw) in place where possible; also tanh(raw / c) when soft-capping (needed for its derivative)."""
+    squashed = None
+    if softcap is not None:
+        squashed = torch.tanh(raw / softcap)
+        raw = squashed * softcap
+    if temperature != 1.0:
+        raw = raw.div_(temperature)
+    return raw, squashed
+
+
+class ChunkedTokenLogprobs(torch.autograd.Function):
+    """``apply(hidden [M, H], weight [V, H], bias [V] | None, targets [M] long, chunk_size, softcap, temperature)``
+    → log p(targets) [M], float32 (float64 for float64 inputs). Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
+                softcap: float | None, temperature: float) -> Tensor:
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            out = torch.empty(hidden.shape[0], dtype=torch.promote_types(dtype, torch.float32), device=hidden.device)
+            lse = torch.empty_like(out)
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                z, _ = _capped(_raw_logits(hidden[rows].to(dtype), w, bias), softcap, temperature)
+                lse[rows] = torch.logsumexp(z, dim=-1)
+                out[rows] = z.gather(1, targets[rows].unsqueeze(1)).squeeze(1) - lse[rows]
+                del z
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.settings = (chunk_size, softcap, temperature, dtype)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        chunk_size, softcap, temperature, dtype = ctx.settings
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        grad_out = grad_out.to(lse.dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                h = hidden[rows].to(dtype)
+                z, squashed = _capped(_raw_logits(h, w, bias), softcap, temperature)
+                # z → softmax → γ(e_t − p), all in the one buffer.
+                g = z.sub_(lse[rows].unsqueeze(1)).exp_().mul_(-grad_out[rows].unsqueeze(1))
+                g.scatter_add_(1, targets[rows].unsqueeze(1), grad_out[rows].unsqueeze(1))
+                if temperature != 1.0:
+                    g.div_(temperature)
+                if squashed is not None:
+                    g.mul_(squashed.square_().neg_().add_(1))
+                    del squashed
+                g_mm = g.to(dtype)
+                if need_h:
+                    grad_h[rows] = (g_mm @ w).to(hidden.dtype)
+                if need_w:
+                    if grad_w.dtype == dtype:
+                        grad_w.addmm_(g_mm.t(), h)
+                    else:  # bf16 matmul, fp32 master gradient: no mixed-dtype addmm on every backend
+                        grad_w.add_(g_mm.t() @ h)
+                if need_b:
+                    grad_b.add_(g.sum(0).to(grad_b.dtype))
+                del z, g, g_mm
+        return grad_h, grad_w, grad_b, None, None, None, None
