@@ -437,9 +437,10 @@ def equivalence_check(s: Settings, rows: list[dict], tol: float = 1e-5, grad_rto
             from preftune.stages.common import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(policy)
-        p_policy = SequenceLogprobModel(policy, cfg.logprob_chunk_size).train()
+        # The same log-prob path the timed run uses (chunk size, padding-free packing: the config's defaults).
+        p_policy = SequenceLogprobModel(policy, cfg.logprob_chunk_size, padding_free=cfg.padding_free).train()
         p_ref = FrozenReference(SequenceLogprobModel(freeze(load_causal_lm(s.model_dir, device)),
-                                                     cfg.logprob_chunk_size))
+                                                     cfg.logprob_chunk_size, padding_free=cfg.padding_free))
         t_model = trainer.model
         t_model.train()
         t_inputs = trainer._prepare_inputs(trl_batch)
@@ -847,6 +848,8 @@ def main() -> None:
                         help="check: also compare both with a float64 full-logits computation (slow)")
     parser.add_argument("--check-only", action="store_true", help="run the equivalence check, then stop")
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--frameworks", nargs="+", choices=("trl", "preftune"), default=["trl", "preftune"],
+                        help="time only these (one alone: its figures, no comparison table; for iterating)")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the worker logs, data and tiny model")
     parser.add_argument("--worker", choices=("trl", "preftune"), help=argparse.SUPPRESS)
@@ -914,7 +917,7 @@ def main() -> None:
     spec_path.write_text(json.dumps({"settings": dataclasses.asdict(s), "rows": rows}))
     runs: dict[str, list[dict]] = {"trl": [], "preftune": []}
     for r in range(args.repeats):
-        for fw in ("trl", "preftune"):
+        for fw in [f for f in ("trl", "preftune") if f in args.frameworks]:
             print(f"repeat {r + 1}/{args.repeats}: {fw} ...", file=sys.stderr)
             out = run_worker(fw, spec_path, workdir, f"{fw}-{r}")
             tp = throughput(out, s.grad_accum)
@@ -922,6 +925,11 @@ def main() -> None:
                   f" steady, peak {out['memory'].get('train_peak_rss_mib') or 0:.0f} MiB RSS, "
                   f"process {out['process_s']:.1f} s", file=sys.stderr)
             runs[fw].append(out)
+    if len(set(args.frameworks)) < 2:
+        if args.json:
+            args.json.write_text(json.dumps({"settings": dataclasses.asdict(s), "runs": runs}, indent=2))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
     table, summary = summarise(s, runs, data_stats, check, versions)
     print(table)
     if args.json:

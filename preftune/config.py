@@ -66,6 +66,8 @@ class TrainingConfig:
     fsdp: bool = _f(False, "Under torchrun, shard weights, gradients and optimizer state across processes (FSDP2, "
                            "one unit per decoder layer); checkpoints are sharded (torch.distributed.checkpoint) "
                            "and resume under any process count. sft and dpo stages, full fine-tuning.")
+    torch_compile: bool = _f(False, "torch.compile each decoder layer (dynamic shapes; the first steps pay the "
+                                    "compile time). sft and dpo stages.")
     seed: int = _f(42, "Seed for data order, initialisation and dropout.")
     group_by_length: bool = _f(False, "Batch examples of similar length together (windows of 16 global batches "
                                       "sorted by length, batches shuffled): less padding, faster steps.")
@@ -84,6 +86,8 @@ class TrainingConfig:
     report_to: str = _f("auto", "auto (TensorBoard when installed), tensorboard or none.",
                         choices=("auto", "tensorboard", "none"))
     logprob_chunk_size: int = _f(512, "Completion tokens per output-layer chunk: bounds the live logits.")
+    padding_free: bool = _f(True, "Pack each batch's sequences end to end (positions restart per sequence) "
+                                  "instead of computing on padding; checked against padded rows on first use.")
     use_peft: bool = _f(False, "Train LoRA adapters instead of all weights.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA α (scale = α / r).")
@@ -215,6 +219,7 @@ class EvalConfig(LossConfig):
     threads: int | None = _f(None, "torch.set_num_threads.")
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
     logprob_chunk_size: int = _f(512, "Completion tokens per output-layer chunk.")
+    padding_free: bool = _f(True, "As in training.")
     output_file: str | None = _f(None, "Write the metrics as JSON here too.")
     seed: int = _f(42, "kto only: seed of the fixed KL partners (use the training run's seed).")
 
@@ -248,6 +253,8 @@ class RMConfig(TrainingConfig):
         super().__post_init__()
         if self.fsdp:
             raise ConfigError("fsdp must be false: the rm stage shards nothing yet (sft and dpo do)")
+        if self.torch_compile:
+            raise ConfigError("torch_compile must be false: the rm stage does not compile (sft and dpo do)")
         if self.loss_type == "plackett_luce" and (self.margin != 0.0 or self.center_rewards_coefficient is not None):
             raise ConfigError("margin and center_rewards_coefficient apply to bradley_terry only")
         _non_negative(self, "margin")
@@ -299,6 +306,9 @@ class RLConfig(TrainingConfig):
         super().__post_init__()
         if self.fsdp:
             raise ConfigError("fsdp must be false: the ppo/rloo/reinforce stage shards nothing yet (sft and dpo do)")
+        if self.torch_compile:
+            raise ConfigError("torch_compile must be false: sampling would recompile for every generated length "
+                              "(sft and dpo compile)")
         if self.gradient_accumulation_steps != 1:
             raise ConfigError("gradient_accumulation_steps must be 1 for RL: a rollout is one batch of prompts "
                               "(per_device_train_batch_size); ppo splits it with num_mini_batches")

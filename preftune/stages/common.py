@@ -22,7 +22,7 @@ from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError
-from preftune.modeling.load import apply_lora, load_causal_lm, load_tokenizer
+from preftune.modeling.load import apply_lora, compile_decoder_layers, load_causal_lm, load_tokenizer
 from preftune.train.checkpoint import (
     is_peft,
     load_trainer_state,
@@ -150,6 +150,8 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if cfg.torch_compile:
+        run.log(f"torch.compile: {compile_decoder_layers(model)} decoder layers (compiled on first use)")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"

@@ -94,7 +94,8 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
         live = FrozenReference(policy)
     else:
         path = cfg.ref_model_name_or_path or cfg.model_name_or_path
-        ref_lm = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size)
+        ref_lm = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
+                                      padding_free=cfg.padding_free)
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
         live, source = FrozenReference(ref_lm), path
@@ -168,7 +169,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size)
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, padding_free=cfg.padding_free)
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
     eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)

@@ -37,9 +37,12 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
     run.log(f"eval data: {dataset.summary()}")
 
     # 3. Models.
-    policy = SequenceLogprobModel(freeze(load_causal_lm(cfg.model_name_or_path, info.device)), cfg.logprob_chunk_size)
-    reference = FrozenReference(SequenceLogprobModel(freeze(load_causal_lm(cfg.ref_model_name_or_path, info.device)),
-                                                     cfg.logprob_chunk_size))
+    def load(path: str) -> SequenceLogprobModel:
+        return SequenceLogprobModel(freeze(load_causal_lm(path, info.device)), cfg.logprob_chunk_size,
+                                    padding_free=cfg.padding_free)
+
+    policy = load(cfg.model_name_or_path)
+    reference = FrozenReference(load(cfg.ref_model_name_or_path))
 
     # 4. Score.
     policy.eval()

@@ -127,7 +127,7 @@ def build_reference(run: Run, policy: SequenceLogprobModel):
         return adapter_disabled
     path = cfg.ref_model_name_or_path or cfg.model_name_or_path
     ref = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
-                               temperature=cfg.temperature)
+                               temperature=cfg.temperature, padding_free=cfg.padding_free)
     run.log(f"reference: {path} (frozen copy)")
     return lambda rows: per_token(ref, rows).tokens
 
@@ -308,7 +308,8 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         value_head = nn.Linear(hidden, 1).to(info.device)
         nn.init.zeros_(value_head.weight)   # V ≡ 0 at the start: no arbitrary early advantages
         nn.init.zeros_(value_head.bias)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, value_head=value_head, temperature=cfg.temperature)
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, value_head=value_head, temperature=cfg.temperature,
+                                  padding_free=cfg.padding_free)
     ddp_policy = wrap_ddp(policy, info)
     reference = build_reference(run, policy)
     reward_fn = load_reward(cfg.reward, info.device, batch_size=cfg.reward_batch_size)

@@ -17,11 +17,13 @@ from torch import nn
 
 from preftune.errors import ConfigError
 
-# Settings a resumed run may change: where and how often it reports, and on what hardware it runs.
+# Settings a resumed run may change: where and how often it reports, on what hardware it runs, and
+# how it computes the same numbers.
 # Everything else (seed, data, model, loss, batch, schedule, ...) decides the numbers of the run.
 CHANGEABLE_ON_RESUME = frozenset({
     "output_dir", "resume", "force_resume", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
     "progress_bar", "report_to", "threads", "device", "per_device_eval_batch_size", "max_consecutive_skips",
+    "logprob_chunk_size", "gradient_checkpointing", "torch_compile", "padding_free",
 })
 _VOLATILE_MODEL_KEYS = ("_name_or_path", "transformers_version", "use_cache", "dtype", "torch_dtype")
 

@@ -20,6 +20,15 @@ def test_every_setting_that_shapes_the_numbers_is_named():
     assert diffs == ["beta: 0.1 → 0.2", "seed: 0 → 1"]   # tuple == saved list; logging and output may change
 
 
+def test_memory_and_speed_knobs_may_change_on_resume():
+    # Chunked log-probs are computed row by row, recomputation replays the same ops, compilation
+    # fuses them: how the numbers are computed, not which — and a key the old run did not have yet
+    # (torch_compile) is no difference either.
+    now = {**SAVED["config"], "logprob_chunk_size": 256, "gradient_checkpointing": True, "torch_compile": True}
+    saved = {**SAVED, "config": {**SAVED["config"], "logprob_chunk_size": 1024, "gradient_checkpointing": False}}
+    assert resume_differences(saved, now, SAVED["fingerprints"]) == []
+
+
 def test_fingerprints_are_compared_and_named():
     diffs = resume_differences(SAVED, SAVED["config"], {"train_data": "c" * 64, "tokenizer": "b" * 64})
     assert diffs == ["train_data: fingerprint aaaaaaaaaaaa → cccccccccccc"]
