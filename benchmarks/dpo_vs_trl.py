@@ -108,6 +108,7 @@ class Settings:
     seed: int
     gradient_checkpointing: bool
     reference: str              # default | live | precompute
+    preftune_settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # --preftune key=value
 
     @property
     def num_pairs(self) -> int:
@@ -234,7 +235,7 @@ def preftune_config(s: Settings, output_dir: str, precompute: bool, bf16: bool |
         gradient_accumulation_steps=s.grad_accum, max_steps=s.steps, max_grad_norm=s.max_grad_norm,
         bf16=s.bf16 if bf16 is None else bf16, gradient_checkpointing=s.gradient_checkpointing, seed=s.seed,
         threads=s.threads, device=s.device, logging_steps=1, report_to="none", progress_bar=False, beta=s.beta,
-        loss_type=["sigmoid"], precompute_ref_log_probs=precompute,
+        loss_type=["sigmoid"], precompute_ref_log_probs=precompute, **s.preftune_settings,
     )
 
 
@@ -433,6 +434,10 @@ def equivalence_check(s: Settings, rows: list[dict], tol: float = 1e-5, grad_rto
 
         # c) Loss and gradients, both with a live reference, fp32.
         policy = load_causal_lm(s.model_dir, device)
+        if cfg.lean_activations:   # as the timed run's policy
+            from preftune.modeling.lean_layers import make_lean
+
+            make_lean(policy)
         if s.gradient_checkpointing:
             from preftune.stages.common import enable_gradient_checkpointing
 
@@ -759,6 +764,9 @@ def summarise(s: Settings, runs: dict[str, list[dict]], data_stats: dict[str, An
         f"Reference log-probs — TRL: {ref['trl']}; preftune: {ref['preftune']}"
         + (" (each framework's default)." if s.reference == "default" else "."),
         "",
+        "preftune settings beyond the shared ones: "
+        + (", ".join(f"{k}={v}" for k, v in s.preftune_settings.items()) or "none (its defaults)") + ".",
+        "",
         "| | TRL | preftune | preftune / TRL |",
         "|---|---|---|---|",
         f"| tokens/s, end-to-end training phase (incl. reference) | {_fmt(metrics['trl']['tokens_per_s'])} | "
@@ -821,6 +829,18 @@ def summarise(s: Settings, runs: dict[str, list[dict]], data_stats: dict[str, An
     return "\n".join(lines), summary
 
 
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--preftune {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
@@ -848,6 +868,9 @@ def main() -> None:
                         help="check: also compare both with a float64 full-logits computation (slow)")
     parser.add_argument("--check-only", action="store_true", help="run the equivalence check, then stop")
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--preftune", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="preftune DPO settings beyond the shared ones, e.g. torch_compile=true padding_free=false "
+                             "(YAML values; the equivalence check uses them too where they touch the log-prob path)")
     parser.add_argument("--frameworks", nargs="+", choices=("trl", "preftune"), default=["trl", "preftune"],
                         help="time only these (one alone: its figures, no comparison table; for iterating)")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
@@ -877,7 +900,8 @@ def main() -> None:
         grad_accum=args.grad_accum, steps=args.steps, beta=args.beta,
         lr=args.lr if args.lr is not None else (1e-3 if args.model == "tiny" else 1e-6),
         max_grad_norm=args.max_grad_norm, bf16=args.bf16, device=args.device, threads=args.threads, seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing, reference=args.reference)
+        gradient_checkpointing=args.gradient_checkpointing, reference=args.reference,
+        preftune_settings=_parse_settings(args.preftune))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = make_pairs(tokenizer, s.num_pairs, s.max_length, s.max_prompt_length, s.seed)
     lens = []

@@ -68,6 +68,7 @@ def tiny_llama(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
     seed: int = 0,
+    num_key_value_heads: int | None = None,
     **config_overrides,
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama small enough to train in a test (≈ 30k parameters by default)."""
@@ -79,7 +80,7 @@ def tiny_llama(
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_key_value_heads or num_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings,
         **config_overrides,

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from preftune.errors import ConfigError
 from preftune.modeling.output_layer import ChunkedTokenLogprobs
-from preftune.modeling.packing import packed_hidden, packing_error
+from preftune.modeling.packing import ensure_packing_supported, packed_hidden
 
 
 @dataclass
@@ -72,23 +71,11 @@ class SequenceLogprobModel(nn.Module):
         # Pack the rows' real tokens end to end instead of computing on padding (``packing.py``);
         # checked against the padded computation on the first forward.
         self.padding_free = padding_free
-        self._packing_checked = False
         # Online RL samples from softmax(logits / T): that tempered distribution is the policy whose
         # log-probs the ratios and KL terms must use, not the T = 1 model.
         self.temperature = temperature
         # PPO's critic: a linear head on the policy's own hidden states (shared trunk, one model in memory).
         self.value_head = value_head
-
-    def _check_packing(self, decoder: nn.Module, vocab_size: int, device: torch.device) -> None:
-        if self._packing_checked:
-            return
-        # Inside forward on purpose: under FSDP only the root's forward has its parameters gathered.
-        error = packing_error(decoder, vocab_size, device)
-        if not error < 1e-4:
-            raise ConfigError(f"padding_free: this model's decoder ({type(decoder).__name__}) does not keep packed "
-                              f"sequences apart (relative error {error:.2g} against padded rows; it must read "
-                              f"sequence boundaries from position_ids). Set padding_free=false.")
-        self._packing_checked = True
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
                 per_token: bool = False) -> SequenceLogps:
@@ -102,7 +89,7 @@ class SequenceLogprobModel(nn.Module):
         # Token t is predicted from position t-1: shift the mask left by one.
         predict = loss_mask[:, 1:]
         if self.padding_free:
-            self._check_packing(decoder, lm.config.vocab_size, input_ids.device)
+            ensure_packing_supported(decoder, lm.config.vocab_size, input_ids.device)
             flat, where = packed_hidden(decoder, input_ids, attention_mask)
             hidden_sel = flat[where[:, :-1][predict]]   # [M, H]
         else:

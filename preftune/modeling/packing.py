@@ -16,10 +16,13 @@ tokens themselves are gathered on the device.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from preftune.errors import ConfigError
 
 
 @dataclass
@@ -101,3 +104,19 @@ def packing_error(decoder: nn.Module, vocab_size: int, device: torch.device) -> 
     real = attention.bool()
     padded = padded[real].float()
     return float((padded - flat[where[real]].float()).abs().max() / padded.abs().max().clamp(min=1e-12))
+
+
+_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def ensure_packing_supported(decoder: nn.Module, vocab_size: int, device: torch.device) -> None:
+    """:func:`packing_error` once per decoder; an error naming the fix if packed sequences would mix.
+    Call it inside the wrapping module's forward: under FSDP only then are the root's parameters gathered."""
+    if decoder in _CHECKED:
+        return
+    error = packing_error(decoder, vocab_size, device)
+    if not error < 1e-4:
+        raise ConfigError(f"padding_free: this model's decoder ({type(decoder).__name__}) does not keep packed "
+                          f"sequences apart (relative error {error:.2g} against padded rows; it must read "
+                          f"sequence boundaries from position_ids). Set padding_free=false.")
+    _CHECKED.add(decoder)

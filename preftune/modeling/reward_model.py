@@ -37,6 +37,7 @@ from preftune.data.load import Record
 from preftune.data.render import CompletionText, render_completion
 from preftune.data.tokenize import tokenize_completion
 from preftune.modeling.load import load_tokenizer, pick_device, resolve_model_path
+from preftune.modeling.packing import ensure_packing_supported, packed_hidden
 
 __all__ = [
     "REWARD_SETTINGS_FILE",
@@ -99,31 +100,39 @@ def score_head(model: nn.Module) -> nn.Module:
     raise TypeError(f"{type(hf).__name__} has no classification head named {' or '.join(_HEAD_NAMES)}")
 
 
-def sequence_rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
+def sequence_rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
+                     padding_free: bool = False) -> Tensor:
     """r_φ of each row: the head at the row's last completion token (``loss_mask`` marks completion
     tokens; every row needs at least one). ``[N, T]`` inputs → float32 ``[N]``; with gradient when enabled.
+    ``padding_free``: run the decoder on the rows packed end to end (``packing.py``).
     """
     hf = _unwrap(model)
     decoder = getattr(hf, hf.base_model_prefix)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if padding_free:
+        ensure_packing_supported(decoder, hf.config.vocab_size, input_ids.device)
+        flat, where = packed_hidden(decoder, input_ids, attention_mask)
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(loss_mask)
     last = torch.where(loss_mask.bool(), positions, -1).amax(1)
     if bool((last < 0).any()):
         raise ValueError("sequence_rewards: a row has no completion token (loss_mask is all False)")
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return score_head(model)(hidden[rows, last]).squeeze(-1).float()
+    at_last = flat[where[rows, last]] if padding_free else hidden[rows, last]
+    return score_head(model)(at_last).squeeze(-1).float()
 
 
 class RewardHeadModel(nn.Module):
     """``forward(input_ids, attention_mask, loss_mask) -> rewards [N]``: :func:`sequence_rewards` as a
     module, so DistributedDataParallel wraps the module whose forward produces the loss inputs."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, padding_free: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.padding_free = padding_free
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
-        return sequence_rewards(self.model, input_ids, attention_mask, loss_mask)
+        return sequence_rewards(self.model, input_ids, attention_mask, loss_mask, self.padding_free)
 
 
 def apply_reward_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> nn.Module:

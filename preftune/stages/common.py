@@ -22,6 +22,7 @@ from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError
+from preftune.modeling.lean_layers import make_lean
 from preftune.modeling.load import apply_lora, compile_decoder_layers, load_causal_lm, load_tokenizer
 from preftune.train.checkpoint import (
     is_peft,
@@ -141,6 +142,7 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
         model = load_causal_lm(str(resume_dir / "model"), run.info.device)
     else:
         model = load_causal_lm(cfg.model_name_or_path, run.info.device)
+    apply_lean_activations(run, model)
     if cfg.use_peft:
         if resume_dir is not None:
             from peft import PeftModel
@@ -157,6 +159,16 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
     run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"
             + (" (LoRA)" if cfg.use_peft else ""))
     return model, tokenizer
+
+
+def apply_lean_activations(run: Run, model: nn.Module) -> None:
+    """``lean_activations``; call it before LoRA wraps the model (the lean MLP calls whatever gate / up /
+    down modules it holds at call time, adapters included)."""
+    if not run.cfg.lean_activations:
+        return
+    counts = make_lean(model)
+    run.log(f"lean activations: {counts['norms']} RMSNorms, {counts['mlps']} SwiGLU MLPs"
+            + (f" ({counts['kept']} modules of another formula keep their own forward)" if counts["kept"] else ""))
 
 
 @contextlib.contextmanager

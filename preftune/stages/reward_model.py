@@ -46,6 +46,7 @@ from preftune.objectives.listwise import ranking_metrics
 from preftune.stages.common import (
     Run,
     RunResult,
+    apply_lean_activations,
     checkpoint_saver,
     enable_gradient_checkpointing,
     eval_mode,
@@ -110,6 +111,7 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
     cfg: RMConfig = run.cfg
     source = str(resume_dir / "model") if resume_dir is not None and not cfg.use_peft else cfg.model_name_or_path
     model = load_reward_model(source, run.info.device, tokenizer=tokenizer)
+    apply_lean_activations(run, model)
     if cfg.use_peft:
         if resume_dir is not None:
             from peft import PeftModel
@@ -184,7 +186,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     # 3. The reward model.
     model = load_reward_policy(run, resume_dir, tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    reward_model = RewardHeadModel(model)
+    reward_model = RewardHeadModel(model, padding_free=cfg.padding_free)
     ddp_model = wrap_ddp(reward_model, info)
 
     # 4. Optimizer, data order, resume.

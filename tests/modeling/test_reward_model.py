@@ -146,3 +146,17 @@ def test_scorer_without_settings_file_uses_the_training_defaults_and_overrides_w
     assert len(text.prompt_ids) == 4 and len(text.prompt_ids) + len(text.completion_ids) == 10
     assert text.completion_ids[-1] != scorer.tokenizer.eos_token_id   # cut from the right, as in training
     assert collate_completions([text], [0], pad_token_id=3).input_ids.shape == (1, 10)
+
+
+def test_packed_rewards_and_gradients_equal_the_padded_ones(tiny_model_dir):
+    padded_model = load_reward_model(str(tiny_model_dir))
+    packed_model = load_reward_model(str(tiny_model_dir))
+    packed_model.load_state_dict(padded_model.state_dict())   # the new head is initialised at random
+    ids, attention, loss_mask, _ = _right_padded(padded_model.config.vocab_size, 0)
+    a = sequence_rewards(padded_model, ids, attention, loss_mask)
+    b = sequence_rewards(packed_model, ids, attention, loss_mask, padding_free=True)
+    assert torch.allclose(a, b, atol=1e-5)
+    a.sum().backward()
+    b.sum().backward()
+    for (name, p), q in zip(padded_model.named_parameters(), packed_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
