@@ -12,7 +12,7 @@ from tests.benchmarks._load import load_benchmark
 
 bench = load_benchmark("logprob_memory")
 
-VARIANTS = ["chunked-7", "chunked-64", "chunked-1024"]
+VARIANTS = ["chunked-7", "chunked-64", "chunked-1024", "checkpointed-7"]
 if importlib.util.find_spec("trl") is not None:
     VARIANTS.append("trl")
 
