@@ -66,9 +66,9 @@ class TrainingConfig:
     fsdp: bool = _f(False, "Under torchrun, shard weights, gradients and optimizer state across processes (FSDP2, "
                            "one unit per decoder layer); checkpoints are sharded (torch.distributed.checkpoint) "
                            "and resume under any process count. sft and dpo stages, full fine-tuning.")
-    lean_activations: bool = _f(True, "RMSNorm and SwiGLU MLPs through autograd functions that keep fewer "
-                                      "activations for backward (same math; modules with another formula "
-                                      "keep their own forward): about 20 % less activation memory.")
+    lean_activations: bool = _f(True, "RMSNorm, SwiGLU MLPs and (on CPU) grouped-query attention through "
+                                      "functions that keep fewer activations for backward (same math; modules "
+                                      "with another formula keep their own forward): SmolLM2 saves 40 % less.")
     torch_compile: bool = _f(False, "torch.compile each decoder layer (dynamic shapes; the first steps pay the "
                                     "compile time). sft and dpo stages.")
     seed: int = _f(42, "Seed for data order, initialisation and dropout.")

@@ -168,6 +168,7 @@ def apply_lean_activations(run: Run, model: nn.Module) -> None:
         return
     counts = make_lean(model)
     run.log(f"lean activations: {counts['norms']} RMSNorms, {counts['mlps']} SwiGLU MLPs"
+            + (", grouped-query SDPA" if counts["attention"] else "")
             + (f" ({counts['kept']} modules of another formula keep their own forward)" if counts["kept"] else ""))
 
 
