@@ -829,18 +829,6 @@ def summarise(s: Settings, runs: dict[str, list[dict]], data_stats: dict[str, An
     return "\n".join(lines), summary
 
 
-def _parse_settings(pairs: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--preftune {pair!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
@@ -891,6 +879,8 @@ def main() -> None:
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
+    from preftune.config import read_settings
+
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
     model_dir = prepare_model(args.model, workdir, args.max_length, args.seed)
@@ -901,7 +891,7 @@ def main() -> None:
         lr=args.lr if args.lr is not None else (1e-3 if args.model == "tiny" else 1e-6),
         max_grad_norm=args.max_grad_norm, bf16=args.bf16, device=args.device, threads=args.threads, seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing, reference=args.reference,
-        preftune_settings=_parse_settings(args.preftune))
+        preftune_settings=read_settings(None, args.preftune))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = make_pairs(tokenizer, s.num_pairs, s.max_length, s.max_prompt_length, s.seed)
     lens = []

@@ -258,6 +258,9 @@ class RMConfig(TrainingConfig):
             raise ConfigError("fsdp must be false: the rm stage shards nothing yet (sft and dpo do)")
         if self.torch_compile:
             raise ConfigError("torch_compile must be false: the rm stage does not compile (sft and dpo do)")
+        if self.logprob_chunk_size != TrainingConfig.logprob_chunk_size:
+            raise ConfigError("logprob_chunk_size is set but the rm stage computes no token log-probs (its head "
+                              "reads one hidden state per sequence), so it would be ignored")
         if self.loss_type == "plackett_luce" and (self.margin != 0.0 or self.center_rewards_coefficient is not None):
             raise ConfigError("margin and center_rewards_coefficient apply to bradley_terry only")
         _non_negative(self, "margin")

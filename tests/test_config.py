@@ -152,6 +152,8 @@ OUT_OF_RANGE = [
     (RMConfig, ["margin=-1"], "margin must be >= 0, got -1.0"),
     (RMConfig, ["center_rewards_coefficient=-0.01"], "center_rewards_coefficient must be >= 0 or null, got -0.01"),
     (RMConfig, ["learning_rate=-1e-5"], "learning_rate must be > 0, got -1e-05"),
+    (RMConfig, ["logprob_chunk_size=256"], "logprob_chunk_size is set but the rm stage computes no token log-probs "
+                                           "(its head reads one hidden state per sequence), so it would be ignored"),
     (RLConfig, ["num_generations=0"], "num_generations must be > 0, got 0"),
     (RLConfig, ["max_new_tokens=0"], "max_new_tokens must be > 0, got 0"),
     (RLConfig, ["temperature=0"], "temperature must be > 0, got 0.0"),

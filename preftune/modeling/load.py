@@ -78,10 +78,10 @@ def compile_decoder_layers(model: nn.Module) -> int:
     positions and the chunked output layer — out of the graph. ``dynamic=True`` because sequence length
     changes from batch to batch: without it every new padded length would recompile.
     """
+    from preftune.modeling.logprobs import unwrap_causal_lm
     from preftune.train.fsdp import decoder_layers
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = decoder_layers(base)
+    layers = decoder_layers(unwrap_causal_lm(model))
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)

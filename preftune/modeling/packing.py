@@ -30,12 +30,11 @@ from preftune.errors import ConfigError
 class PackPlan:
     """``source`` [P, C]: index into the flattened padded ``input_ids`` for each packed position (tail
     filler points at index 0); ``position_ids`` [P, C]; ``where`` [R, T]: the flattened packed index of
-    every padded position (0 for padding); ``rows``: P."""
+    every padded position (0 for padding)."""
 
     source: Tensor
     position_ids: Tensor
     where: Tensor
-    rows: int
 
 
 def plan_packing(attention_mask: Tensor) -> PackPlan:
@@ -73,7 +72,7 @@ def plan_packing(attention_mask: Tensor) -> PackPlan:
         # The filler after the last sequence is a block of its own (positions restart at 0), so no real
         # token attends to it; its outputs are never read.
         position_ids[b, offset:] = torch.arange(capacity - offset)
-    return PackPlan(source, position_ids, where, len(bins))
+    return PackPlan(source, position_ids, where)
 
 
 def packed_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,8 @@ def decoder_layers(lm: nn.Module) -> list[nn.Module]:
     base = getattr(lm, "model", None)
     layers = getattr(base, "layers", None)
     if layers is None:
-        raise ValueError(f"fsdp: cannot find the decoder layers of {type(lm).__name__} (expected .model.layers)")
+        raise ValueError(f"cannot find the decoder layers of {type(lm).__name__} (expected .model.layers), which "
+                         f"fsdp and torch_compile work on")
     return list(layers)
 
 

@@ -18,7 +18,7 @@ def _mask(lengths, width):
 def test_plan_by_hand():
     # Lengths 5, 2, 3 in rows of 5: first-fit decreasing puts 5 alone, then 3 and 2 together.
     plan = plan_packing(_mask([5, 2, 3], 5))
-    assert plan.rows == 2
+    assert plan.source.shape[0] == 2
     assert plan.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
     assert plan.source.tolist() == [[0, 1, 2, 3, 4], [10, 11, 12, 5, 6]]
     assert plan.where.tolist() == [[0, 1, 2, 3, 4], [8, 9, 0, 0, 0], [5, 6, 7, 0, 0]]
