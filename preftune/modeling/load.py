@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,10 +37,99 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu") -> nn.Module:
-    """Weights in fp32: bf16 enters only through autocast, so optimizer state and updates stay exact."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=torch.float32)
-    return model.to(device)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+QUANTIZATIONS = ("4bit",)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """'auto' (the checkpoint's own dtype, as ``config.json`` records it), a name ('bfloat16', 'bf16',
+    'float32', ...) or a torch dtype → what ``from_pretrained(dtype=...)`` takes. None = float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[name]
+
+
+def check_attn_implementation(name: str | None, device: torch.device | str = "cpu") -> None:
+    """A clear error for an attention implementation this machine cannot run (before any weight loads)."""
+    if name is None:
+        return
+    if name not in ATTENTION_IMPLEMENTATIONS and not name.startswith("kernels-community/"):
+        raise ConfigError(f"attn_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)} "
+                          f"(or a kernels-community/... hub kernel), got {name!r}")
+    if name.startswith("flash_attention"):
+        package = "flash_attn_interface" if name == "flash_attention_3" else "flash_attn"
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"attn_implementation={name} needs the {package} package, which is not installed "
+                              f"(pip install flash-attn); use sdpa (the default) instead")
+        if torch.device(device).type != "cuda":
+            raise ConfigError(f"attn_implementation={name} runs on CUDA devices only; this run's device is "
+                              f"{torch.device(device).type}: use sdpa (the default) instead")
+
+
+def quantization_config(quantization: str | None, device: torch.device | str) -> Any:
+    """bitsandbytes 4-bit (NF4, bf16 compute, nested quantisation) for LoRA on a CUDA device; None for none."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)} or null, got {quantization!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("load_in_4bit needs the bitsandbytes package, which is not installed "
+                          "(pip install bitsandbytes)")
+    if torch.device(device).type != "cuda":
+        raise ConfigError(f"load_in_4bit needs a CUDA device (bitsandbytes 4-bit kernels); this run's device is "
+                          f"{torch.device(device).type}")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
+                   dtype: str | torch.dtype | None = "float32", attn_implementation: str | None = None,
+                   quantization: str | None = None, **model_init_kwargs: Any) -> nn.Module:
+    """A Hugging Face causal LM on ``device``.
+
+    ``dtype``: the weights' dtype. float32 (the default) keeps optimizer state and updates exact, bf16
+    entering only through autocast; ``auto`` keeps the checkpoint's dtype (a bf16 7B model then needs
+    14 GB, not 28); any name of :data:`DTYPES`. ``attn_implementation``: sdpa (transformers' default where
+    the model supports it), eager, flash_attention_2 (installed flash-attn + CUDA), ...; None = the
+    model's default. ``quantization='4bit'``: bitsandbytes NF4 base weights, for LoRA on CUDA only.
+    ``model_init_kwargs`` go to ``from_pretrained`` (e.g. ``output_router_logits=True``); a ``dtype`` /
+    ``torch_dtype`` or ``attn_implementation`` among them (where TRL recipes put them) takes the place of
+    the keyword argument.
+    """
+    kwargs: dict[str, Any] = dict(model_init_kwargs)
+    # A TRL recipe puts these in model_init_kwargs: there they mean what the keyword arguments mean.
+    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))
+    attn_implementation = kwargs.pop("attn_implementation", attn_implementation)
+    for key in ("quantization_config", "device_map"):
+        if key in kwargs:
+            raise ConfigError(f"model_init_kwargs: {key} is not accepted (preftune places the model on its device; "
+                              f"4-bit weights come from load_in_4bit)")
+    check_attn_implementation(attn_implementation, device)
+    quantized = quantization_config(quantization, device)
+    kwargs["dtype"] = resolve_dtype(dtype)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantized is not None:
+        kwargs["quantization_config"] = quantized
+        kwargs["device_map"] = {"": torch.device(device)}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e) or not model_init_kwargs:
+            raise
+        raise ConfigError(f"model_init_kwargs: {e} (each key must be a setting of the model's config)") from None
+    return model if quantized is not None else model.to(device)
 
 
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> nn.Module:
