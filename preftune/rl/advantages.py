@@ -162,3 +162,156 @@ class MovingAverageBaseline:
     def load_state_dict(self, state: dict[str, float | int]) -> None:
         self.value = float(state["value"])
         self.n_updates = int(state["n_updates"])
+
+
+# ----- group-relative and batch-normalised advantages (GRPO family, REINFORCE++) ------------------
+
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def _check_groups(rewards: Tensor, num_generations: int) -> int:
+    try:
+        g = operator.index(num_generations)
+    except TypeError:
+        g = 0
+    if g < 1:
+        raise ValueError(f"num_generations must be a positive integer, got {num_generations!r}")
+    if rewards.dim() != 1 or rewards.numel() % g:
+        raise ValueError(f"rewards must be 1-D with a multiple of num_generations={g} entries, "
+                         f"got shape {tuple(rewards.shape)}")
+    if bool(torch.isinf(rewards).any()):
+        # NaN means "unscorable" (excluded below); ±inf is a reward function bug that would make every
+        # advantage of its group (or, with batch scaling, of the batch) NaN or 0 without a word.
+        bad = torch.isinf(rewards).nonzero().flatten().tolist()
+        raise ValueError(f"rewards at rows {bad} are infinite")
+    return g
+
+
+def _nanstd(x: Tensor, dim: int | None = None) -> Tensor:
+    """Sample standard deviation ignoring NaNs, with Bessel's n − 1 (NaN where fewer than 2 values)."""
+    keep = dim is not None
+    mean = torch.nanmean(x, dim=dim, keepdim=True) if keep else torch.nanmean(x)
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=keep) if keep else (~torch.isnan(x)).sum()
+    var = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=keep) if keep else torch.nanmean((x - mean) ** 2)
+    nan = torch.full_like(var, float("nan"))
+    return torch.where(count > 1, var * count / (count - 1).clamp_min(1), nan).sqrt()
+
+
+def group_advantages(rewards: Tensor, num_generations: int, scale_rewards: str = "group", *,
+                     std_eps: float = 1e-4) -> Tensor:
+    """Group-relative advantages of GRPO (Shao et al. 2024, "DeepSeekMath: Pushing the Limits of
+    Mathematical Reasoning in Open Language Models", §4.1.2, outcome supervision):
+
+        A_i = (r_i − mean_{j∈g(i)} r_j) / (std + std_eps)
+
+    over the G = ``num_generations`` completions g(i) of the same prompt. ``scale_rewards`` (the names of
+    TRL's GRPOConfig) picks the std:
+
+        "group"  std of the group (DeepSeekMath; TRL's default)
+        "batch"  std of the whole batch, the centring still per group (Hu et al. 2025, "PPO Lite")
+        "none"   no division (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical
+                 Perspective" (Dr. GRPO): dividing by the group std weights prompts by 1/σ(x))
+
+    Conventions as TRL 1.16: the std is the sample std with Bessel's n − 1 correction, ``std_eps``
+    = 1e-4 is added to the std (not the variance), so a zero-variance group gets A = 0. A NaN reward
+    marks an unscorable completion: it is left out of the group's mean and std and its advantage is 0.
+    A group with fewer than two scorable rewards gets A = 0 throughout when scaled.
+
+    ``rewards`` (B,) with B = n_groups · G, the G completions of a prompt consecutive. With "batch"
+    scaling the std is over every entry given, so pass the rewards of the *global* batch (gathered over
+    ranks), then take this rank's slice of the result. Returns (B,), detached.
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    g = _check_groups(rewards, num_generations)
+    grouped = rewards.detach().reshape(-1, g)
+    adv = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
+    if scale_rewards == "group":
+        adv = adv / (_nanstd(grouped, dim=1) + std_eps)
+    elif scale_rewards == "batch":
+        adv = adv / (_nanstd(grouped.reshape(-1)) + std_eps)
+    adv = adv.reshape(-1)
+    return torch.where(torch.isnan(adv), torch.zeros((), dtype=adv.dtype, device=adv.device), adv)
+
+
+def zero_std_groups(rewards: Tensor, num_generations: int, atol: float = 1e-8) -> Tensor:
+    """Which groups carry no learning signal: std of the group's (scorable) rewards ≤ ``atol``
+    (TRL's ``frac_reward_zero_std`` test, torch.isclose(std, 0)). All-correct and all-wrong groups of a
+    0/1 reward are the cases DAPO's dynamic sampling drops (:func:`preftune.rl.rollout.groups_to_keep`).
+    A group with fewer than two scorable rewards counts as zero-std. ``rewards`` (n_groups · G,);
+    returns (n_groups,) bool.
+    """
+    g = _check_groups(rewards, num_generations)
+    std = _nanstd(rewards.detach().reshape(-1, g), dim=1).squeeze(1)
+    return torch.isnan(std) | (std <= atol)
+
+
+def kl_penalised_scores(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """The KL penalty in the reward (Ziegler et al. 2019; Ouyang et al. 2022 eq. 2), per completion:
+
+        r̃(x, y) = r(x, y) − β Σ_t kl_t
+
+    ``scores`` (B,), ``kl`` (B, T) per-token estimates (:func:`preftune.rl.kl.kl_penalty` of the
+    sampling policy against π_ref; with k1 the sum is log π(y|x)/π_ref(y|x), the KL-regularised
+    objective's own reward), ``mask`` (B, T). The GRPO family then centres/scales r̃ like any reward;
+    the alternative, the KL as a loss term, is :func:`preftune.rl.grpo.kl_loss_term`. Returns (B,),
+    detached.
+    """
+    m = _bool_mask(kl, mask)
+    if scores.dim() != 1 or scores.shape[0] != kl.shape[0]:
+        raise ValueError(f"scores must have shape ({kl.shape[0]},), got {tuple(scores.shape)}")
+    zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
+    return (scores.to(kl.dtype) - kl_coef * torch.where(m, kl, zero).sum(-1)).detach()
+
+
+def masked_moments(x: Tensor, mask: Tensor) -> Tensor:
+    """(count, Σx, Σx²) over the masked entries, float64: the statistics of a global batch
+    normalisation, to be all-reduced (summed) over ranks in one call and passed back as ``moments``.
+    float64 because the variance is formed as Σx²/n − mean², which cancels when |mean| ≫ std."""
+    m = _bool_mask(x, mask)
+    v = torch.where(m, x.detach().double(), torch.zeros((), dtype=torch.float64, device=x.device))
+    return torch.stack([m.sum().double(), v.sum(), (v * v).sum()])
+
+
+def reinforce_pp_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, *,
+                            num_generations: int | None = None, moments: Tensor | None = None,
+                            eps: float = 1e-8) -> Tensor:
+    """REINFORCE++ advantages (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large
+    Language Models", eqs. 8–10): the KL-penalised return to go of every token, normalised over the
+    global batch,
+
+        A_t  = r(x, y) − β Σ_{s ≥ t} kl_s                        (KL in the reward, γ = 1)
+        Â_t  = (A_t − mean_batch A) / √(var_batch A + eps)       (over every completion token of the batch)
+
+    ``num_generations`` = G gives REINFORCE++-baseline: r is first centred on its group's mean (the
+    G completions of a prompt, consecutive), then the same. Without it there is no per-prompt baseline;
+    the batch mean is the only one.
+
+    ``scores`` (B,), ``kl`` (B, T) per-token KL estimates (k1 in the paper), ``mask`` (B, T).
+    ``moments``: the (count, Σ, Σ²) of A over the global batch, i.e. :func:`masked_moments` of
+    :func:`reinforce_pp_returns` summed over ranks; None normalises over this tensor alone (one rank).
+    Returns (B, T), 0 off the mask, detached.
+    """
+    returns = reinforce_pp_returns(scores, kl, mask, kl_coef, num_generations=num_generations)
+    m = _bool_mask(returns, mask)
+    moments = masked_moments(returns, m) if moments is None else moments.to(torch.float64)
+    count = moments[0].clamp_min(1)
+    mean = moments[1] / count
+    var = (moments[2] / count - mean * mean).clamp_min(0)
+    white = ((returns.double() - mean) * torch.rsqrt(var + eps)).to(returns.dtype)
+    return torch.where(m, white, torch.zeros((), dtype=returns.dtype, device=returns.device))
+
+
+def reinforce_pp_returns(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, *,
+                         num_generations: int | None = None) -> Tensor:
+    """The un-normalised A_t = r − β Σ_{s≥t} kl_s of :func:`reinforce_pp_advantages` ((B, T), 0 off the
+    mask, detached); r centred per group first when ``num_generations`` is given."""
+    scores = scores.detach()
+    if num_generations is not None:
+        g = _check_groups(scores, num_generations)
+        grouped = scores.reshape(-1, g)
+        scores = (grouped - grouped.mean(-1, keepdim=True)).reshape(-1)
+    rewards = token_level_rewards(scores, kl, mask, kl_coef)  # −β kl_t, plus r on the last token
+    # Return to go with γ = 1: a reverse cumulative sum (rewards are already 0 off the mask).
+    returns = rewards.flip(-1).cumsum(-1).flip(-1)
+    return torch.where(_bool_mask(kl, mask), returns, torch.zeros((), dtype=returns.dtype, device=returns.device))
