@@ -8,6 +8,10 @@ Hugging Face objects, only small.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHATML_TEMPLATE = (
@@ -89,3 +93,34 @@ def tiny_llama(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model
+
+
+def save_to_hub_cache(source: str | os.PathLike, repo_id: str, cache_dir: str | os.PathLike, *,
+                      repo_type: str = "model", revision: str = "main") -> Path:
+    """Write the files of folder ``source`` into a Hugging Face cache, as a download would have.
+
+    The standard layout (huggingface_hub's ``file_download``): ``<cache_dir>/<type>s--<org>--<name>/``
+    with ``blobs/<sha256>`` (the file contents), ``snapshots/<commit>/<path>`` (relative symlinks to the
+    blobs) and ``refs/<revision>`` (the commit hash). The commit hash is derived from the contents, so
+    the same files give the same commit. Returns the snapshot folder. Lets tests resolve Hub ids with
+    ``HF_HUB_OFFLINE=1`` through the real huggingface_hub / transformers / datasets code.
+    """
+    source = Path(source)
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    commit = hashlib.sha1(b"".join(p.relative_to(source).as_posix().encode() + p.read_bytes()
+                                   for p in files)).hexdigest()
+    storage = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshot = storage / "snapshots" / commit
+    for file in files:
+        data = file.read_bytes()
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / revision).write_text(commit)
+    return snapshot

@@ -64,3 +64,31 @@ def smollm2_dir() -> Path:
     from preftune.assets.smollm2 import ensure_smollm2
 
     return ensure_smollm2()
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache and HF_HUB_OFFLINE=1, for this process and its subprocesses.
+
+    huggingface_hub and datasets read their settings when imported, so the module values are set
+    as well as the environment. Returns the hub cache folder (write repositories with
+    ``preftune.testing.save_to_hub_cache``).
+    """
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf-home"
+    hub = home / "hub"
+    hub.mkdir(parents=True)
+    for name, value in {"HF_HOME": str(home), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
+                        "HF_DATASETS_CACHE": str(home / "datasets")}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    try:
+        import datasets.config as datasets_config
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", home / "datasets")
+    return hub

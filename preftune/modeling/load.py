@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -14,25 +15,73 @@ from preftune.errors import ConfigError
 
 EMBEDDED_MODELS = ("smollm2",)
 
+# What a model folder needs from a Hub repository: configs, weights, tokenizer files, chat templates.
+# Top level only: subfolders hold other formats (onnx/, original/, gguf/) that transformers never reads.
+_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+_REMOTE_CODE = ["*.py"]
+_TOP_LEVEL_ONLY = ["*/*"]
 
-def resolve_model_path(name_or_path: str) -> str:
-    """'smollm2' → the embedded SmolLM2-135M-Instruct, converted once into the cache; else unchanged."""
+
+def resolve_model_path(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """The local folder of a model: 'smollm2' (embedded), an existing folder, or a Hub id.
+
+    'smollm2' is SmolLM2-135M-Instruct, converted once into the preftune cache. A Hub id
+    (``org/name``) is fetched with huggingface_hub at ``revision`` (default: main): downloaded when
+    online, read from the Hugging Face cache when offline or ``HF_HUB_OFFLINE=1``; only the files
+    transformers reads are fetched (safetensors weights, or ``*.bin`` where a repository has no
+    safetensors; Python files only with ``trust_remote_code``). The folder returned is the snapshot
+    of one commit, so every later load in the run (tokenizer, reference) reads the same weights.
+    """
     if name_or_path in EMBEDDED_MODELS:
         from preftune.assets.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
-    path = Path(name_or_path)
-    if not path.exists():
-        raise ConfigError(
-            f"model {name_or_path!r}: no such folder. preftune works offline: pass a local Hugging Face "
-            f"folder, or 'smollm2' for the embedded SmolLM2-135M-Instruct")
-    return str(path)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if revision not in (None, "main"):
+            raise ConfigError(f"model {name_or_path!r} is a local folder, so revision {revision!r} cannot apply "
+                              "to it; drop the revision or name the Hub id")
+        return str(path)
+    from preftune.hub import is_hub_id
+
+    if not is_hub_id(name_or_path):
+        raise ConfigError(f"model {name_or_path!r}: no such folder, and not a Hugging Face Hub id ('org/name'); "
+                          "pass a local folder, a Hub id, or 'smollm2' for the embedded SmolLM2-135M-Instruct")
+    from preftune.hub import hub_cache_dir
+
+    return str(_hub_snapshot(name_or_path, revision, trust_remote_code, str(hub_cache_dir())))
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+@functools.lru_cache(maxsize=16)
+def _hub_snapshot(repo_id: str, revision: str | None, trust_remote_code: bool, cache: str) -> Path:
+    """Resolved once per process, cache and (id, revision): the tokenizer and the reference get the
+    policy's commit even if the repository changes during the run."""
+    from preftune.hub import download_snapshot, offline
+
+    patterns = _MODEL_FILES + (_REMOTE_CODE if trust_remote_code else [])
+    folder = download_snapshot(repo_id, revision=revision, allow_patterns=patterns,
+                               ignore_patterns=_TOP_LEVEL_ONLY)
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not offline():
+        # An older repository with PyTorch pickles only: fetch those, from the commit just resolved.
+        folder = download_snapshot(repo_id, revision=folder.name, allow_patterns=["*.bin"],
+                                   ignore_patterns=_TOP_LEVEL_ONLY)
+    return folder
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder, Hub id or 'smollm2' (see :func:`resolve_model_path`).
+
+    A tokenizer without a pad token gets EOS as its pad token: padded positions are excluded by the
+    attention and loss masks, so any id works, and EOS is the usual choice.
+    """
+    folder = resolve_model_path(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token_id is None:
-        # Padding positions are excluded by attention and loss masks, so any id works; EOS is standard.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -123,8 +172,11 @@ def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
     if quantized is not None:
         kwargs["quantization_config"] = quantized
         kwargs["device_map"] = {"": torch.device(device)}
+    # A Hub revision picks the snapshot folder; a local folder has no revisions for from_pretrained to apply.
+    folder = resolve_model_path(name_or_path, revision=kwargs.pop("revision", None),
+                                trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except TypeError as e:
         if "unexpected keyword argument" not in str(e) or not model_init_kwargs:
             raise
