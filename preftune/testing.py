@@ -124,3 +124,21 @@ def save_to_hub_cache(source: str | os.PathLike, repo_id: str, cache_dir: str | 
     (storage / "refs").mkdir(parents=True, exist_ok=True)
     (storage / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def write_dataset_repo(folder: str | os.PathLike, configs: dict[str, dict[str, list[dict]]]) -> Path:
+    """A dataset repository as the Hub serves one: ``<config>/<split>-00000-of-00001.parquet`` files and a
+    dataset card whose ``configs:`` header maps each config's splits to them (the layout of datasets
+    converted to Parquet on the Hub). ``configs`` maps config name → split name → rows."""
+    import datasets
+
+    folder = Path(folder)
+    card = ["---", "configs:"]
+    for config, splits in configs.items():
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split, rows in splits.items():
+            (folder / config).mkdir(parents=True, exist_ok=True)
+            datasets.Dataset.from_list(rows).to_parquet(str(folder / config / f"{split}-00000-of-00001.parquet"))
+            card += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+    (folder / "README.md").write_text("\n".join([*card, "---", "A dataset written by a test.", ""]))
+    return folder

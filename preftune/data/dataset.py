@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from preftune.data.load import Record, load_records
+from preftune.data.formats import RowFormat, prepare
+from preftune.data.load import Record, load_records, source_name
 from preftune.data.render import render_completion, render_preference
 from preftune.data.render_unpaired_ranked import render_ranking, render_unpaired
 from preftune.data.tokenize import (
@@ -59,6 +59,7 @@ class DataSettings:
     max_prompt_length: int | None = 256
     use_chat_template: bool | None = None  # None: use it iff the tokenizer has one
     add_eos: bool = True
+    row_format: RowFormat = field(default_factory=RowFormat)  # which columns hold what (data/formats.py)
 
     def __post_init__(self) -> None:
         # Fail at configuration time, not on the first example of a long build.
@@ -119,7 +120,10 @@ class BuiltDataset:
         invalidate a cache whose log-probs are still correct.
         """
         h = hashlib.sha256()
-        h.update(json.dumps(asdict(self.settings), sort_keys=True).encode())
+        # The row format is not hashed: what it changes shows in the ids, and hashing it would move
+        # every fingerprint made before it existed.
+        settings = {k: v for k, v in asdict(self.settings).items() if k != "row_format"}
+        h.update(json.dumps(settings, sort_keys=True).encode())
         for ex in self.examples:
             if isinstance(ex, TokenizedPreference):
                 parts = ["P", ex.prompt_ids, ex.chosen_ids, ex.rejected_ids]
@@ -167,7 +171,7 @@ def build_preference_dataset(
         _require_answer(tokenizer, text.origin, {"field 'chosen'": text.chosen, "field 'rejected'": text.rejected})
         return tokenize_preference(text, tokenizer, **_limits(settings), notes=notes)
 
-    return _build(source, settings, split, step)
+    return _build(source, settings, split, step, "preference")
 
 
 def build_completion_dataset(
@@ -187,7 +191,7 @@ def build_completion_dataset(
         _require_answer(tokenizer, text.origin, {f"field '{text.field}'": text.completion})
         return tokenize_completion(text, tokenizer, **_limits(settings), notes=notes)
 
-    return _build(source, settings, split, step)
+    return _build(source, settings, split, step, "completion")
 
 
 def build_unpaired_dataset(
@@ -203,7 +207,7 @@ def build_unpaired_dataset(
         _require_answer(tokenizer, text.origin, {"field 'completion'": text.completion})
         return tokenize_unpaired(text, tokenizer, **_limits(settings), notes=notes)
 
-    return _build(source, settings, split, step)
+    return _build(source, settings, split, step, "unpaired")
 
 
 def build_ranking_dataset(
@@ -218,7 +222,7 @@ def build_ranking_dataset(
         _require_answer(tokenizer, text.origin, ranks)
         return tokenize_ranking(text, tokenizer, **_limits(settings), notes=notes)
 
-    return _build(source, settings, split, step)
+    return _build(source, settings, split, step, "ranking")
 
 
 def _limits(settings: DataSettings) -> dict[str, Any]:
@@ -287,16 +291,17 @@ def _columns(ex: Example) -> int:
 
 
 def _build(
-    source: Any, settings: DataSettings, split: str, step: Callable[[Record, Counter[str]], Example]
+    source: Any, settings: DataSettings, split: str, step: Callable[[Record, Counter[str]], Example], layout: str
 ) -> BuiltDataset:
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "dataset"
+    name = source_name(source, split)
     records = load_records(source, split=split)
     examples: list[Example] = []
     dropped: Counter[str] = Counter()
     truncated: Counter[str] = Counter()
-    for record in records:
+    for index, raw in enumerate(records):
         notes: Counter[str] = Counter()  # per example: a dropped one counts as dropped only, not also as cut
         try:
+            record = prepare(raw, settings.row_format, layout, index)
             examples.append(step(record, notes))
         except SkipExample as e:
             dropped[e.reason] += 1

@@ -16,7 +16,7 @@ import importlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,15 +24,34 @@ from typing import Any
 from preftune.data.encoding import first_undecoded, undecoded_error, undecoded_field
 from preftune.errors import DataError
 
-__all__ = ["Record", "load_records"]
+__all__ = ["Record", "Source", "load_records", "source_name"]
 
 
 @dataclass(frozen=True)
 class Record:
-    """One raw example: its fields as read, and where it came from (for error messages)."""
+    """One raw example: its fields as read, and where it came from (for error messages).
+
+    ``labels`` maps a field to the column it was read from when the two differ (a mapped column such
+    as ``prompt_field=question``, or UltraFeedback's ``completions[2].response``): errors name that.
+    """
 
     fields: Mapping[str, Any]
     origin: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def label(self, key: str) -> str:
+        return self.labels.get(key, key)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Rows under a name that logs and errors use, e.g. ``HuggingFaceH4/ultrafeedback_binarized [train_prefs]``.
+
+    ``rows`` is anything :func:`load_records` reads; row N of it is reported as ``<name> row N``.
+    """
+
+    rows: Any
+    name: str
 
 
 def load_records(source: str | os.PathLike | Any, *, split: str = "train") -> list[Record]:
@@ -40,26 +59,49 @@ def load_records(source: str | os.PathLike | Any, *, split: str = "train") -> li
 
     ``source`` is a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a folder written by
     ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` folder picks ``split``), an in-memory
-    ``datasets.Dataset``/``DatasetDict``, or a sequence of mappings. ``split`` only matters for
-    dataset dicts. Raises DataError for missing, empty or malformed input.
+    ``datasets.Dataset``/``DatasetDict``, a pandas DataFrame, a sequence of mappings, or a
+    :class:`Source` naming one of these. ``split`` only matters for dataset dicts. Raises DataError
+    for missing, empty or malformed input.
     """
-    if isinstance(source, (str, os.PathLike)):
+    name = source_name(source, split)
+    if isinstance(source, Source):
+        inner = source.rows
+        if isinstance(inner, (str, os.PathLike)):
+            records = _load_path(Path(inner), split)
+        else:
+            records = _from_rows(_in_memory_rows(inner, split, name), name, file_rows=True)
+    elif isinstance(source, (str, os.PathLike)):
         records = _load_path(Path(source), split)
-        name = str(source)
-    elif _is_hf_dataset(source):
-        records = _from_rows(_pick_split(source, split, "dataset"), "dataset", file_rows=False)
-        name = "dataset"
-    elif isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
-        records = _from_rows(source, "dataset", file_rows=False)
-        name = "dataset"
     else:
-        raise TypeError(
-            f"cannot load records from a {type(source).__name__}: expected a file or folder path, "
-            "a datasets.Dataset, or a list of dicts"
-        )
+        records = _from_rows(_in_memory_rows(source, split, name), name, file_rows=False)
     if not records:
         raise DataError(f"{name}: no records (the source is empty)")
     return records
+
+
+def source_name(source: Any, split: str = "train") -> str:
+    """How logs and errors name ``source``: the path (with ``[split]`` for a DatasetDict folder),
+    the :class:`Source` name, or ``dataset`` for an unnamed in-memory object."""
+    if isinstance(source, Source):
+        return source.name
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return f"{path} [{split}]" if (path / "dataset_dict.json").is_file() else str(path)
+    return "dataset"
+
+
+def _in_memory_rows(source: Any, split: str, name: str) -> Any:
+    if _is_hf_dataset(source):
+        return _pick_split(source, split, name)
+    if _is_dataframe(source):
+        # A missing cell is NaN (or None) in a DataFrame; it means what null means in a file.
+        return [{k: None if _is_nan(v) else v for k, v in row.items()} for row in source.to_dict("records")]
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes, bytearray)):
+        return source
+    raise TypeError(
+        f"cannot load records from a {type(source).__name__}: expected a file or folder path, a datasets.Dataset "
+        "or DatasetDict, a pandas DataFrame, or a list of dicts"
+    )
 
 
 def _load_path(path: Path, split: str) -> list[Record]:
@@ -234,6 +276,14 @@ def _plain(value: Any) -> Any:
 def _is_hf_dataset(obj: Any) -> bool:
     # Checked by module name so that a plain list never triggers importing `datasets`.
     return type(obj).__module__.split(".")[0] == "datasets"
+
+
+def _is_dataframe(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "to_dict")
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
 
 
 def _require(module: str, package: str, purpose: str) -> ModuleType:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from preftune.data.dataset import BuiltDataset, DataSettings
-from preftune.data.load import load_records
-from preftune.data.render import _require_template_for_messages, _use_template, _value
+from preftune.data.fields import field_value, require_template_for_messages, use_template, with_system
+from preftune.data.formats import prepare
+from preftune.data.load import load_records, source_name
 from preftune.data.special_tokens import check_special_tokens
 from preftune.data.tokenize import _prompt_ids
 from preftune.errors import DataError
@@ -40,15 +41,18 @@ def render_prompt(prompt: Any, tokenizer: Any, templated: bool, origin: str) -> 
 
 
 def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *, split: str = "train") -> BuiltDataset:
-    """Every record's ``prompt``, rendered and cut from the left to ``max_prompt_length`` tokens."""
-    templated = _use_template(tokenizer, settings.use_chat_template)
+    """Every record's ``prompt`` (``prompt_field``; an UltraFeedback row's instruction), with the
+    ``system_field`` message if set, rendered and cut from the left to ``max_prompt_length`` tokens."""
+    templated = use_template(tokenizer, settings.use_chat_template)
     examples = []
-    for record in load_records(source, split=split):
-        prompt = _value(record, "prompt")
-        _require_template_for_messages({"prompt": prompt}, templated, record.origin)
-        check_special_tokens({"prompt": prompt}, tokenizer, record.origin, templated=templated, completions=())
-        text = render_prompt(prompt, tokenizer, templated, record.origin)
+    records = load_records(source, split=split)
+    for index, raw in enumerate(records):
+        record = prepare(raw, settings.row_format, "prompt", index)
+        prompt = field_value(record, "prompt")
+        label = record.label("prompt")
+        require_template_for_messages({label: prompt}, templated, record.origin)
+        check_special_tokens({label: prompt}, tokenizer, record.origin, templated=templated, completions=())
+        text = render_prompt(with_system(prompt, record, templated), tokenizer, templated, record.origin)
         ids = _prompt_ids(text, tokenizer, settings.max_prompt_length, record.origin)
         examples.append(TokenizedPrompt(tuple(ids), prompt, record.origin))
-    name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "dataset"
-    return BuiltDataset(examples, Counter(), name, settings)
+    return BuiltDataset(examples, Counter(), source_name(source, split), settings)

@@ -1,8 +1,8 @@
 """Step 2 for the two formats that are neither SFT examples nor pairs: KTO's unpaired examples and ranked lists.
 
-They are rendered by exactly the rules of :mod:`preftune.data.render` (same field validation,
-same chat-template handling and prompt-prefix check, whose helpers are reused here); they live in
-a module of their own only to keep render.py short enough to read.
+They are rendered by exactly the rules of :mod:`preftune.data.render` (the same field validation,
+chat-template handling and prompt-prefix check, from :mod:`preftune.data.fields`); they live in a
+module of their own only to keep render.py short enough to read.
 
 * Unpaired (KTO; Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
   Optimization"): ``{prompt, completion, label}``, one completion judged desirable or not, with
@@ -19,14 +19,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.data.load import Record
-from preftune.data.render import (
+from preftune.data.fields import (
     TextOrMessages,
-    _render_templated,
-    _require_template_for_messages,
-    _use_template,
-    _value,
+    field_value,
+    render_templated,
+    require_template_for_messages,
+    use_template,
+    with_system,
 )
+from preftune.data.load import Record
 from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import DataError, SkipExample
 
@@ -65,16 +66,18 @@ def render_unpaired(record: Record, tokenizer: Any, *, use_chat_template: bool |
     around them ignored (a CSV cell can only hold a string).
     """
     origin = record.origin
-    prompt = _value(record, "prompt")
-    completion = _value(record, "completion")
+    prompt = field_value(record, "prompt")
+    completion = field_value(record, "completion")
     label = _label(record)
-    templated = _use_template(tokenizer, use_chat_template)
-    values = {"prompt": prompt, "completion": completion}
-    _require_template_for_messages(values, templated, origin)
-    check_special_tokens(values, tokenizer, origin, templated=templated, completions=("completion",))
+    templated = use_template(tokenizer, use_chat_template)
+    names = (record.label("prompt"), record.label("completion"))
+    values = dict(zip(names, (prompt, completion)))
+    require_template_for_messages(values, templated, origin)
+    check_special_tokens(values, tokenizer, origin, templated=templated, completions=names[1:])
+    prompt = with_system(prompt, record, templated)
     if not templated:
         return UnpairedText(prompt, completion, label, origin)
-    prompt_text, completion_text = _render_templated(prompt, completion, "completion", tokenizer, origin)
+    prompt_text, completion_text = render_templated(prompt, completion, names[1], tokenizer, origin)
     return UnpairedText(prompt_text, completion_text, label, origin)
 
 
@@ -87,14 +90,15 @@ def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | 
     raise ``SkipExample(TIED_SCORES)``, since a Plackett–Luce ranking is strict.
     """
     origin = record.origin
-    prompt = _value(record, "prompt")
+    prompt = field_value(record, "prompt")
     completions = _completion_list(record)
     scores = _scores(record, len(completions))
-    templated = _use_template(tokenizer, use_chat_template)
-    names = [f"completions[{i}]" for i in range(len(completions))]
-    values = {"prompt": prompt, **dict(zip(names, completions))}
-    _require_template_for_messages(values, templated, origin)
+    templated = use_template(tokenizer, use_chat_template)
+    names = [record.label(f"completions[{i}]") for i in range(len(completions))]
+    values = {record.label("prompt"): prompt, **dict(zip(names, completions))}
+    require_template_for_messages(values, templated, origin)
     check_special_tokens(values, tokenizer, origin, templated=templated, completions=names)
+    prompt = with_system(prompt, record, templated)
     order = list(range(len(completions)))
     if scores is not None:
         if len(set(scores)) < len(scores):
@@ -102,7 +106,7 @@ def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | 
         order.sort(key=lambda i: -scores[i])
     if not templated:
         return RankingText(prompt, tuple(completions[i] for i in order), origin)
-    rendered = [_render_templated(prompt, completions[i], names[i], tokenizer, origin) for i in order]
+    rendered = [render_templated(prompt, completions[i], names[i], tokenizer, origin) for i in order]
     return RankingText(rendered[0][0], tuple(text for _, text in rendered), origin)
 
 
@@ -133,7 +137,8 @@ def _completion_list(record: Record) -> list[TextOrMessages]:
             f"{origin}: field 'completions' needs at least 2 completions to rank, got {len(items)}"
         )
     # Each element is checked as a field of its own, so messages name e.g. 'completions[2]'.
-    return [_value(Record({f"completions[{i}]": c}, origin), f"completions[{i}]") for i, c in enumerate(items)]
+    names = [f"completions[{i}]" for i in range(len(items))]
+    return [field_value(Record({name: c}, origin, {name: record.label(name)}), name) for name, c in zip(names, items)]
 
 
 def _scores(record: Record, count: int) -> list[float] | None:

@@ -85,10 +85,9 @@ def test_messages_without_template_need_one(plain_tok, chat_tok):
         )
 
 
-def test_plain_strings_without_prompt(chat_tok):
-    with pytest.raises(
-        DataError, match=r"^dataset\[7\]: missing field 'prompt': a prompt is required unless"
-    ):
+def test_plain_strings_without_prompt_or_shared_start(chat_tok):
+    with pytest.raises(DataError, match=r"^dataset\[7\]: no field 'prompt', and 'chosen'/'rejected' differ from "
+                                        "their first character, so they share no prompt; add a 'prompt' field"):
         render_preference(rec(chosen="a", rejected="b"), chat_tok)
 
 
@@ -157,7 +156,7 @@ def test_csv_cell_with_json_messages(tmp_path, chat_tok):
         HI_PROMPT, "yes<|im_end|>", "no<|im_end|>", f"{path} row 1"
     )
     # A cell that merely starts with "[" is text, so this row is strings-vs-messages without a prompt.
-    with pytest.raises(DataError, match=r"row 2: missing field 'prompt'"):
+    with pytest.raises(DataError, match=r"row 2: no field 'prompt', and 'chosen' and 'rejected' are not both strings"):
         render_preference(second, chat_tok)
 
 

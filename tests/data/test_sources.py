@@ -1,0 +1,168 @@
+"""Where the rows come from: Hub datasets (offline, from a Hub cache written here), DatasetDict splits,
+the alignment-handbook's dataset_mixture / dataset_mixer, in-memory objects."""
+
+from __future__ import annotations
+
+import pytest
+
+from preftune.data.load import Source, load_records
+from preftune.data.sources import DataSpec, check_mixer, check_mixture, resolve_sources
+from preftune.errors import ConfigError, DataError
+from preftune.testing import save_to_hub_cache, write_dataset_repo
+
+datasets = pytest.importorskip("datasets")
+
+
+def rows(tag: str, n: int) -> list[dict]:
+    return [{"prompt": f"{tag} {i}", "chosen": "yes", "rejected": "no", "extra": i} for i in range(n)]
+
+
+@pytest.fixture
+def hub_prefs(tmp_path, offline_hub):
+    """'org/prefs' in the offline Hub cache: config default (train_prefs 10, test_prefs 4), config small."""
+    repo = write_dataset_repo(tmp_path / "repo", {"default": {"train_prefs": rows("train", 10),
+                                                              "test_prefs": rows("test", 4)},
+                                                  "small": {"train": rows("small", 3)}})
+    save_to_hub_cache(repo, "org/prefs", offline_hub, repo_type="dataset")
+    return "org/prefs"
+
+
+def prompts(source) -> list[str]:
+    return [r.fields["prompt"] for r in load_records(source)]
+
+
+def test_a_hub_dataset_resolves_offline_with_its_splits_named(hub_prefs):
+    spec = DataSpec(dataset_name=hub_prefs, dataset_train_split="train_prefs", dataset_test_split="test_prefs")
+    train, held_out = resolve_sources(spec)
+    assert (train.name, held_out.name) == ("org/prefs [train_prefs]", "org/prefs [test_prefs]")
+    assert prompts(train) == [f"train {i}" for i in range(10)]
+    assert prompts(held_out) == [f"test {i}" for i in range(4)]
+    assert load_records(train)[2].origin == "org/prefs [train_prefs] row 3"
+
+
+def test_dataset_config_picks_the_config(hub_prefs):
+    train, held_out = resolve_sources(DataSpec(dataset_name=hub_prefs, dataset_config="small"))
+    assert prompts(train) == ["small 0", "small 1", "small 2"] and held_out is None
+
+
+def test_a_missing_split_names_the_key_to_set(hub_prefs):
+    with pytest.raises(DataError, match="^org/prefs: no split 'train' \\(it has train_prefs, test_prefs\\); set "
+                                        "dataset_train_split to one of those$"):
+        resolve_sources(DataSpec(dataset_name=hub_prefs))
+
+
+def test_an_uncached_hub_dataset_offline_says_where_it_looked(offline_hub):
+    with pytest.raises(ConfigError) as e:
+        resolve_sources(DataSpec(dataset_name="nobody/nothing"))
+    message = str(e.value)
+    assert message.startswith("dataset 'nobody/nothing': not a local file or folder; looked in the Hugging Face "
+                              f"cache at {offline_hub / 'datasets--nobody--nothing'}")
+    assert "HF_HUB_OFFLINE=1" in message
+
+
+def test_a_missing_train_file_is_not_sent_to_the_hub(offline_hub):
+    with pytest.raises(DataError, match="^data/prefs.jsonl: file not found$"):
+        resolve_sources(DataSpec(train_file="data/prefs.jsonl"))
+
+
+@pytest.fixture
+def dict_folder(tmp_path):
+    path = tmp_path / "dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows("train", 6)),
+                          "test": datasets.Dataset.from_list(rows("test", 2)),
+                          "dev": datasets.Dataset.from_list(rows("dev", 3))}).save_to_disk(str(path))
+    return path
+
+
+def test_an_eval_file_datasetdict_is_evaluated_on_its_test_split(dict_folder, tmp_path):
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    _, held_out = resolve_sources(DataSpec(train_file=str(train_file), eval_file=str(dict_folder)))
+    assert held_out.name == f"{dict_folder} [test]" and prompts(held_out) == ["test 0", "test 1"]
+    _, held_out = resolve_sources(DataSpec(train_file=str(train_file), eval_file=str(dict_folder),
+                                           dataset_test_split="dev"))
+    assert prompts(held_out) == ["dev 0", "dev 1", "dev 2"]
+
+
+def test_a_train_file_datasetdict_holds_out_its_test_split_unless_told_otherwise(dict_folder):
+    train, held_out = resolve_sources(DataSpec(train_file=str(dict_folder)))
+    assert (train.name, held_out.name) == (f"{dict_folder} [train]", f"{dict_folder} [test]")
+    assert resolve_sources(DataSpec(train_file=str(dict_folder), eval_size=2))[1] is None
+
+
+def test_in_memory_datasetdict_dataframe_and_lists(dict_folder):
+    dd = datasets.load_from_disk(str(dict_folder))
+    train, held_out = resolve_sources(DataSpec(), train_data=dd)
+    assert (train.name, held_out.name) == ("dataset [train]", "dataset [test]")
+    frame = dd["dev"].to_pandas()
+    frame.loc[1, "chosen"] = None  # a missing cell reads as null, as in a file
+    records = load_records(resolve_sources(DataSpec(), train_data=frame)[0])
+    assert records[1].fields["chosen"] is None and records[0].origin == "dataset[0]"
+    assert records[0].fields["extra"] == 0 and type(records[0].fields["extra"]) is int
+    listed, none = resolve_sources(DataSpec(), train_data=rows("l", 2))
+    assert prompts(listed) == ["l 0", "l 1"] and none is None
+
+
+def test_two_sources_of_training_data_are_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="train_file and dataset_name are both set"):
+        resolve_sources(DataSpec(train_file="a.jsonl", dataset_name="org/x"))
+    with pytest.raises(ConfigError, match="no training data: set train_file, dataset_name"):
+        resolve_sources(DataSpec())
+
+
+@pytest.fixture
+def two_hub_sets(tmp_path, offline_hub):
+    for name, n in (("org/a", 20), ("org/b", 8)):
+        repo = write_dataset_repo(tmp_path / name, {"default": {"train": rows(name, n), "test": rows(name + "-t", 4)}})
+        save_to_hub_cache(repo, name, offline_hub, repo_type="dataset")
+
+
+def test_dataset_mixture_draws_weighted_shares_and_splits_off_a_test_set(two_hub_sets):
+    mixture = {"datasets": [{"id": "org/a", "split": "train", "columns": ["prompt", "chosen", "rejected"],
+                             "weight": 0.5},
+                            {"id": "org/b", "config": "default", "split": "train",
+                             "columns": ["prompt", "chosen", "rejected"], "weight": 1.0}],
+               "seed": 3, "test_split_size": 4}
+    train, held_out = resolve_sources(DataSpec(dataset_mixture=mixture))
+    train_prompts, test_prompts = prompts(train), prompts(held_out)
+    assert (len(train_prompts), len(test_prompts)) == (14, 4)  # int(20 × 0.5) + 8 = 18 rows, 4 held out
+    everything = train_prompts + test_prompts
+    assert len(set(everything)) == 18
+    assert sum(p.startswith("org/a") for p in everything) == 10 and sum(p.startswith("org/b") for p in everything) == 8
+    assert set(load_records(train)[0].fields) == {"prompt", "chosen", "rejected"}
+    assert prompts(resolve_sources(DataSpec(dataset_mixture=mixture))[0]) == train_prompts  # seeded
+    assert prompts(resolve_sources(DataSpec(dataset_mixture={**mixture, "seed": 4}))[0]) != train_prompts
+
+
+def test_dataset_mixture_without_test_split_size_trains_on_everything(two_hub_sets):
+    train, held_out = resolve_sources(DataSpec(dataset_mixture={"datasets": [{"id": "org/b"}]}))
+    assert sorted(prompts(train)) == sorted(f"org/b {i}" for i in range(8)) and held_out is None
+
+
+def test_dataset_mixer_keeps_the_first_fraction_of_train_splits_and_all_test_rows(two_hub_sets):
+    train, held_out = resolve_sources(DataSpec(dataset_mixer={"org/a": 0.25, "org/b": 0.5}))
+    assert sorted(prompts(train)) == sorted([f"org/a {i}" for i in range(5)] + [f"org/b {i}" for i in range(4)])
+    assert len(prompts(held_out)) == 8
+
+
+def test_mixture_problems_are_reported_all_at_once():
+    problems = check_mixture({"datasets": [{"id": "org/a", "weight": 2}, {"config": "x", "colums": ["a"]}],
+                              "seed": "x", "test_split_size": 1.5, "shuffle": True})
+    assert problems == [
+        "dataset_mixture: unknown key 'shuffle' (known: datasets, seed, test_split_size)",
+        "dataset_mixture.datasets[0].weight must be in (0, 1] (the share of its rows drawn), got 2",
+        "dataset_mixture.datasets[1]: unknown key 'colums' (known: columns, config, data_dir, data_files, id, "
+        "split, weight)",
+        "dataset_mixture.datasets[1].id must name a dataset (a Hub id or a local folder)",
+        "dataset_mixture.seed must be an integer, got 'x'",
+        "dataset_mixture.test_split_size must be a row count >= 1 or a fraction in (0, 1), got 1.5",
+    ]
+    assert check_mixer({"org/a": 0}, ["train", "validation"]) == [
+        "dataset_mixer['org/a'] must be a fraction in (0, 1], got 0",
+        "dataset_splits: 'validation' contains neither 'train' nor 'test', so it is neither training nor held-out "
+        "data (the alignment-handbook's rule)"]
+
+
+def test_a_named_source_names_its_rows():
+    records = load_records(Source(rows("x", 2), "my rows"))
+    assert [r.origin for r in records] == ["my rows row 1", "my rows row 2"]
