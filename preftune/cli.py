@@ -1,4 +1,4 @@
-"""``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment}``: parse the command line and call the stage; nothing else.
+"""``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment,plot}``: parse the command line and call the stage; nothing else.
 
 Every stage takes ``--config file.yaml`` plus ``key=value`` overrides; ``preftune <stage> --help``
 lists every key with its default and meaning. Under torchrun: ``torchrun --nproc_per_node 2 -m
@@ -27,7 +27,7 @@ STAGES = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Preference alignment for language models.")
     sub = parser.add_subparsers(dest="stage", required=True,
-                                metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment}")
+                                metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment,plot}")
     demo = sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     theory = sub.add_parser("theory", help="the exact tabular world: DPO, PPO and the paper's claims, checked "
                                           "numerically (markdown table + PNG plots, < 1 min on CPU)")
     theory.add_argument("--out", help="output folder (default ./theory); also --quick, --seed N")
+    plot = sub.add_parser("plot", help="curves of one or more runs (loss, reward accuracy, margin, KL, lr, eval) "
+                                       "from their metrics.jsonl, as PNG files; runs share the axes")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots for one run, ./plots for several)")
     from preftune.experiments.config import SentimentExperimentConfig
 
     experiment = sub.add_parser(
@@ -61,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from preftune.theory.report import main as theory_main
 
         return theory_main(argv[1:])
+    if argv[:1] == ["plot"]:  # its own parser (preftune.plot) owns its options
+        from preftune.plot import main as plot_main
+
+        return plot_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.stage == "demo":

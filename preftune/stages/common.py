@@ -301,6 +301,7 @@ def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger,
         result.final_dir = save_final(run.output_dir / "final", model, tokenizer)
         run.log(f"final model: {result.final_dir} · metrics: {logger.path}"
                 + (f" · TensorBoard: {logger.tensorboard_dir}" if logger.tensorboard_dir else ""))
+        run.log(f"curves: preftune plot {run.output_dir}")
     logger.close()
     result.seconds = time.perf_counter() - started
     write_summary(run, result)
