@@ -1,6 +1,7 @@
 """``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment,plot}``: parse the command line and call the stage; nothing else.
 
-Every stage takes ``--config file.yaml`` plus ``key=value`` overrides; ``preftune <stage> --help``
+Every stage takes ``--config file.yaml`` plus settings written ``key=value``, ``--key value``,
+``--key=value`` or ``--flag`` (a boolean set to true, as ``trl dpo --bf16``); ``preftune <stage> --help``
 lists every key with its default and meaning. Under torchrun: ``torchrun --nproc_per_node 2 -m
 preftune dpo ...``.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from preftune.config import DPOConfig, EvalConfig, RLConfig, RMConfig, SFTConfig, describe
+from preftune.config import DPOConfig, EvalConfig, RLConfig, RMConfig, SFTConfig, cli_overrides, describe
 from preftune.errors import PreftuneError
 
 STAGES = {
@@ -28,10 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Preference alignment for language models.")
     sub = parser.add_subparsers(dest="stage", required=True,
                                 metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment,plot}")
-    demo = sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
-                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
-    demo.add_argument("overrides", nargs="*", metavar="key=value")
+    sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
+                   formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                   epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
     theory = sub.add_parser("theory", help="the exact tabular world: DPO, PPO and the paper's claims, checked "
                                           "numerically (markdown table + PNG plots, < 1 min on CPU)")
     theory.add_argument("--out", help="output folder (default ./theory); also --quick, --seed N")
@@ -45,17 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment", help="the paper's experiments end to end: `sentiment` = reward-vs-KL frontier of DPO, IPO, "
                            "PPO and best-of-N on IMDb (CPU size < 60 min; --gpu for the larger one)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"keys (type) = default (the CPU size):\n{describe(SentimentExperimentConfig)}")
+        epilog=f"keys (type) = default (the CPU size):\n{describe(SentimentExperimentConfig)}", allow_abbrev=False)
     experiment.add_argument("name", choices=["sentiment"], help="which experiment")
     experiment.add_argument("--config", help="YAML file of key: value settings")
     experiment.add_argument("--gpu", action="store_true", help="the GPU size (size=gpu: more prompts, samples "
                                                                "and steps, bf16)")
-    experiment.add_argument("overrides", nargs="*", metavar="key=value", help="settings that override the file")
     for name, (cls, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=f"keys (type) = default:\n{describe(cls)}")
+                           epilog=f"settings (key=value or --key value) override the file; keys (type) = "
+                                  f"default:\n{describe(cls)}", allow_abbrev=False)
         p.add_argument("--config", help="YAML file of key: value settings")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="settings that override the file")
     return parser
 
 
@@ -69,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from preftune.plot import main as plot_main
 
         return plot_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    # Settings are not argparse options: every key is a setting, in any spelling (see cli_overrides).
+    args, settings = build_parser().parse_known_args(argv)
     try:
+        args.overrides = cli_overrides(settings)
         if args.stage == "demo":
             from preftune.demo import run_demo
 

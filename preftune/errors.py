@@ -10,7 +10,19 @@ class DataError(PreftuneError, ValueError):
 
 
 class ConfigError(PreftuneError, ValueError):
-    """An invalid configuration: unknown key, wrong type or out-of-range value; names the key."""
+    """An invalid configuration: unknown key, wrong type or out-of-range value; names the key.
+
+    A config with several problems raises one ConfigError listing all of them (``problems``), so a
+    recipe is fixed in one edit, not one rerun per key.
+    """
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} problems in the config:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(text)
 
 
 class SkipExample(PreftuneError):

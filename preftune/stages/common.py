@@ -138,7 +138,7 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
     """The model to train (fp32 weights) and its tokenizer; from the checkpoint when resuming."""
     cfg = run.cfg
     tokenizer = load_tokenizer(cfg.model_name_or_path)
-    if resume_dir is not None and not cfg.use_peft and not cfg.fsdp:
+    if resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
         model = load_causal_lm(str(resume_dir / "model"), run.info.device)
     else:
         model = load_causal_lm(cfg.model_name_or_path, run.info.device)
@@ -152,7 +152,7 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    if cfg.torch_compile:
+    if getattr(cfg, "torch_compile", False):  # the stages that compile have the key
         run.log(f"torch.compile: {compile_decoder_layers(model)} decoder layers (compiled on first use)")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
@@ -223,7 +223,8 @@ def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
     """The data order and the number of optimizer steps."""
     cfg = run.cfg
     lengths = [num_tokens([ex]) for ex in train.examples] if cfg.group_by_length else None
-    sampler = StepSampler(len(train), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+    accumulation = getattr(cfg, "gradient_accumulation_steps", 1)  # RL: one batch per rollout
+    sampler = StepSampler(len(train), cfg.per_device_train_batch_size, accumulation,
                           run.info.world_size, run.info.rank, cfg.seed, lengths=lengths)
     steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
     run.log(f"data order: {sampler.describe()}; {steps} optimizer steps")

@@ -1,0 +1,75 @@
+"""The preference-loss group (dpo and eval): which losses and their hyperparameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from preftune.config.fields import Problems, default_of, in_range, non_negative, positive, setting
+
+# Keys every loss reads; every other key of LossGroup belongs to the losses whose registry entry names it
+# (``losses.hyperparameters``), and setting it while none of them is chosen is an error.
+APPLIES_TO_EVERY_LOSS = ("beta", "loss_type", "loss_weights")
+
+
+@dataclass(frozen=True)
+class LossGroup:
+    """The preference loss(es) and their hyperparameters; names and defaults as in TRL's DPOConfig."""
+
+    beta: float = setting(0.1, "β: strength of the KL constraint to the reference (the DPO paper: 0.1).")
+    loss_type: list[str] = setting(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo, hinge, "
+                                                "robust, simpo, orpo, ...); a list is summed with loss_weights. kto "
+                                                "trains from unpaired {prompt, completion, label} data, plackett_luce "
+                                                "from {prompt, completions: [best, ..., worst]} rankings; both alone.")
+    loss_weights: list[float] | None = setting(None, "One weight per loss_type entry (null = all 1).")
+    label_smoothing: float = setting(0.0, "cDPO / robust / exo_pair: assumed probability a label is flipped, in "
+                                          "[0, 0.5).")
+    f_divergence_type: str = setting("reverse_kl", "Divergence that forms the log-ratio (f-DPO): reverse_kl, "
+                                                   "forward_kl, js_divergence or alpha_divergence.",
+                                     choices=("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"))
+    f_alpha_divergence_coef: float = setting(0.5, "α of alpha_divergence.")
+    discopop_tau: float = setting(0.05, "τ of the discopop loss.")
+    bco_delta: float = setting(0.0, "Reward shift δ of bco_pair.")
+    simpo_gamma: float = setting(0.5, "Target margin γ of simpo.")
+    orpo_alpha: float = setting(0.1, "Weight λ of the odds-ratio term in orpo.")
+    desirable_weight: float = setting(1.0, "kto: λ_D, weight of desirable examples (the paper: keep λ_D·n_D / "
+                                           "(λ_U·n_U) in [1, 4/3]).")
+    undesirable_weight: float = setting(1.0, "kto: λ_U, weight of undesirable examples.")
+
+    def check(self, p: Problems) -> None:
+        from preftune import losses
+
+        positive(self, p, "beta", "desirable_weight", "undesirable_weight", "discopop_tau")
+        in_range(self, p, "label_smoothing", "[0, 0.5)")
+        non_negative(self, p, "simpo_gamma", "orpo_alpha")
+        if "loss_type" in p.bad:
+            return
+        if not self.loss_type:
+            p.add("loss_type must name at least one loss")
+            return
+        unknown = [n for n in self.loss_type if n not in losses.all_names()]
+        for name in unknown:
+            p.add(f"loss_type: unknown loss {name!r}; known: {', '.join(losses.all_names())}")
+        if unknown:
+            return
+        kinds = {losses.kind(n) for n in self.loss_type}
+        if kinds != {"pairwise"} and len(self.loss_type) > 1:
+            p.add(f"loss_type {self.loss_type}: kto and plackett_luce train from their own data layouts (unpaired "
+                  "labels, rankings), so they cannot be combined with other losses")
+        weights = self.loss_weights
+        if weights is not None and "loss_weights" not in p.bad:
+            for i, weight in enumerate(weights):
+                if weight < 0:
+                    p.add(f"loss_weights[{i}] must be >= 0, got {weight}")
+            if weights and all(w >= 0 for w in weights) and not sum(weights) > 0:
+                p.add(f"loss_weights must have a sum > 0, got {weights}")
+            if len(weights) != len(self.loss_type):
+                p.add(f"loss_weights has {len(weights)} entries but loss_type has {len(self.loss_type)}")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            p.add("loss_type exo_pair needs label_smoothing > 0 (its ε; e.g. 1e-3)")
+        used = set().union(*(losses.hyperparameters(n) for n in self.loss_type))
+        for f in dataclasses.fields(LossGroup):
+            if f.name in APPLIES_TO_EVERY_LOSS or f.name in used:
+                continue
+            if getattr(self, f.name) != default_of(self, f.name):
+                p.add(f"{f.name} is set but none of loss_type {self.loss_type} uses it", f.name)

@@ -1,0 +1,153 @@
+"""Each stage's config: the groups it is composed of, its defaults, and its checks across groups.
+
+A stage takes exactly the keys it uses. A key it leaves out on purpose is listed with the reason, so a
+user who sets it learns why instead of seeing "unknown key".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from preftune.config.compose import compose
+from preftune.config.fields import Problems, non_negative, positive, require, setting
+from preftune.config.groups import (
+    DataGroup,
+    DeviceGroup,
+    LogprobGroup,
+    ModelGroup,
+    OptimGroup,
+    PeftGroup,
+    RunGroup,
+    ShardingGroup,
+    TextGroup,
+    TrainModelGroup,
+)
+from preftune.config.loss import LossGroup
+from preftune.config.rl import RLGroup
+
+# The groups every training stage is made of.
+TRAINING = (RunGroup, DeviceGroup, ModelGroup, TrainModelGroup, PeftGroup, TextGroup, DataGroup, OptimGroup)
+
+
+def _no_fsdp_with_peft(cfg, p: Problems) -> None:
+    if cfg.fsdp and cfg.use_peft:
+        p.add("fsdp must be false with use_peft: sharding is for full fine-tuning (LoRA adapters are small enough "
+              "to replicate; use plain torchrun data parallelism)")
+
+
+TrainingConfig = compose(
+    "TrainingConfig", "Settings every training stage shares (the sft stage's keys without completion_field).",
+    *TRAINING, LogprobGroup, ShardingGroup, check=_no_fsdp_with_peft)
+
+
+@dataclass(frozen=True)
+class SFTGroup:
+    """Supervised fine-tuning."""
+
+    completion_field: str = setting("completion", "Field holding the completion (e.g. 'chosen' to SFT on the "
+                                                  "preferred answers of a preference file, as the DPO paper does).")
+
+
+SFTConfig = compose(
+    "SFTConfig", "Supervised fine-tuning: completion-only negative log-likelihood.",
+    *TRAINING, LogprobGroup, ShardingGroup, SFTGroup,
+    defaults={"output_dir": "runs/sft", "learning_rate": 1e-5}, check=_no_fsdp_with_peft,
+    without={"beta": "sft has no reference model and no β (it is plain negative log-likelihood)"})
+
+
+@dataclass(frozen=True)
+class ReferenceGroup:
+    """The reference model π_ref."""
+
+    ref_model_name_or_path: str | None = setting(None, "Reference model π_ref (null = the starting policy, e.g. "
+                                                       "your SFT model).")
+    precompute_ref_log_probs: bool = setting(True, "Compute reference log-probs once before training and cache "
+                                                   "them on disk; false = run the reference every step.")
+
+
+DPOConfig = compose(
+    "DPOConfig", "Direct Preference Optimization and its family.",
+    *TRAINING, LogprobGroup, ShardingGroup, ReferenceGroup, LossGroup,
+    defaults={"output_dir": "runs/dpo"}, check=_no_fsdp_with_peft)
+
+
+@dataclass(frozen=True)
+class RewardModelGroup:
+    """The reward model's loss."""
+
+    loss_type: str = setting("bradley_terry", "bradley_terry on {prompt, chosen, rejected} pairs, or plackett_luce "
+                                              "on {prompt, completions: [best, ..., worst]} rankings.",
+                             choices=("bradley_terry", "plackett_luce"))
+    margin: float = setting(0.0, "bradley_terry: the chosen reward must win by this margin (Llama 2's margin loss).")
+    center_rewards_coefficient: float | None = setting(None, "Adds c·(r_chosen + r_rejected)² so rewards stay "
+                                                             "centred at 0 (Eisenstein et al. 2023; TRL's name); "
+                                                             "null = off.")
+
+    def check(self, p: Problems) -> None:
+        non_negative(self, p, "margin")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            p.add(f"center_rewards_coefficient must be >= 0 or null, got {self.center_rewards_coefficient}",
+                  "center_rewards_coefficient")
+        elif self.loss_type == "plackett_luce" and (self.margin != 0.0 or self.center_rewards_coefficient is not None):
+            p.add("margin and center_rewards_coefficient apply to bradley_terry only")
+
+
+RMConfig = compose(
+    "RMConfig", "Reward model: the language model with a scalar head, trained on preferences.",
+    *TRAINING, RewardModelGroup,
+    defaults={"output_dir": "runs/rm", "learning_rate": 1e-5},
+    without={"logprob_chunk_size": "the rm stage computes no token log-probs (its head reads one hidden state per "
+                                   "sequence)",
+             "fsdp": "the rm stage shards nothing yet (sft and dpo do)",
+             "torch_compile": "the rm stage does not compile (sft and dpo do)"})
+
+
+def _rl_check(cfg, p: Problems) -> None:
+    rollout = cfg.per_device_train_batch_size * cfg.num_generations
+    if cfg.algorithm == "ppo" and cfg.num_mini_batches > 0 and rollout % cfg.num_mini_batches:
+        p.add(f"num_mini_batches ({cfg.num_mini_batches}) must divide the rollout batch "
+              f"(per_device_train_batch_size × num_generations = {rollout})")
+
+
+RLConfig = compose(
+    "RLConfig", "Online KL-regularised RL: sample, score, penalise KL to π_ref, update (PPO/RLOO/REINFORCE).",
+    *TRAINING, LogprobGroup, RLGroup,
+    defaults={"output_dir": "runs/rl", "learning_rate": 1e-6},
+    helps={"per_device_train_batch_size": "Prompts per process per rollout.",
+           "max_steps": "If > 0, stop after this many rollouts (each: sample, score, then ppo_epochs × "
+                        "num_mini_batches optimizer steps for ppo, one for rloo / reinforce)."},
+    without={"fsdp": "the ppo/rloo/reinforce stage shards nothing yet (sft and dpo do)",
+             "torch_compile": "sampling would recompile for every generated length (sft and dpo compile)",
+             "gradient_accumulation_steps": "a rollout is one batch of prompts (per_device_train_batch_size); ppo "
+                                            "splits it with num_mini_batches"},
+    check=_rl_check)
+
+
+@dataclass(frozen=True)
+class EvalGroup:
+    """What to evaluate, and where the numbers go."""
+
+    ref_model_name_or_path: str = setting("", "Reference π_ref the policy was trained against. Required.")
+    eval_file: str = setting("", "Preference data to evaluate on. Required.")
+    per_device_eval_batch_size: int = setting(8, "Examples per evaluation batch.")
+    output_file: str | None = setting(None, "Write the metrics as JSON here too.")
+    seed: int = setting(42, "kto only: seed of the fixed KL partners (use the training run's seed).")
+
+    def check(self, p: Problems) -> None:
+        require(self, p, "eval_file", "is required")
+        require(self, p, "ref_model_name_or_path", "is required")
+        positive(self, p, "per_device_eval_batch_size")
+        if self.seed != 42 and getattr(self, "loss_type", None) != ["kto"]:
+            p.add("seed is set but only loss_type kto uses it (for its KL partners)", "seed")
+
+
+EvalConfig = compose(
+    "EvalConfig", "Held-out preference evaluation of a policy against a reference.",
+    LossGroup, ModelGroup, EvalGroup, TextGroup, DeviceGroup, LogprobGroup,
+    helps={"model_name_or_path": "Policy to evaluate (Hugging Face folder or 'smollm2'). Required.",
+           "max_length": "As in training.", "max_prompt_length": "As in training.",
+           "use_chat_template": "As in training.", "padding_free": "As in training."})
+
+STAGE_CONFIGS = (TrainingConfig, SFTConfig, DPOConfig, RMConfig, RLConfig, EvalConfig)
+
+__all__ = ["DPOConfig", "EvalConfig", "RLConfig", "RMConfig", "SFTConfig", "STAGE_CONFIGS", "TrainingConfig"]
