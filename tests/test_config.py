@@ -59,6 +59,26 @@ def test_label_smoothing_unused_by_the_loss_is_an_error():
         load_config(DPOConfig, None, BASE + ["loss_type=ipo", "label_smoothing=0.1"])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["loss_type=kto", "rpo_alpha=0.5"], "rpo_alpha is set but none of loss_type ['kto'] uses it"),
+    (["loss_type=plackett_luce", "use_weighting=true"], "use_weighting is set but none of loss_type"),
+    (["loss_type=kto", "ld_alpha=0.5"], "ld_alpha is set but none of loss_type ['kto'] uses it"),
+    # LD-DPO reweights what margin losses see; sft reads the plain sums, so alone it would ignore ld_alpha.
+    (["loss_type=sft", "ld_alpha=0.5"], "ld_alpha is set but none of loss_type ['sft'] uses it"),
+    (["loss_type=[sigmoid,aot]", "use_weighting=true"], "use_weighting cannot weight aot: it sorts the batch"),
+])
+def test_pair_options_unused_or_impossible_for_the_loss_are_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(DPOConfig, None, BASE + overrides)
+    assert str(err.value).startswith(message)
+
+
+def test_pair_options_load_with_the_losses_that_use_them():
+    cfg = load_config(DPOConfig, None, BASE + ["loss_type=[sigmoid,sft]", "ld_alpha=0.5", "use_weighting=true",
+                                               "rpo_alpha=0.1"])
+    assert (cfg.ld_alpha, cfg.use_weighting, cfg.rpo_alpha) == (0.5, True, 0.1)
+
+
 def test_config_is_frozen():
     cfg = load_config(DPOConfig, None, BASE)
     with pytest.raises(AttributeError):
@@ -141,6 +161,8 @@ OUT_OF_RANGE = [
     (TrainingConfig, ["max_prompt_length=512"],  # = the default max_length
      "max_prompt_length must be < max_length (512) so every completion keeps at least one token, got 512"),
     (DPOConfig, ["max_steps=0"], "max_steps must be -1 (no limit) or > 0, got 0"),
+    (DPOConfig, ["ref_model_mixup_alpha=1.5"], "ref_model_mixup_alpha must be in [0, 1], got 1.5"),
+    (DPOConfig, ["ref_model_sync_steps=0"], "ref_model_sync_steps must be > 0, got 0"),
     (EvalConfig, ["per_device_eval_batch_size=0"], "per_device_eval_batch_size must be > 0, got 0"),
     (EvalConfig, ["logprob_chunk_size=0"], "logprob_chunk_size must be > 0, got 0"),
     (EvalConfig, ["threads=0"], "threads must be > 0 or null, got 0"),
@@ -187,6 +209,9 @@ LOSS_ROWS = [
     (["loss_type=kto", "undesirable_weight=-1"], "undesirable_weight must be > 0, got -1.0"),
     (["loss_type=[sigmoid,ipo]", "loss_weights=[1,-1]"], "loss_weights[1] must be >= 0, got -1.0"),
     (["loss_type=[sigmoid,ipo]", "loss_weights=[0,0]"], "loss_weights must have a sum > 0, got [0.0, 0.0]"),
+    (["ld_alpha=1.5"], "ld_alpha must be in [0, 1], got 1.5"),
+    (["ld_alpha=-0.1"], "ld_alpha must be in [0, 1], got -0.1"),
+    (["rpo_alpha=-1"], "rpo_alpha must be >= 0 or null, got -1.0"),
 ]
 OUT_OF_RANGE += [(cls, overrides, message) for cls in (DPOConfig, EvalConfig) for overrides, message in LOSS_ROWS]
 

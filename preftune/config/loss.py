@@ -35,6 +35,13 @@ class LossGroup:
     desirable_weight: float = setting(1.0, "kto: λ_D, weight of desirable examples (the paper: keep λ_D·n_D / "
                                            "(λ_U·n_U) in [1, 4/3]).")
     undesirable_weight: float = setting(1.0, "kto: λ_U, weight of undesirable examples.")
+    rpo_alpha: float | None = setting(None, "RPO: add rpo_alpha × the sft term (NLL of the chosen completions, "
+                                            "token mean over the batch), as loss_type [..., sft] with that weight "
+                                            "would (TRL 1.16's form).")
+    ld_alpha: float | None = setting(None, "LD-DPO: weight in [0, 1] of the tokens past the shorter completion's "
+                                           "length, in π_θ's and π_ref's log-probs (null = 1, plain sums).")
+    use_weighting: bool = setting(False, "WPO: weight each pair's loss by w(y_w)·w(y_l), w = exp(mean over the "
+                                         "completion of log p(y_t) − log Σ_v p_v²) under the policy, detached.")
 
     def check(self, p: Problems) -> None:
         from preftune import losses
@@ -42,6 +49,9 @@ class LossGroup:
         positive(self, p, "beta", "desirable_weight", "undesirable_weight", "discopop_tau")
         in_range(self, p, "label_smoothing", "[0, 0.5)")
         non_negative(self, p, "simpo_gamma", "orpo_alpha")
+        in_range(self, p, "ld_alpha", "[0, 1]")
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            p.add(f"rpo_alpha must be >= 0 or null, got {self.rpo_alpha}", "rpo_alpha")
         if "loss_type" in p.bad:
             return
         if not self.loss_type:
@@ -67,7 +77,15 @@ class LossGroup:
                 p.add(f"loss_weights has {len(weights)} entries but loss_type has {len(self.loss_type)}")
         if "exo_pair" in self.loss_type and self.label_smoothing == 0:
             p.add("loss_type exo_pair needs label_smoothing > 0 (its ε; e.g. 1e-3)")
+        batch_sorted = sorted(set(self.loss_type) & losses.BATCH_SORTED)
+        if self.use_weighting and batch_sorted:
+            p.add(f"use_weighting cannot weight {', '.join(batch_sorted)}: it sorts the batch, so its entry i is a "
+                  "quantile, not pair i (TRL refuses this too)", "use_weighting")
         used = set().union(*(losses.hyperparameters(n) for n in self.loss_type))
+        if kinds == {"pairwise"}:  # the pairwise objective applies these around the losses
+            used |= {"rpo_alpha", "use_weighting"}
+            if set(self.loss_type) - losses.PLAIN_LIKELIHOOD:  # LD-DPO reweights what margin losses see
+                used.add("ld_alpha")
         for f in dataclasses.fields(LossGroup):
             if f.name in APPLIES_TO_EVERY_LOSS or f.name in used:
                 continue

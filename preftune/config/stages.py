@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.config.compose import compose
-from preftune.config.fields import Problems, non_negative, positive, require, setting
+from preftune.config.fields import Problems, changed, in_range, non_negative, positive, require, setting
 from preftune.config.groups import (
     DataGroup,
     DeviceGroup,
@@ -63,12 +63,42 @@ class ReferenceGroup:
                                                        "your SFT model).")
     precompute_ref_log_probs: bool = setting(True, "Compute reference log-probs once before training and cache "
                                                    "them on disk; false = run the reference every step.")
+    sync_ref_model: bool = setting(False, "TR-DPO: every ref_model_sync_steps steps move the (live, frozen) "
+                                          "reference towards the policy: θ_ref ← α θ + (1 − α) θ_ref. Needs "
+                                          "precompute_ref_log_probs=false; not with use_peft or fsdp.")
+    ref_model_mixup_alpha: float = setting(0.6, "TR-DPO: α of the reference update, in [0, 1].")
+    ref_model_sync_steps: int = setting(512, "TR-DPO: optimizer steps between reference updates.")
+
+    def check(self, p: Problems) -> None:
+        in_range(self, p, "ref_model_mixup_alpha", "[0, 1]")
+        positive(self, p, "ref_model_sync_steps")
+        if not self.sync_ref_model:
+            for key in changed(self, "ref_model_mixup_alpha", "ref_model_sync_steps"):
+                p.add(f"{key} is set but sync_ref_model is false, so it would be ignored", key)
+
+
+def _dpo_check(cfg, p: Problems) -> None:
+    from preftune import losses
+
+    _no_fsdp_with_peft(cfg, p)
+    if not cfg.sync_ref_model:
+        return
+    if cfg.precompute_ref_log_probs:
+        p.add("sync_ref_model needs precompute_ref_log_probs=false: the reference changes during training, so "
+              "log-probs computed once before it would be stale (TRL refuses this too)")
+    if cfg.use_peft:
+        p.add("sync_ref_model cannot be used with use_peft: the reference is the policy with its adapter disabled, "
+              "there is no separate reference model to update (as in TRL)")
+    if cfg.fsdp:
+        p.add("sync_ref_model cannot be used with fsdp yet: the reference update is not sharded")
+    if isinstance(cfg.loss_type, list) and cfg.loss_type and set(cfg.loss_type) <= losses.REFERENCE_FREE:
+        p.add(f"sync_ref_model is set but none of loss_type {cfg.loss_type} reads the reference")
 
 
 DPOConfig = compose(
     "DPOConfig", "Direct Preference Optimization and its family.",
     *TRAINING, LogprobGroup, ShardingGroup, ReferenceGroup, LossGroup,
-    defaults={"output_dir": "runs/dpo"}, check=_no_fsdp_with_peft)
+    defaults={"output_dir": "runs/dpo"}, check=_dpo_check)
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ class SentimentExperimentConfig:
 
     # DPO and IPO
     dpo_betas: list[float] = _f([0.05, 0.1, 0.5], "One DPO run per β.")
-    ipo_betas: list[float] = _f([0.1], "One IPO run per β (IPO's τ: target log-ratio margin 1/(2τ)).")
+    ipo_betas: list[float] = _f([0.1], "One IPO run per β (IPO's τ: target log-ratio margin 1/(2τ) on summed "
+                                "log-probs, loss ipo_sum).")
     dpo_epochs: float = _f(1.0, "Epochs over the pairs (DPO and IPO).")
     dpo_learning_rate: float = _f(3e-5, "DPO / IPO peak learning rate (10% warm-up, then constant).")
     dpo_batch_size: int = _f(8, "Pairs per DPO step.")

@@ -381,7 +381,9 @@ class SentimentExperiment:
         if spec.method in ("dpo", "ipo"):
             from preftune.stages.dpo import run_dpo
 
-            values = {**base, "beta": spec.beta, "loss_type": ["sigmoid" if spec.method == "dpo" else "ipo"],
+            # IPO in the paper's summed form (ipo_sum), as the recorded runs used: TRL's per-token "ipo" reads β
+            # on another scale.
+            values = {**base, "beta": spec.beta, "loss_type": ["sigmoid" if spec.method == "dpo" else "ipo_sum"],
                       "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8,
                       "learning_rate": cfg.dpo_learning_rate, "per_device_train_batch_size": cfg.dpo_batch_size,
                       "per_device_eval_batch_size": cfg.dpo_batch_size, "lr_scheduler_type": "constant",

@@ -11,6 +11,11 @@ Losses that need completion token counts also take ``chosen_lengths`` / ``reject
 keyword tensors (:func:`needs_lengths`); those are data, not hyperparameters. Losses with another
 signature live in their own dicts: ``UNPAIRED`` (KTO: single labelled examples) and ``LISTWISE``
 (Plackett–Luce over (B, K) rankings); reward-model losses are in :mod:`preftune.losses.reward`.
+
+``ipo`` is TRL's (per-token averaged log-ratios); ``ipo_sum`` the IPO paper's summed form (a separate
+name rather than a switch, so each name is one equation and the tabular world asks for its form by
+name). :mod:`preftune.losses.weighting` holds LD-DPO's log-probs and WPO's pair weights, which the
+pairwise objective applies around any of these.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ DATA_ARGUMENTS = LENGTH_ARGUMENTS | {"kl", "mask"}
 _REGISTRY: dict[str, LossFn] = {
     "sigmoid": preference.sigmoid,
     "ipo": preference.ipo,
+    "ipo_sum": preference.ipo_sum,
     "unlikelihood": preference.unlikelihood,
     # TRL DPOTrainer loss types
     "hinge": pairwise_extra.hinge,
@@ -45,6 +51,7 @@ _REGISTRY: dict[str, LossFn] = {
     "apo_down": anchored.apo_down,
     "aot": aot.aot,
     "aot_unpaired": aot.aot_unpaired,
+    "sft": reference_free.sft,
     # reference-free, beyond TRL's DPOTrainer
     "simpo": reference_free.simpo,
     "orpo": reference_free.orpo,
@@ -52,14 +59,21 @@ _REGISTRY: dict[str, LossFn] = {
 
 # Losses that never read the reference log-probs (only the reported rewards do): a run of these alone
 # needs no reference model and no reference pass.
-REFERENCE_FREE = frozenset({"simpo", "orpo"})
+REFERENCE_FREE = frozenset({"simpo", "orpo", "sft"})
+
+# Losses of the chosen completion's own likelihood, not of a preference margin: they read the plain summed
+# log-probs even when LD-DPO reweights what the others see (TRL's sft reads the unweighted tokens).
+PLAIN_LIKELIHOOD = frozenset({"sft"})
+
+# Losses that sort the batch, so entry i is a quantile, not pair i: a per-pair weight (WPO) cannot apply.
+BATCH_SORTED = frozenset({"aot", "aot_unpaired"})
 
 # Other signatures (the DPO stage trains them from other data layouts), so kept out of names().
 UNPAIRED: dict[str, Callable[..., tuple]] = {"kto": unpaired.kto}
 LISTWISE: dict[str, Callable[..., tuple]] = {"plackett_luce": listwise.plackett_luce}
 
-__all__ = ["LISTWISE", "REFERENCE_FREE", "UNPAIRED", "all_names", "get", "hyperparameters", "kind", "kto", "kto_kl_estimate",
-           "names", "needs_lengths", "plackett_luce", "register"]
+__all__ = ["BATCH_SORTED", "LISTWISE", "PLAIN_LIKELIHOOD", "REFERENCE_FREE", "UNPAIRED", "all_names", "get",
+           "hyperparameters", "kind", "kto", "kto_kl_estimate", "names", "needs_lengths", "plackett_luce", "register"]
 
 
 def get(name: str) -> LossFn:

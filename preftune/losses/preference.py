@@ -158,19 +158,50 @@ def ipo(
     ref_rejected_logps: Tensor,
     *,
     beta: float,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
     f_divergence_type: str = "reverse_kl",
     f_alpha_divergence_coef: float = 0.5,
 ) -> LossOutput:
-    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
-    Preferences", eq. 17): a squared loss that pulls the log-ratio margin to 1/(2β) instead of
-    pushing it to infinity, so deterministic preferences do not drive π_θ to zero on y_l.
+    """IPO as TRL 1.16 computes it (``loss_type="ipo"``): the squared loss of Azar et al. 2023 ("A General
+    Theoretical Paradigm to Understand Learning from Human Preferences", eq. 17) on per-token averages.
 
-        L = (h − 1/(2β))²,   h as in :func:`sigmoid` (f-divergence options included)
+        h_avg = f'(u_w) / |y_w| − f'(u_l) / |y_l|,   L = (h_avg − 1/(2β))²
 
-    Here β plays the role of the paper's τ (the KL strength). Log-probs are the sums over the
-    completion's tokens, as in the paper. TRL's "ipo" divides each score by its completion's token
-    count first: with reverse KL, passing log-probs divided by lengths gives TRL's numbers.
-    Shapes: (B,) → (B,).
+    f'(u) = log π_θ(y|x)/π_ref(y|x) by default (f-DPO options as in :func:`sigmoid`); ``chosen_lengths`` /
+    ``rejected_lengths`` are completion token counts (B,), values below 1 count as 1. Dividing by the
+    length keeps β meaningful across completion lengths: with sums, a 120-token completion's log-ratio
+    dwarfs the target 1/(2β) (TRL reports the IPO authors confirm their results used this form). The
+    paper's summed form is :func:`ipo_sum`. β is the paper's τ. Shapes: (B,) → (B,).
+    """
+    chosen, rejected = _scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                               f_divergence_type, f_alpha_divergence_coef)
+    h_avg = _per_token(chosen, chosen_lengths) - _per_token(rejected, rejected_lengths)
+    losses = (h_avg - 1.0 / (2.0 * beta)) ** 2
+    return (losses, *_implicit_rewards(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
+
+
+def ipo_sum(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> LossOutput:
+    """IPO exactly as the paper writes it (Azar et al. 2023, eq. 17): log-probs summed over the
+    completion, no length normalisation.
+
+        L = (h − 1/(2β))²,   h = log π_θ(y_w|x)/π_ref(y_w|x) − log π_θ(y_l|x)/π_ref(y_l|x)
+
+    (f-divergence options as in :func:`sigmoid`.) A squared loss pulls the margin to 1/(2β) instead of
+    pushing it to infinity, so deterministic preferences do not drive π_θ(y_l) to zero; its population
+    optimum is π ∝ π_ref exp(p(y ≻ π_ref)/β) (Ψ = identity). β plays the paper's τ. The tabular world
+    (``preftune theory``) uses this form: there a sequence's log-prob is exactly the paper's quantity.
+    :func:`ipo` is TRL's per-token form. Shapes: (B,) → (B,).
     """
     h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                   f_divergence_type, f_alpha_divergence_coef)

@@ -1,5 +1,5 @@
-"""Reference-free preference losses: SimPO and ORPO (SPEC §5). Beyond TRL's DPOTrainer (TRL has them
-in its CPO/ORPO trainers, with other hyperparameter names).
+"""Reference-free losses: SimPO and ORPO (beyond TRL's DPOTrainer: TRL has them in its CPO/ORPO trainers,
+with other hyperparameter names), and TRL's ``sft`` term.
 
 Same signature as :mod:`preftune.losses.preference`, so they mix with the DPO family in one run, but
 the loss never reads ``ref_chosen_logps`` / ``ref_rejected_logps``: the reference enters only the
@@ -7,7 +7,7 @@ reported rewards, which stay the DPO implicit rewards β log π_θ/π_ref (detac
 comparable across losses. A caller may pass zeros as reference log-probs to skip the reference model;
 the rewards then report β log π_θ.
 
-Both losses work on per-token mean log-probs, so they take the completion lengths: keyword tensors
+All three work on per-token means, so they take the completion lengths: keyword tensors
 ``chosen_lengths`` / ``rejected_lengths`` (B,), token counts; values below 1 count as 1.
 """
 
@@ -80,5 +80,35 @@ def orpo(
     m_w = _per_token(policy_chosen_logps, chosen_lengths)
     m_l = _per_token(policy_rejected_logps, rejected_lengths)
     losses = -m_w - orpo_alpha * F.logsigmoid(_log_odds(m_w) - _log_odds(m_l))
+    return (losses, *_implicit_rewards(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
+
+
+def sft(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+) -> LossOutput:
+    """Negative log-likelihood of the chosen completions, TRL 1.16's ``loss_type="sft"``: the mean over every
+    chosen completion token of the batch (not a mean of per-sequence means), the same number in each entry.
+
+        L_i = −Σ_j log π_θ(y_w,j|x_j) / Σ_j |y_w,j|      for every pair i of the batch
+
+    Alone it is supervised fine-tuning on the preferred answers; summed with a preference loss
+    (``loss_type=[sigmoid, sft]``, ``loss_weights=[1, α]``, or ``rpo_alpha=α``) it is RPO (Pang et al.
+    2024, "Iterative Reasoning Preference Optimization", eq. 1, with TRL's token-level normalisation),
+    which keeps the chosen likelihood from falling while the margin grows. Entry i depends on the whole
+    batch (as AOT's do): only the batch mean is meaningful. ``policy_chosen_logps`` must be the plain
+    sums (LD-DPO's weighting does not apply; the pairwise objective passes them). β and the reference
+    enter only the reported rewards. Shapes: (B,) → (B,).
+    """
+    tokens = chosen_lengths.to(policy_chosen_logps.dtype).sum().clamp(min=1.0)
+    nll = -policy_chosen_logps.sum() / tokens
+    losses = nll.expand(policy_chosen_logps.shape[0])
     return (losses, *_implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

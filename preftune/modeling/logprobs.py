@@ -26,13 +26,16 @@ class SequenceLogps:
 
     With ``per_token=True`` also ``tokens`` [N, T]: log p(x_t | x_<t) at every completion position t
     (aligned with ``loss_mask``, 0 elsewhere), and, when the model has a value head, ``values`` [N, T]:
-    V of the prefix x_<t at the same positions (the state in which token t is chosen).
+    V of the prefix x_<t at the same positions (the state in which token t is chosen). With
+    ``log_sum_sq=True`` also ``log_sum_sq`` [N]: Σ_t log Σ_v p(v | x_<t)² over the completion positions,
+    without gradient (WPO's weights).
     """
 
     logps: Tensor
     lengths: Tensor
     tokens: Tensor | None = None
     values: Tensor | None = None
+    log_sum_sq: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -41,13 +44,16 @@ class SequenceLogps:
 
 
 def chunked_token_logps(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_size: int,
-                        softcap: float | None = None, temperature: float = 1.0) -> Tensor:
-    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M] float32.
+                        softcap: float | None = None, temperature: float = 1.0, log_sum_sq: bool = False
+                        ) -> Tensor | tuple[Tensor, Tensor]:
+    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M] float32
+    (with ``log_sum_sq``: also log Σ_v p_v² [M], no gradient).
 
     No more than ``chunk_size`` × vocab logits exist at once, in forward or backward
     (:class:`~preftune.modeling.output_layer.ChunkedTokenLogprobs`).
     """
-    return ChunkedTokenLogprobs.apply(hidden, head.weight, head.bias, targets, chunk_size, softcap, temperature)
+    return ChunkedTokenLogprobs.apply(hidden, head.weight, head.bias, targets, chunk_size, softcap, temperature,
+                                      log_sum_sq)
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -78,11 +84,12 @@ class SequenceLogprobModel(nn.Module):
         self.value_head = value_head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
-                per_token: bool = False) -> SequenceLogps:
+                per_token: bool = False, log_sum_sq: bool = False) -> SequenceLogps:
         """input_ids, attention_mask, loss_mask: [N, T]; loss_mask marks completion tokens.
 
         Returns sums over completion tokens [N] and their counts [N] (float32); with ``per_token``
-        also the per-token log-probs and values [N, T] (see :class:`SequenceLogps`).
+        also the per-token log-probs and values [N, T], with ``log_sum_sq`` the summed log Σ_v p_v²
+        (see :class:`SequenceLogps`).
         """
         lm = unwrap_causal_lm(self.model)
         decoder = lm.get_decoder()
@@ -98,20 +105,23 @@ class SequenceLogprobModel(nn.Module):
         targets = input_ids[:, 1:][predict]             # [M]
         softcap = getattr(lm.config, "final_logit_softcapping", None)
         token_logps = chunked_token_logps(hidden_sel, lm.get_output_embeddings(), targets, self.chunk_size,
-                                          softcap, self.temperature)
+                                          softcap, self.temperature, log_sum_sq)
+        token_logps, token_sq = token_logps if log_sum_sq else (token_logps, None)
         seq_ids = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
-        # Summed in float64: a sequential fp32 sum of ~1,000 terms near -1 drifts by ~1e-4, enough to
-        # show in a DPO margin; the cast back costs nothing (benchmarks/dpo_vs_trl.py measured it).
-        logps = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
-        logps = logps.index_add(0, seq_ids, token_logps.double()).float()
-        lengths = predict.sum(1).to(torch.float32)
-        if not per_token:
-            return SequenceLogps(logps=logps, lengths=lengths)
-        tokens = _scatter_positions(token_logps.float(), predict)
-        values = None
-        if self.value_head is not None:
-            values = _scatter_positions(self.value_head(hidden_sel).squeeze(-1).float(), predict)
-        return SequenceLogps(logps=logps, lengths=lengths, tokens=tokens, values=values)
+
+        def per_sequence(flat: Tensor) -> Tensor:
+            # Summed in float64: a sequential fp32 sum of ~1,000 terms near -1 drifts by ~1e-4, enough to
+            # show in a DPO margin; the cast back costs nothing (benchmarks/dpo_vs_trl.py measured it).
+            sums = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
+            return sums.index_add(0, seq_ids, flat.double()).float()
+
+        out = SequenceLogps(logps=per_sequence(token_logps), lengths=predict.sum(1).to(torch.float32),
+                            log_sum_sq=None if token_sq is None else per_sequence(token_sq))
+        if per_token:
+            out.tokens = _scatter_positions(token_logps.float(), predict)
+            if self.value_head is not None:
+                out.values = _scatter_positions(self.value_head(hidden_sel).squeeze(-1).float(), predict)
+        return out
 
 
 def _scatter_positions(flat: Tensor, predict: Tensor) -> Tensor:

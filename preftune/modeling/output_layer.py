@@ -19,6 +19,9 @@ fresh [V, H] weight gradient for every chunk (``benchmarks/logprob_memory.py`` m
 
 The matmuls run in the autocast dtype when autocast is on (as ``F.linear`` would), everything after
 them (softmax, gradient) in float32 or wider.
+
+On request the forward also returns log Σ_v p_v² per row (WPO's weights need it), from the chunk already
+in memory: log Σ_v exp(2(z_v − logsumexp z)); it is a constant to autograd (no gradient flows into it).
 """
 
 from __future__ import annotations
@@ -51,30 +54,37 @@ def _capped(raw: Tensor, softcap: float | None, temperature: float) -> tuple[Ten
 
 
 class ChunkedTokenLogprobs(torch.autograd.Function):
-    """``apply(hidden [M, H], weight [V, H], bias [V] | None, targets [M] long, chunk_size, softcap, temperature)``
-    → log p(targets) [M], float32 (float64 for float64 inputs). Not twice differentiable."""
+    """``apply(hidden [M, H], weight [V, H], bias [V] | None, targets [M] long, chunk_size, softcap, temperature,
+    log_sum_sq=False)`` → log p(targets) [M], float32 (float64 for float64 inputs); with ``log_sum_sq`` the
+    pair (log p(targets), log Σ_v p_v²), the second without gradient. Not twice differentiable."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
-                softcap: float | None, temperature: float) -> Tensor:
+                softcap: float | None, temperature: float, log_sum_sq: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             out = torch.empty(hidden.shape[0], dtype=torch.promote_types(dtype, torch.float32), device=hidden.device)
             lse = torch.empty_like(out)
+            sq = torch.empty_like(out) if log_sum_sq else None
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 z, _ = _capped(_raw_logits(hidden[rows].to(dtype), w, bias), softcap, temperature)
                 lse[rows] = torch.logsumexp(z, dim=-1)
                 out[rows] = z.gather(1, targets[rows].unsqueeze(1)).squeeze(1) - lse[rows]
+                if sq is not None:  # in place: log p, then 2 log p, in the chunk's own buffer
+                    sq[rows] = torch.logsumexp(z.sub_(lse[rows].unsqueeze(1)).mul_(2.0), dim=-1)
                 del z
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.settings = (chunk_size, softcap, temperature, dtype)
-        return out
+        if sq is None:
+            return out
+        ctx.mark_non_differentiable(sq)
+        return out, sq
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, *_constant_outputs: Tensor):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         chunk_size, softcap, temperature, dtype = ctx.settings
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -107,4 +117,4 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
                 if need_b:
                     grad_b.add_(g.sum(0).to(grad_b.dtype))
                 del z, g, g_mm
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None

@@ -1,6 +1,7 @@
 """The reference policy π_ref, in three interchangeable forms.
 
-- ``FrozenReference``: a separate frozen copy, run every step (any reference model).
+- ``FrozenReference``: a separate frozen copy, run every step (any reference model); with TR-DPO
+  (``sync_ref_model``) moved towards the policy every few steps by :func:`mix_into`.
 - ``AdapterDisabledReference``: the policy itself with its LoRA adapter switched off: one set of
   base weights in memory serves as both policy and reference.
 - ``NoReference``: none at all, for reference-free losses (SimPO, ORPO).
@@ -21,39 +22,64 @@ import torch
 from torch import Tensor, nn
 
 from preftune.data.collate import Rows
-from preftune.modeling.logprobs import SequenceLogprobModel
+from preftune.modeling.logprobs import SequenceLogprobModel, SequenceLogps
 
 CACHE_FORMAT = 1
+
+# How a forward over rows (run per token) reduces to the per-row value a loss reads, when that is not the
+# plain sum (LD-DPO's weighted sum); supplied by the objective, applied alike to π_θ and π_ref.
+RowReduce = Callable[[Rows, SequenceLogps], Tensor]
+
+
+def _score(model: SequenceLogprobModel, rows: Rows, reduce: RowReduce | None) -> Tensor:
+    out = model(rows.input_ids, rows.attention_mask, rows.loss_mask, per_token=reduce is not None)
+    return out.logps if reduce is None else reduce(rows, out)
 
 
 class FrozenReference:
     """A separate frozen model, run on every batch. Called with :class:`~preftune.data.collate.Rows`,
-    returns their summed completion log-probs [R]."""
+    returns their summed completion log-probs [R] (or ``reduce``'s value per row)."""
 
-    def __init__(self, logprob_model: SequenceLogprobModel) -> None:
+    def __init__(self, logprob_model: SequenceLogprobModel, reduce: RowReduce | None = None) -> None:
         self.model = logprob_model
+        self.reduce = reduce
 
     @torch.no_grad()
     def __call__(self, rows: Rows) -> Tensor:
-        return self.model(rows.input_ids, rows.attention_mask, rows.loss_mask).logps
+        return _score(self.model, rows, self.reduce)
 
 
 class AdapterDisabledReference:
     """``policy`` is the (unwrapped) SequenceLogprobModel around a peft model."""
 
-    def __init__(self, policy: SequenceLogprobModel) -> None:
+    def __init__(self, policy: SequenceLogprobModel, reduce: RowReduce | None = None) -> None:
         if not hasattr(policy.model, "disable_adapter"):
             raise TypeError("AdapterDisabledReference needs a peft (LoRA) model")
         self.policy = policy
+        self.reduce = reduce
 
     @torch.no_grad()
     def __call__(self, rows: Rows) -> Tensor:
         was_training = self.policy.training
         self.policy.eval()  # LoRA dropout is bypassed anyway; eval keeps any base-model dropout off
         with self.policy.model.disable_adapter():
-            out = self.policy(rows.input_ids, rows.attention_mask, rows.loss_mask).logps
+            out = _score(self.policy, rows, self.reduce)
         self.policy.train(was_training)
         return out
+
+
+@torch.no_grad()
+def mix_into(reference: nn.Module, policy: nn.Module, alpha: float) -> None:
+    """TR-DPO's soft update of the reference (Gorbatovski et al. 2024, "Learn Your Reference Model for Real
+    Good Alignment"), in place: θ_ref ← α θ + (1 − α) θ_ref for every parameter, as TRL's sync does.
+    ``reference`` and ``policy`` are the same architecture (same parameters, in the same order)."""
+    pairs = list(zip(reference.parameters(), policy.parameters(), strict=True))
+    for ref, new in pairs:
+        if ref.shape != new.shape:
+            raise ValueError(f"reference and policy parameters differ in shape ({tuple(ref.shape)} vs "
+                             f"{tuple(new.shape)}): sync_ref_model needs the same architecture")
+    for ref, new in pairs:
+        ref.mul_(1.0 - alpha).add_(new.detach().to(ref.dtype), alpha=alpha)
 
 
 class NoReference:

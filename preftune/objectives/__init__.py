@@ -9,8 +9,10 @@ A loss function receives two callables rather than tensors, so the same code ser
 evaluation and the step-0 shortcut where π_θ = π_ref and the policy's log-probs are read from the
 reference table (:func:`reference_as_policy`):
 
-    score(rows)     -> SequenceLogps   the policy's completion log-probs (with gradient in training)
-    reference(rows) -> Tensor [R]      π_ref's, from a precomputed table or a frozen model
+    score(rows, **options) -> SequenceLogps   the policy's completion log-probs (with gradient in training);
+                                              options: what the loss reads beyond sums (``score_options``)
+    reference(rows)        -> Tensor [R]      π_ref's, from a precomputed table or a frozen model, reduced
+                                              per row by ``reference_reduce`` when the loss asks for it
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from torch import Tensor
 from preftune.data.collate import Rows
 from preftune.data.dataset import BuiltDataset
 from preftune.modeling.logprobs import SequenceLogps
+from preftune.modeling.reference import RowReduce
 
-Score = Callable[[Rows], SequenceLogps]
+Score = Callable[..., SequenceLogps]
 Reference = Callable[[Rows], Tensor]
 Reduce = Callable[[Tensor], Tensor]
 LossFn = Callable[[Any, Score, Reference, Any, Reduce], tuple[Tensor, dict[str, Tensor]]]
@@ -48,13 +51,21 @@ class Objective:
     metric_keys: tuple[str, ...]                 # the sums ``loss`` returns (zeros when a rank has no data)
     # Applied to a built dataset before training (KTO: fix each example's KL partner); (dataset, seed).
     prepare: Callable[[BuiltDataset, int], BuiltDataset] = field(default=lambda dataset, seed: dataset)
+    # (cfg) → keyword options the loss passes to ``score`` (per_token, log_sum_sq); none: sums suffice.
+    score_options: Callable[[Any], dict[str, bool]] = field(default=lambda cfg: {})
+    # (cfg) → how π_ref's forward reduces to the per-row value the loss reads, or None for the plain sum;
+    # when set, the reference runs per token and its ``str`` joins the reference cache key.
+    reference_reduce: Callable[[Any], RowReduce | None] = field(default=lambda cfg: None)
 
 
 def reference_as_policy(reference: Reference) -> Score:
     """π_θ = π_ref (step 0 of a run that starts from its reference): the policy's log-probs are the
     reference's, read from its table instead of a second forward pass."""
 
-    def score(rows: Rows) -> SequenceLogps:
+    def score(rows: Rows, **options: bool) -> SequenceLogps:
+        if any(options.values()):
+            raise ValueError(f"the reference table holds per-sequence sums only, not {sorted(options)}: "
+                             "score the policy itself")
         lengths = rows.loss_mask[:, 1:].sum(1).float()
         return SequenceLogps(logps=reference(rows), lengths=lengths)
 

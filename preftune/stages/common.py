@@ -267,14 +267,15 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
 
 
 def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-                     meta: dict[str, Any] | None = None, root: nn.Module | None = None):
+                     meta: dict[str, Any] | None = None, root: nn.Module | None = None,
+                     extra_models: dict[str, nn.Module] | None = None):
     sharded_root = root if getattr(run.cfg, "fsdp", False) else None
 
     def save(state: LoopState) -> None:
         path = save_checkpoint(run.output_dir, state.step, model, tokenizer, optimizer,
                                {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
                                 "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit, meta,
-                               sharded_root=sharded_root)
+                               sharded_root=sharded_root, extra_models=extra_models)
         run.log(f"checkpoint saved: {path}")
     return save
 

@@ -3,7 +3,7 @@
     1. run set-up: threads, process group, seeds, output folder
     2. tokenizer and data: load → render → tokenize (train, held-out eval)
     3. policy model (optionally LoRA), wrapped for per-sequence log-probs and DDP
-    4. reference: precomputed table (default) | frozen copy | adapter disabled
+    4. reference: precomputed table (default) | frozen copy (TR-DPO: updated every N steps) | adapter disabled
     5. optimizer, data order, resume state
     6. held-out evaluation before training
     7. the optimizer-step loop
@@ -36,6 +36,7 @@ from preftune.modeling.reference import (
     NoReference,
     PrecomputedReference,
     cache_key,
+    mix_into,
     precompute_reference,
     weights_fingerprint,
 )
@@ -74,40 +75,45 @@ def make_batches(objective: Objective, dataset: BuiltDataset, pad_token_id: int,
 
 
 def scorer(model: nn.Module) -> Score:
-    """The policy as a ``score(rows)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or not)."""
-    return lambda rows: model(rows.input_ids, rows.attention_mask, rows.loss_mask)
+    """The policy as a ``score(rows, **options)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or not)."""
+    return lambda rows, **options: model(rows.input_ids, rows.attention_mask, rows.loss_mask, **options)
 
 
 def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel, dataset: BuiltDataset,
-                    split: str, get_batch: GetBatch, resumed: bool) -> Reference:
-    """Step 4. Returns ``reference(rows) -> log-probs [R]``."""
+                    split: str, get_batch: GetBatch, resumed: bool, ref_path: Path | None = None) -> Reference:
+    """Step 4. Returns ``reference(rows) -> log-probs [R]``. ``ref_path``: load the frozen copy from there (a
+    resumed TR-DPO run's updated reference) instead of the configured model."""
     cfg: DPOConfig = run.cfg
     if set(cfg.loss_type) <= losses.REFERENCE_FREE and cfg.ref_model_name_or_path is None:
         run.log(f"reference ({split}): none ({', '.join(cfg.loss_type)} never read it; rewards report β log π_θ)")
         return NoReference()
+    reduce = objective.reference_reduce(cfg)  # e.g. LD-DPO's weighted sums instead of plain ones
     adapter_ref = cfg.use_peft and cfg.ref_model_name_or_path is None
     if adapter_ref:
-        live, source, ref_lm = AdapterDisabledReference(policy), "policy with LoRA adapter disabled", None
+        live, source, ref_lm = AdapterDisabledReference(policy, reduce), "policy with LoRA adapter disabled", None
     elif cfg.ref_model_name_or_path is None and not resumed and cfg.precompute_ref_log_probs:
         # Before the first step the policy *is* the reference: score with it, load nothing twice.
         ref_lm, source = policy, cfg.model_name_or_path
-        live = FrozenReference(policy)
+        live = FrozenReference(policy, reduce)
     else:
-        path = cfg.ref_model_name_or_path or cfg.model_name_or_path
+        path = str(ref_path or cfg.ref_model_name_or_path or cfg.model_name_or_path)
         ref_lm = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
                                       padding_free=cfg.padding_free)
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
-        live, source = FrozenReference(ref_lm), path
+        live, source = FrozenReference(ref_lm, reduce), path
     if not cfg.precompute_ref_log_probs:
-        run.log(f"reference ({split}): {source}, computed every step")
+        synced = (f"; moved towards the policy every {cfg.ref_model_sync_steps} steps with α = "
+                  f"{cfg.ref_model_mixup_alpha} (TR-DPO)" if cfg.sync_ref_model else "")
+        run.log(f"reference ({split}): {source}, computed every step{synced}")
         return live
 
     from preftune.assets.cache import cache_dir
 
     lm_for_key = unwrap_causal_lm(policy.model) if adapter_ref else ref_lm.model
     precision = "bf16" if cfg.bf16 else "fp32"
-    key = cache_key(weights_fingerprint(lm_for_key), dataset.fingerprint(), precision)
+    data_key = dataset.fingerprint() if reduce is None else f"{dataset.fingerprint()}|{reduce}"
+    key = cache_key(weights_fingerprint(lm_for_key), data_key, precision)
     cache_file = cache_dir() / "reference_logps" / f"{key}.pt"
 
     def compute(indices: list[int]) -> list[tuple[Rows, Tensor]]:
@@ -175,11 +181,15 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)
                   if held_out is not None else None)
 
-    # 4. Reference log-probs (train and held-out).
+    # 4. Reference log-probs (train and held-out). A live reference serves both splits (one model in
+    #    memory; under TR-DPO, evaluation must see the updated reference too).
     resumed = resume_dir is not None
-    reference = build_reference(run, objective, policy, train, "train", train_batch, resumed)
-    eval_reference = (build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed)
-                      if held_out is not None else None)
+    synced_ref = resume_dir / "reference" if cfg.sync_ref_model and resumed else None
+    reference = build_reference(run, objective, policy, train, "train", train_batch, resumed, synced_ref)
+    eval_reference = None
+    if held_out is not None:
+        eval_reference = (reference if not cfg.precompute_ref_log_probs else
+                          build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed))
 
     # 5. Optimizer, data order, resume.
     optimizer = build_optimizer(policy.parameters(), cfg)
@@ -188,7 +198,9 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
                            resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy)
+    reference_lm = reference.model.model if cfg.sync_ref_model else None  # the frozen copy's language model
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy,
+                            extra_models={"reference": reference_lm} if reference_lm is not None else None)
 
     def do_eval(step: int, score: Score | None = None) -> dict[str, float]:
         with eval_mode(policy):
@@ -200,7 +212,8 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     # 6. Held-out evaluation before training. When the reference table was scored by this very
     #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
     if held_out is not None and state.step == 0:
-        from_table = isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None
+        from_table = (isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None
+                      and not objective.score_options(cfg))  # the table holds sums, not per-token statistics
         if from_table:
             run.log("eval @ step 0: π_θ = π_ref, so the policy's log-probs are read from the reference table")
         result.eval_before = do_eval(0, reference_as_policy(eval_reference) if from_table else None)
@@ -211,9 +224,14 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         return objective.loss(cfg, score, reference, batch, lambda t: all_reduce_sum(t, info))
 
+    def sync_reference(state: Any) -> None:  # TR-DPO: θ_ref ← α θ + (1 − α) θ_ref every N steps
+        if state.step % cfg.ref_model_sync_steps == 0:
+            mix_into(reference_lm, policy.model, cfg.ref_model_mixup_alpha)
+
     state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.loss_type[0])
+                       evaluate=do_eval if held_out is not None else None, save=save,
+                       after_step=sync_reference if reference_lm is not None else None, desc=cfg.loss_type[0])
 
     # 8. Evaluate after, save.
     if held_out is not None:

@@ -42,7 +42,7 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
                                     padding_free=cfg.padding_free)
 
     policy = load(cfg.model_name_or_path)
-    reference = FrozenReference(load(cfg.ref_model_name_or_path))
+    reference = FrozenReference(load(cfg.ref_model_name_or_path), objective.reference_reduce(cfg))
 
     # 4. Score.
     policy.eval()

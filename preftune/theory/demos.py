@@ -174,7 +174,7 @@ def ipo_vs_dpo(world: TabularWorld, s: Settings) -> DemoResult:
     det = disjoint_pairs(world, per_prompt=4, seed=s.seed)
     ref = world.ref_logps
     out: dict[str, Any] = {"target_margin": 1 / (2 * world.beta)}
-    for loss in ("sigmoid", "ipo"):
+    for loss in ("sigmoid", "ipo_sum"):  # IPO as the paper writes it: summed log-probs
         res = train_preference(world, det, loss, steps=s.steps, lr=s.lr, record_every=s.record_every)
         lp = res.logps
         h = (lp[det.prompt, det.chosen] - ref[det.prompt, det.chosen]) - (
@@ -183,12 +183,12 @@ def ipo_vs_dpo(world: TabularWorld, s: Settings) -> DemoResult:
                      "max_pi_rejected": float(res.probs[det.prompt, det.rejected].max()),
                      "margin_half": res.history["margin"][len(res.history["margin"]) // 2]}
     pop = expected_pairs(world)
-    ipo_bt = train_preference(world, pop, "ipo", steps=s.steps, lr=s.lr,
+    ipo_bt = train_preference(world, pop, "ipo_sum", steps=s.steps, lr=s.lr,
                               monitor=standard_monitor(world), record_every=s.record_every)
     win = (torch.sigmoid(world.reward[:, :, None] - world.reward[:, None, :]) * world.ref_probs[:, None, :]).sum(-1)
     ipo_star = world.optimal_policy(reward=win)
     out["ipo_bt"] = ipo_bt
-    t, d, i = out["target_margin"], out["sigmoid"], out["ipo"]
+    t, d, i = out["target_margin"], out["sigmoid"], out["ipo_sum"]
     name = "IPO vs DPO, deterministic preferences"
     checks = [Check(name, "IPO max |h − 1/(2β)|", max(abs(i["margin_min"] - t), abs(i["margin_max"] - t)), 1e-3),
               Check(name, "DPO min margin / (1/(2β))", d["margin_min"] / t, 5.0, ">"),

@@ -61,7 +61,7 @@ def _plots(out: Path, world: TabularWorld, results: dict[str, DemoResult]) -> li
     names.append("recovered_reward.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for loss, label in (("sigmoid", "DPO"), ("ipo", "IPO")):
+    for loss, label in (("sigmoid", "DPO"), ("ipo_sum", "IPO")):
         hist = ipo[loss]["result"].history
         ax.plot(hist["step"], hist["margin"], label=label)
     ax.axhline(ipo["target_margin"], color="k", ls="--", lw=1, label="1/(2β)")

@@ -3,6 +3,7 @@
 Layout of ``<output_dir>/checkpoint-<step>/``:
     model/               Hugging Face folder (safetensors + config + tokenizer); a LoRA run stores
                          its adapter here (peft format) — the base model is named in the config
+    reference/           TR-DPO (sync_ref_model) only: the reference as updated so far (Hugging Face folder)
     meta.json            the run's config and fingerprints (data, tokenizer, model config)
     trainer_state.pt     optimizer state, step, token and skip counters, the config, rank-0 RNG
     rng_rank<r>.pt       every rank's RNG state (python, numpy, torch), for dropout after resume
@@ -72,11 +73,13 @@ def is_peft(model: nn.Module) -> bool:
 def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokenizer: Any,
                     optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any], info: DistInfo,
                     total_limit: int | None = None, meta: dict[str, Any] | None = None,
-                    sharded_root: nn.Module | None = None) -> Path:
+                    sharded_root: nn.Module | None = None, extra_models: dict[str, nn.Module] | None = None
+                    ) -> Path:
     """Save a resumable checkpoint atomically (see the module docstring); ``meta`` (the run's config and
     fingerprints, JSON) is what a later resume is checked against. With ``sharded_root`` (an FSDP2 run,
     or a run in its checkpoint format) model and optimizer state go to ``dcp/``, written by every rank,
-    instead of ``model/`` and trainer_state.pt."""
+    instead of ``model/`` and trainer_state.pt. ``extra_models``: other models the run changes (folder name →
+    Hugging Face model), saved beside ``model/``."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
@@ -87,6 +90,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokeniz
         if sharded_root is None:
             model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
+        for name, extra in (extra_models or {}).items():
+            extra.save_pretrained(tmp / name)
         faults.kill_if("kill_in_save", step, info.rank)
         if meta is not None:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -126,10 +126,13 @@ def train_loop(
     state: LoopState,
     evaluate: Callable[[int], dict[str, float]] | None = None,
     save: Callable[[LoopState], None] | None = None,
+    after_step: Callable[[LoopState], None] | None = None,
     desc: str = "train",
 ) -> LoopState:
     """Run optimizer steps ``state.step`` .. ``total_steps - 1``. ``get_batch`` returns the batch and
-    its number of non-padding tokens (known on the host, so counting throughput costs no sync)."""
+    its number of non-padding tokens (known on the host, so counting throughput costs no sync).
+    ``after_step(state)`` runs after every optimizer step, before its logging, evaluation and checkpoint
+    (TR-DPO's reference update)."""
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = warmup_steps(cfg, total_steps)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
@@ -181,6 +184,8 @@ def train_loop(
         grad_norms.append(grad_norm.detach())
         state.step += 1
         bar.update(1)
+        if after_step is not None:
+            after_step(state)
 
         # 4. Log: one reduction and host sync per logging step, not per micro-step.
         if state.step % cfg.logging_steps == 0 or state.step == total_steps:

@@ -80,8 +80,9 @@ F_LOSSES = [n for n in losses.names() if "f_divergence_type" in losses.hyperpara
 
 
 def test_f_divergence_losses_are_trls_set():
-    # TRL 1.16 applies f_divergence_type to exactly these DPOTrainer loss types ("sft" aside).
-    assert set(F_LOSSES) == {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop"}
+    # TRL 1.16 applies f_divergence_type to exactly these DPOTrainer loss types ("sft" aside: it reads no
+    # log-ratio), plus ipo_sum, the paper's form of ipo.
+    assert set(F_LOSSES) == {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "ipo_sum"}
 
 
 @pytest.mark.parametrize("name", F_LOSSES)

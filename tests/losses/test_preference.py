@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from preftune import losses
-from preftune.losses.preference import ipo, sigmoid, unlikelihood
+from preftune.losses.preference import ipo, ipo_sum, sigmoid, unlikelihood
 
 # One pair: h = (−1 − (−1.5)) − (−2 − (−1.5)) = 0.5 + 0.5 = 1.
 PC, PR, RC, RR = (torch.tensor([x], dtype=torch.float64) for x in (-1.0, -2.0, -1.5, -1.5))
@@ -39,18 +39,44 @@ def test_sigmoid_is_log2_and_rewards_zero_at_reference():
     assert torch.equal(rc, torch.zeros(3)) and torch.equal(rr, torch.zeros(3))
 
 
-def test_ipo_hand_values():
-    # β = 0.5: target 1/(2β) = 1 = h, loss 0.  β = 0.25: target 2, loss (1 − 2)² = 1.
-    assert ipo(PC, PR, RC, RR, beta=0.5)[0].item() == pytest.approx(0.0, abs=1e-12)
-    assert ipo(PC, PR, RC, RR, beta=0.25)[0].item() == pytest.approx(1.0, abs=1e-12)
+def test_ipo_sum_hand_values():
+    # The paper's summed form. β = 0.5: target 1/(2β) = 1 = h, loss 0.  β = 0.25: target 2, loss (1 − 2)² = 1.
+    assert ipo_sum(PC, PR, RC, RR, beta=0.5)[0].item() == pytest.approx(0.0, abs=1e-12)
+    assert ipo_sum(PC, PR, RC, RR, beta=0.25)[0].item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ipo_divides_each_log_ratio_by_its_length_first():
+    # TRL's form. Log-ratios 0.5 over 2 chosen tokens, −0.5 over 4 rejected: h_avg = 0.25 + 0.125 = 0.375.
+    lengths = {"chosen_lengths": torch.tensor([2]), "rejected_lengths": torch.tensor([4])}
+    assert ipo(PC, PR, RC, RR, beta=0.5, **lengths)[0].item() == pytest.approx((0.375 - 1.0) ** 2, abs=1e-12)
+    assert ipo(PC, PR, RC, RR, beta=4 / 3, **lengths)[0].item() == pytest.approx(0.0, abs=1e-12)
+    # One token each: the two forms agree.
+    ones = {"chosen_lengths": torch.tensor([1]), "rejected_lengths": torch.tensor([1])}
+    assert ipo(PC, PR, RC, RR, beta=0.25, **ones)[0].item() == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
 def test_ipo_minimum_is_at_margin_one_over_two_beta(beta):
     margins = torch.linspace(-3, 3 + 1 / beta, 2001, dtype=torch.float64)
     zeros = torch.zeros_like(margins)
-    values = ipo(margins, zeros, zeros, zeros, beta=beta)[0]
+    values = ipo_sum(margins, zeros, zeros, zeros, beta=beta)[0]
     assert margins[values.argmin()].item() == pytest.approx(1 / (2 * beta), abs=(margins[1] - margins[0]).item())
+    # TRL's form: the minimum is where the per-token margin is 1/(2β), i.e. the summed one is 3/(2β) at 3 tokens.
+    threes = torch.full_like(margins, 3)
+    values = ipo(3 * margins, zeros, zeros, zeros, beta=beta, chosen_lengths=threes, rejected_lengths=threes)[0]
+    assert margins[values.argmin()].item() == pytest.approx(1 / (2 * beta), abs=(margins[1] - margins[0]).item())
+
+
+def test_sft_is_the_token_mean_nll_of_the_chosen_over_the_batch():
+    # Chosen sums −3 (2 tokens) and −5 (6 tokens): −(−8)/8 = 1 in both entries (not the mean of 1.5 and 0.83).
+    pc = torch.tensor([-3.0, -5.0], dtype=torch.float64, requires_grad=True)
+    other = torch.tensor([-9.0, -9.0], dtype=torch.float64)
+    loss, rc, _ = losses.get("sft")(pc, other, other, other, beta=0.5, chosen_lengths=torch.tensor([2, 6]),
+                                    rejected_lengths=torch.tensor([1, 1]))
+    assert loss.tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
+    loss.mean().backward()
+    assert pc.grad.tolist() == pytest.approx([-1 / 8, -1 / 8], abs=1e-12)   # every token counts the same
+    assert rc.tolist() == pytest.approx([0.5 * 6.0, 0.5 * 4.0])               # β(π − ref), reported only
 
 
 def test_unlikelihood_hand_value_and_unweighted_gradient():
@@ -99,8 +125,8 @@ def test_registry_errors_name_known_losses():
 def test_registry_names_and_length_requirements():
     trl = {"sigmoid", "ipo", "hinge", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
            "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"}
-    assert set(losses.names()) == trl | {"unlikelihood", "simpo", "orpo"}
-    assert {n for n in losses.names() if losses.needs_lengths(n)} == {"sigmoid_norm", "simpo", "orpo"}
+    assert set(losses.names()) == trl | {"sft", "ipo_sum", "unlikelihood", "simpo", "orpo"}
+    assert {n for n in losses.names() if losses.needs_lengths(n)} == {"ipo", "sigmoid_norm", "sft", "simpo", "orpo"}
     # Lengths are data, never reported as hyperparameters.
     assert losses.hyperparameters("simpo") == {"simpo_gamma"}
     assert losses.hyperparameters("orpo") == {"orpo_alpha"}
