@@ -44,7 +44,7 @@ def test_ld_alpha_gets_its_own_reference_cache_entry(tiny_model_dir, separable_f
 
 
 TR_DPO = ["precompute_ref_log_probs=false", "sync_ref_model=true", "ref_model_sync_steps=2",
-          "ref_model_mixup_alpha=0.5", "learning_rate=1e-3", "max_steps=4", "save_steps=2", "save_total_limit=null"]
+          "ref_model_mixup_alpha=0.25", "learning_rate=1e-3", "max_steps=4", "save_steps=2", "save_total_limit=null"]
 
 
 def test_sync_ref_model_mixes_the_policy_into_the_reference_every_n_steps(tiny_model_dir, separable_files,
@@ -57,19 +57,19 @@ def test_sync_ref_model_mixes_the_policy_into_the_reference_every_n_steps(tiny_m
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     assert synced.history[2]["rewards/margins"] != pytest.approx(fixed.history[2]["rewards/margins"], abs=1e-4)
 
-    # The saved reference at step 2 is ½ θ_2 + ½ θ_0, parameter by parameter.
+    # The saved reference at step 2 is ¼ θ_2 + ¾ θ_0, parameter by parameter.
     start = load_file(tiny_model_dir / "model.safetensors")
     policy_2 = load_file(tmp_path / "tr" / "checkpoint-2" / "model" / "model.safetensors")
     ref_2 = load_file(tmp_path / "tr" / "checkpoint-2" / "reference" / "model.safetensors")
     assert ref_2.keys() == start.keys()
     assert any(not torch.equal(policy_2[k], start[k]) for k in start)
     for key in start:
-        assert torch.allclose(ref_2[key], 0.5 * policy_2[key] + 0.5 * start[key], rtol=0, atol=1e-7), key
-    # And at step 4: ½ θ_4 + ½ ref_2.
+        assert torch.allclose(ref_2[key], 0.25 * policy_2[key] + 0.75 * start[key], rtol=0, atol=1e-7), key
+    # And at step 4: ¼ θ_4 + ¾ ref_2.
     policy_4 = load_file(tmp_path / "tr" / "checkpoint-4" / "model" / "model.safetensors")
     ref_4 = load_file(tmp_path / "tr" / "checkpoint-4" / "reference" / "model.safetensors")
     for key in start:
-        assert torch.allclose(ref_4[key], 0.5 * policy_4[key] + 0.5 * ref_2[key], rtol=0, atol=1e-7), key
+        assert torch.allclose(ref_4[key], 0.25 * policy_4[key] + 0.75 * ref_2[key], rtol=0, atol=1e-7), key
 
 
 def test_sync_ref_model_resumes_with_the_updated_reference(tiny_model_dir, separable_files, tmp_path):
