@@ -125,6 +125,8 @@ REQUIRED = {
     RLConfig: BASE + ["reward=module:function"],
 }
 
+TR_DPO = ["sync_ref_model=true", "precompute_ref_log_probs=false"]  # the keys the TR-DPO ones need
+
 # (class, overrides with the key under test last, the exact message). An int key shows an int, a float key
 # a float.
 OUT_OF_RANGE = [
@@ -161,8 +163,8 @@ OUT_OF_RANGE = [
     (TrainingConfig, ["max_prompt_length=512"],  # = the default max_length
      "max_prompt_length must be < max_length (512) so every completion keeps at least one token, got 512"),
     (DPOConfig, ["max_steps=0"], "max_steps must be -1 (no limit) or > 0, got 0"),
-    (DPOConfig, ["ref_model_mixup_alpha=1.5"], "ref_model_mixup_alpha must be in [0, 1], got 1.5"),
-    (DPOConfig, ["ref_model_sync_steps=0"], "ref_model_sync_steps must be > 0, got 0"),
+    (DPOConfig, [*TR_DPO, "ref_model_mixup_alpha=1.5"], "ref_model_mixup_alpha must be in [0, 1], got 1.5"),
+    (DPOConfig, [*TR_DPO, "ref_model_sync_steps=0"], "ref_model_sync_steps must be > 0, got 0"),
     (EvalConfig, ["per_device_eval_batch_size=0"], "per_device_eval_batch_size must be > 0, got 0"),
     (EvalConfig, ["logprob_chunk_size=0"], "logprob_chunk_size must be > 0, got 0"),
     (EvalConfig, ["threads=0"], "threads must be > 0 or null, got 0"),
