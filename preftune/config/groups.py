@@ -42,9 +42,22 @@ class ModelGroup:
                                           "embedded SmolLM2-135M-Instruct. Required.")
     padding_free: bool = setting(True, "Pack each batch's sequences end to end (positions restart per sequence) "
                                        "instead of computing on padding; checked against padded rows on first use.")
+    prefix_sharing: bool | str = setting("auto", "Within the packed rows, compute a prompt once for all of its "
+                                                 "completions (pairs, rankings, KL partners, RL groups): auto = where "
+                                                 "a probe on first use shows it exact for this model (else sequences "
+                                                 "are packed separately, logged), true = or stop, false = never. "
+                                                 "Needs padding_free; auto is off under torch_compile.")
 
     def check(self, p: Problems) -> None:
         require(self, p, "model_name_or_path", "is required")
+        if self.prefix_sharing not in (True, False, "auto"):
+            p.add(f"prefix_sharing must be auto, true or false, got {self.prefix_sharing!r}", "prefix_sharing")
+        elif self.prefix_sharing is True and not self.padding_free:
+            p.add("prefix_sharing=true needs padding_free=true (the shared prompt lives in packed rows); set "
+                  "padding_free=true or prefix_sharing=auto", "prefix_sharing")
+        elif self.prefix_sharing is True and getattr(self, "torch_compile", False):
+            p.add("prefix_sharing=true with torch_compile=true: compiled layers would recompile for every batch's "
+                  "layout; set one of them to false (or prefix_sharing=auto)", "prefix_sharing")
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,22 @@ class Rows:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @staticmethod
+    def concat(parts: Sequence[Rows]) -> Rows:
+        """The rows of ``parts`` in one set, right-padded to the longest (so one forward scores them all and
+        rows that share a prompt, such as KTO's example and its KL partner, can share it). The added padding
+        holds token 0 with attention 0, as any padding is never read."""
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.input_ids.shape[1] for p in parts)
+
+        def widen(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+        return Rows(*(torch.cat([widen(getattr(p, k)) for p in parts])
+                      for k in ("input_ids", "attention_mask", "loss_mask")),
+                    *(torch.cat([getattr(p, k) for p in parts]) for k in ("example", "position", "column")))
+
 
 @dataclass
 class PreferenceBatch:

@@ -11,13 +11,14 @@ logits is alive at any time, in forward and in backward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from preftune.modeling.output_layer import ChunkedTokenLogprobs
-from preftune.modeling.packing import ensure_packing_supported, packed_hidden
+from preftune.modeling.prefix_sharing import packed_decoder_states
 
 
 @dataclass
@@ -70,13 +71,18 @@ class SequenceLogprobModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, chunk_size: int = 512, value_head: nn.Module | None = None,
-                 temperature: float = 1.0, padding_free: bool = False) -> None:
+                 temperature: float = 1.0, padding_free: bool = False, prefix_sharing: str = "false",
+                 log: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         # Pack the rows' real tokens end to end instead of computing on padding (``packing.py``);
         # checked against the padded computation on the first forward.
         self.padding_free = padding_free
+        # Within the packed layout, a prompt shared by several rows is computed once (``prefix_sharing.py``):
+        # 'auto' | 'true' | 'false'; ``log`` gets the one line saying whether it is on.
+        self.prefix_sharing = prefix_sharing
+        self.log = log
         # Online RL samples from softmax(logits / T): that tempered distribution is the policy whose
         # log-probs the ratios and KL terms must use, not the T = 1 model.
         self.temperature = temperature
@@ -96,8 +102,8 @@ class SequenceLogprobModel(nn.Module):
         # Token t is predicted from position t-1: shift the mask left by one.
         predict = loss_mask[:, 1:]
         if self.padding_free:
-            ensure_packing_supported(decoder, lm.config.vocab_size, input_ids.device)
-            flat, where = packed_hidden(decoder, input_ids, attention_mask)
+            flat, where = packed_decoder_states(lm, decoder, input_ids, attention_mask, loss_mask,
+                                                self.prefix_sharing, self.log)
             hidden_sel = flat[where[:, :-1][predict]]   # [M, H]
         else:
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -25,7 +25,7 @@ render → tokenize steps with the data settings the training run saved in ``pre
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from preftune.data.load import Record
 from preftune.data.render import CompletionText, render_completion
 from preftune.data.tokenize import tokenize_completion
 from preftune.modeling.load import load_tokenizer, pick_device, resolve_model_path
-from preftune.modeling.packing import ensure_packing_supported, packed_hidden
+from preftune.modeling.prefix_sharing import packed_decoder_states
 
 __all__ = [
     "REWARD_SETTINGS_FILE",
@@ -101,16 +101,17 @@ def score_head(model: nn.Module) -> nn.Module:
 
 
 def sequence_rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
-                     padding_free: bool = False) -> Tensor:
+                     padding_free: bool = False, prefix_sharing: str = "false",
+                     log: Callable[[str], None] | None = None) -> Tensor:
     """r_φ of each row: the head at the row's last completion token (``loss_mask`` marks completion
     tokens; every row needs at least one). ``[N, T]`` inputs → float32 ``[N]``; with gradient when enabled.
-    ``padding_free``: run the decoder on the rows packed end to end (``packing.py``).
+    ``padding_free``: run the decoder on the rows packed end to end (``packing.py``), a prompt shared by
+    several rows (a pair's) once where ``prefix_sharing`` allows (``prefix_sharing.py``).
     """
     hf = _unwrap(model)
     decoder = getattr(hf, hf.base_model_prefix)
     if padding_free:
-        ensure_packing_supported(decoder, hf.config.vocab_size, input_ids.device)
-        flat, where = packed_hidden(decoder, input_ids, attention_mask)
+        flat, where = packed_decoder_states(hf, decoder, input_ids, attention_mask, loss_mask, prefix_sharing, log)
     else:
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(loss_mask)
@@ -126,13 +127,17 @@ class RewardHeadModel(nn.Module):
     """``forward(input_ids, attention_mask, loss_mask) -> rewards [N]``: :func:`sequence_rewards` as a
     module, so DistributedDataParallel wraps the module whose forward produces the loss inputs."""
 
-    def __init__(self, model: nn.Module, padding_free: bool = False) -> None:
+    def __init__(self, model: nn.Module, padding_free: bool = False, prefix_sharing: str = "false",
+                 log: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.model = model
         self.padding_free = padding_free
+        self.prefix_sharing = prefix_sharing
+        self.log = log
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
-        return sequence_rewards(self.model, input_ids, attention_mask, loss_mask, self.padding_free)
+        return sequence_rewards(self.model, input_ids, attention_mask, loss_mask, self.padding_free,
+                                self.prefix_sharing, self.log)
 
 
 def apply_reward_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> nn.Module:

@@ -24,6 +24,7 @@ from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, Tokeni
 from preftune.errors import ConfigError
 from preftune.modeling.lean_layers import make_lean
 from preftune.modeling.load import apply_lora, compile_decoder_layers, load_causal_lm, load_tokenizer
+from preftune.modeling.prefix_sharing import sharing_mode
 from preftune.train.checkpoint import (
     is_peft,
     load_trainer_state,
@@ -94,6 +95,17 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def packing(run: Run) -> dict[str, Any]:
+    """The packed-layout options of SequenceLogprobModel / RewardHeadModel: ``padding_free``, ``prefix_sharing``
+    (auto is off under torch_compile, whose compiled layers would recompile for every batch's layout) and the
+    run's log for the one line per model that says whether sharing is on."""
+    cfg = run.cfg
+    mode = sharing_mode(cfg.prefix_sharing)
+    if mode == "auto" and (getattr(cfg, "torch_compile", False) or not cfg.padding_free):
+        mode = "false"
+    return {"padding_free": cfg.padding_free, "prefix_sharing": mode, "log": run.log}
+
+
 def data_settings(cfg: Any) -> DataSettings:
     return DataSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                         use_chat_template=cfg.use_chat_template)
@@ -153,7 +165,8 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if getattr(cfg, "torch_compile", False):  # the stages that compile have the key
-        run.log(f"torch.compile: {compile_decoder_layers(model)} decoder layers (compiled on first use)")
+        run.log(f"torch.compile: {compile_decoder_layers(model)} decoder layers (compiled on first use)"
+                + ("; prefix sharing off with it" if cfg.prefix_sharing == "auto" else ""))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"

@@ -50,6 +50,7 @@ from preftune.stages.common import (
     load_data,
     load_policy,
     num_tokens,
+    packing,
     plan_steps,
     preflight,
     restore_state,
@@ -98,7 +99,7 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
     else:
         path = str(ref_path or cfg.ref_model_name_or_path or cfg.model_name_or_path)
         ref_lm = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
-                                      padding_free=cfg.padding_free)
+                                      **packing(run))
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
         live, source = FrozenReference(ref_lm, reduce), path
@@ -118,8 +119,10 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
 
     def compute(indices: list[int]) -> list[tuple[Rows, Tensor]]:
         batch, _ = get_batch(indices)
+        # One pass over every sequence of the batch: KTO's KL partners share their example's prompt.
+        rows = Rows.concat(objective.rows(batch))
         with autocast(cfg.bf16, run.info.device):
-            return [(rows, live(rows)) for rows in objective.rows(batch)]
+            return [(rows, live(rows))]
 
     with eval_mode(policy):
         table = precompute_reference(
@@ -175,7 +178,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) ->
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, padding_free=cfg.padding_free)
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
     eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)

@@ -16,7 +16,7 @@ from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.modeling.reference import FrozenReference
 from preftune.objectives import objective_for
-from preftune.stages.common import Run, data_settings, quiet_transformers
+from preftune.stages.common import Run, data_settings, packing, quiet_transformers
 from preftune.stages.dpo import evaluate, make_batches, scorer
 from preftune.train.distributed import init_distributed, shutdown
 
@@ -39,7 +39,7 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
     # 3. Models.
     def load(path: str) -> SequenceLogprobModel:
         return SequenceLogprobModel(freeze(load_causal_lm(path, info.device)), cfg.logprob_chunk_size,
-                                    padding_free=cfg.padding_free)
+                                    **packing(run))
 
     policy = load(cfg.model_name_or_path)
     reference = FrozenReference(load(cfg.ref_model_name_or_path), objective.reference_reduce(cfg))

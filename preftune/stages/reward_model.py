@@ -53,6 +53,7 @@ from preftune.stages.common import (
     finish,
     load_data,
     num_tokens,
+    packing,
     plan_steps,
     preflight,
     restore_state,
@@ -186,7 +187,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     # 3. The reward model.
     model = load_reward_policy(run, resume_dir, tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    reward_model = RewardHeadModel(model, padding_free=cfg.padding_free)
+    reward_model = RewardHeadModel(model, **packing(run))
     ddp_model = wrap_ddp(reward_model, info)
 
     # 4. Optimizer, data order, resume.

@@ -44,6 +44,7 @@ from preftune.stages.common import (
     finish,
     load_data,
     load_policy,
+    packing,
     plan_steps,
     preflight,
     start_run,
@@ -127,7 +128,7 @@ def build_reference(run: Run, policy: SequenceLogprobModel):
         return adapter_disabled
     path = cfg.ref_model_name_or_path or cfg.model_name_or_path
     ref = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
-                               temperature=cfg.temperature, padding_free=cfg.padding_free)
+                               temperature=cfg.temperature, **packing(run))
     run.log(f"reference: {path} (frozen copy)")
     return lambda rows: per_token(ref, rows).tokens
 
@@ -309,7 +310,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         nn.init.zeros_(value_head.weight)   # V ≡ 0 at the start: no arbitrary early advantages
         nn.init.zeros_(value_head.bias)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, value_head=value_head, temperature=cfg.temperature,
-                                  padding_free=cfg.padding_free)
+                                  **packing(run))
     ddp_policy = wrap_ddp(policy, info)
     reference = build_reference(run, policy)
     reward_fn = load_reward(cfg.reward, info.device, batch_size=cfg.reward_batch_size)

@@ -31,6 +31,7 @@ from preftune.stages.common import (
     load_data,
     load_policy,
     num_tokens,
+    packing,
     plan_steps,
     preflight,
     restore_state,
@@ -94,7 +95,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) ->
                                 eval_data if eval_data is not None else cfg.eval_file, tokenizer,
                                 completion_field=cfg.completion_field)
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, padding_free=cfg.padding_free)
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(train, tokenizer.pad_token_id, info.device)
     eval_batch = make_batches(held_out, tokenizer.pad_token_id, info.device) if held_out is not None else None

@@ -23,7 +23,7 @@ from preftune.errors import ConfigError
 CHANGEABLE_ON_RESUME = frozenset({
     "output_dir", "resume", "force_resume", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
     "progress_bar", "report_to", "threads", "device", "per_device_eval_batch_size", "max_consecutive_skips",
-    "logprob_chunk_size", "gradient_checkpointing", "torch_compile", "padding_free",
+    "logprob_chunk_size", "gradient_checkpointing", "torch_compile", "padding_free", "prefix_sharing",
     "lean_activations",
 })
 _VOLATILE_MODEL_KEYS = ("_name_or_path", "transformers_version", "use_cache", "dtype", "torch_dtype")

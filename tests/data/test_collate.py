@@ -102,3 +102,16 @@ def test_a_row_without_a_supervised_token_never_reaches_a_loss(collate, example,
     with pytest.raises(ValueError) as err:
         collate([example], [0], pad_token_id=PAD)
     assert str(err.value).startswith(f"f.jsonl:4: {what}, so its row would have no supervised token")
+
+
+def test_rows_concat_pads_to_the_longest_and_keeps_each_rows_identity():
+    from preftune.data.collate import Rows
+
+    kto = collate_unpaired([TokenizedUnpaired((1, 2), (3,), True, "d[0]", kl_completion_ids=(4, 5, 6))], [7],
+                           pad_token_id=PAD)
+    rows = Rows.concat([kto.main, kto.kl])
+    assert rows.input_ids.tolist() == [[1, 2, 3, 0, 0], [1, 2, 4, 5, 6]]
+    assert rows.attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert rows.loss_mask.tolist() == [[False, False, True, False, False], [False, False, True, True, True]]
+    assert (rows.example.tolist(), rows.position.tolist(), rows.column.tolist()) == ([7, 7], [0, 0], [0, 1])
+    assert Rows.concat([kto.main]) is kto.main
