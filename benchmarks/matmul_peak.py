@@ -16,13 +16,17 @@ import torch
 import torch.nn.functional as F
 
 
-def gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 5) -> float:
-    x = torch.randn(m, k, dtype=dtype)
-    w = torch.randn(n, k, dtype=dtype)
+def gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 5, device: str = "cpu") -> float:
+    x = torch.randn(m, k, dtype=dtype, device=device)
+    w = torch.randn(n, k, dtype=dtype, device=device)
     F.linear(x, w)
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         F.linear(x, w)
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / repeats
     return 2 * m * k * n / seconds / 1e9
 
