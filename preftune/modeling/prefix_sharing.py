@@ -315,15 +315,30 @@ def sharing_error(decoder: nn.Module, vocab_size: int, device: torch.device) -> 
 _DECIDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` draws dropout noise in training (LoRA dropout included)."""
+    return any((isinstance(m, nn.Dropout) and m.p > 0)
+               or (isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0)
+               for m in model.modules())
+
+
 def use_prefix_sharing(lm: nn.Module, decoder: nn.Module, mode: str, device: torch.device,
                        log: Callable[[str], None] | None = None) -> bool:
-    """Whether ``lm`` runs the shared layout: decided once per model (probe on first use; one log line).
+    """Whether ``lm`` runs the shared layout now: decided once per model (probe on first use; one log line).
     ``mode``: 'false' never; 'auto' where the probe passes, else separate packing (logged); 'true' where the
-    probe passes, else a ConfigError. Call it inside the wrapping module's forward (FSDP: see packing.py)."""
+    probe passes, else a ConfigError. Under 'auto' a model with dropout shares only outside training: a shared
+    prompt would draw one dropout sample for all of its completions, where separate rows draw one each.
+    Call it inside the wrapping module's forward (FSDP: see packing.py)."""
     if mode == "false":
         return False
-    if lm in _DECIDED:
-        return _DECIDED[lm]
+    if lm not in _DECIDED:
+        _DECIDED[lm] = _decide(lm, decoder, mode, device, log)
+    exact, dropout = _DECIDED[lm]
+    return exact and not (dropout and mode == "auto" and decoder.training)
+
+
+def _decide(lm: nn.Module, decoder: nn.Module, mode: str, device: torch.device,
+            log: Callable[[str], None] | None) -> tuple[bool, bool]:
     base = getattr(lm.config, "_attn_implementation", None)
     reason = None
     previous = install(lm)
@@ -342,11 +357,15 @@ def use_prefix_sharing(lm: nn.Module, decoder: nn.Module, mode: str, device: tor
     if reason is not None and mode == "true":
         raise ConfigError(f"prefix_sharing=true: {reason}. Set prefix_sharing=auto (falls back to packing "
                           "each sequence separately) or false.")
+    dropout = has_dropout(lm)
     if log is not None:
-        log("prefix sharing: on (each prompt computed once for all of its completions; checked against padded "
-            "rows)" if reason is None else f"prefix sharing: off, {reason}; sequences are packed separately")
-    _DECIDED[lm] = reason is None
-    return reason is None
+        if reason is not None:
+            log(f"prefix sharing: off, {reason}; sequences are packed separately")
+        else:
+            log("prefix sharing: on (each prompt computed once for all of its completions; checked against padded "
+                "rows)" + ("; not in training passes: this model has dropout, and a shared prompt would draw one "
+                           "dropout sample for all of its completions" if dropout and mode == "auto" else ""))
+    return reason is None, dropout
 
 
 def packed_decoder_states(lm: nn.Module, decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,

@@ -156,6 +156,15 @@ def test_rl_groups_with_identical_samples_and_the_first_token_read_from_the_shar
     assert_exact(unshared, shared, batch)
 
 
+def test_gradient_checkpointing_recomputes_the_same_segments():
+    from preftune.stages.common import enable_gradient_checkpointing
+
+    a, b = _pair()
+    enable_gradient_checkpointing(b)
+    shared = SequenceLogprobModel(b, chunk_size=4, padding_free=True, prefix_sharing="true").train()
+    assert_exact(SequenceLogprobModel(a, chunk_size=4), shared, _random_rows(96, seed=3))
+
+
 def test_a_sliding_window_model_is_exact_beyond_its_window():
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -214,7 +223,7 @@ def test_a_mask_that_lets_a_completion_see_its_sibling_fails_the_exactness_test(
     a, b = _pair()
     _sees_its_sibling(monkeypatch)
     shared = SequenceLogprobModel(b, chunk_size=4, padding_free=True, prefix_sharing="auto")
-    ps._DECIDED[b] = True   # past the probe, which would refuse it (next test)
+    ps._DECIDED[b] = (True, False)   # past the probe, which would refuse it (next test)
     ps.install(b)
     with pytest.raises(AssertionError):
         assert_exact(SequenceLogprobModel(a, chunk_size=4), shared, _random_rows(96))
@@ -273,3 +282,43 @@ def test_off_means_off():
     model = tiny_llama(96)
     assert not use_prefix_sharing(model, model.model, "false", CPU)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_config_key():
+    from preftune.config import DPOConfig, EvalConfig
+    from preftune.modeling.prefix_sharing import sharing_mode
+
+    base = {"model_name_or_path": "m", "train_file": "t.jsonl"}
+    assert DPOConfig(**base).prefix_sharing == "auto"
+    assert DPOConfig(**base, prefix_sharing="true").prefix_sharing is True      # YAML/CLI text read as a boolean
+    assert sharing_mode(DPOConfig(**base, prefix_sharing=False).prefix_sharing) == "false"
+    assert sharing_mode(DPOConfig(**base).prefix_sharing) == "auto"
+    with pytest.raises(ConfigError) as e:
+        DPOConfig(**base, prefix_sharing="sometimes", padding_free=False, torch_compile=True)
+    assert "prefix_sharing must be auto, true or false, got 'sometimes'" in str(e.value)
+    with pytest.raises(ConfigError, match="prefix_sharing=true needs padding_free=true"):
+        DPOConfig(**base, prefix_sharing=True, padding_free=False)
+    with pytest.raises(ConfigError, match="prefix_sharing=true with torch_compile=true"):
+        DPOConfig(**base, prefix_sharing=True, torch_compile=True)
+    assert EvalConfig(model_name_or_path="m", ref_model_name_or_path="r", eval_file="e",
+                      prefix_sharing=False).prefix_sharing is False
+
+
+def test_a_dpo_run_shares_prompts_by_default_and_matches_a_run_without(tiny_model_dir, tmp_path, capsys):
+    """The whole stage: default settings log that sharing is on; losses and rewards equal those with it off."""
+    from preftune.config import DPOConfig
+    from preftune.stages.dpo import run_dpo
+    from tests.conftest import separable_rows
+
+    rows = separable_rows(24)
+    common = dict(model_name_or_path=str(tiny_model_dir), max_length=48, max_prompt_length=16, max_steps=3,
+                  per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, progress_bar=False,
+                  report_to="none", threads=1, eval_size=8)
+    on = run_dpo(DPOConfig(**common, output_dir=str(tmp_path / "on")), train_data=rows)
+    assert "prefix sharing: on" in capsys.readouterr().out
+    off = run_dpo(DPOConfig(**common, output_dir=str(tmp_path / "off"), prefix_sharing=False), train_data=rows)
+    assert "prefix sharing" not in capsys.readouterr().out
+    for a, b in zip(on.history, off.history):
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+    for key in ("loss", "rewards/margins"):
+        assert abs(on.eval_after[key] - off.eval_after[key]) < 1e-5
