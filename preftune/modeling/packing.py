@@ -93,12 +93,20 @@ def packing_error(decoder: nn.Module, vocab_size: int, device: torch.device) -> 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab_size, (3, 7), generator=g).to(device)
     attention = (torch.arange(7).unsqueeze(0) < torch.tensor([[7], [4], [3]])).long().to(device)
+    return layout_error(decoder, ids, attention, lambda: packed_hidden(decoder, ids, attention))
+
+
+@torch.no_grad()
+def layout_error(decoder: nn.Module, ids: Tensor, attention: Tensor, layout) -> float:
+    """Max |Δ| between the hidden states of padded rows and those ``layout()`` returns as (flat, where),
+    relative to the largest |hidden|; in eval mode so dropout cannot differ, without autocast so rounding
+    is fp32's."""
     was_training = decoder.training
     decoder.eval()
     try:
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(ids.device.type, enabled=False):
             padded = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-            flat, where = packed_hidden(decoder, ids, attention)
+            flat, where = layout()
     finally:
         decoder.train(was_training)
     real = attention.bool()

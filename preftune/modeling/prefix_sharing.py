@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from preftune.errors import ConfigError
+from preftune.modeling.packing import ensure_packing_supported, layout_error, packed_hidden
 
 LAYOUT_KWARG = "preftune_shared_layout"
 
@@ -282,9 +283,8 @@ def shared_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
 
 @torch.no_grad()
 def sharing_error(decoder: nn.Module, vocab_size: int, device: torch.device) -> float:
-    """Max |Δ| between padded rows and the shared layout on a probe (a prompt of 5 tokens with completions of
-    3, 4 and 2 tokens, the last two identical in their first token; another prompt alone), relative to the
-    largest |hidden|; eval mode, no autocast."""
+    """:func:`~preftune.modeling.packing.layout_error` of the shared layout on a probe: a prompt of 5 tokens
+    with completions of 3, 4 and 2 tokens (the last two identical in their first token), another prompt alone."""
     g = torch.Generator().manual_seed(0)
     prompt, other = torch.randint(0, vocab_size, (5,), generator=g), torch.randint(0, vocab_size, (3,), generator=g)
     tails = [torch.randint(0, vocab_size, (n,), generator=g) for n in (3, 4, 2, 4)]
@@ -299,17 +299,7 @@ def sharing_error(decoder: nn.Module, vocab_size: int, device: torch.device) -> 
         ids[r, :len(s)], attention[r, :len(s)] = s, 1
         loss[r, (3 if r == 2 else 5):len(s)] = True
     ids, attention, loss = ids.to(device), attention.to(device), loss.to(device)
-    was_training = decoder.training
-    decoder.eval()
-    try:
-        with torch.autocast(device.type, enabled=False):
-            padded = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-            flat, where = shared_hidden(decoder, ids, attention, loss)
-    finally:
-        decoder.train(was_training)
-    real = attention.bool()
-    padded = padded[real].float()
-    return float((padded - flat[where[real]].float()).abs().max() / padded.abs().max().clamp(min=1e-12))
+    return layout_error(decoder, ids, attention, lambda: shared_hidden(decoder, ids, attention, loss))
 
 
 _DECIDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -373,8 +363,6 @@ def packed_decoder_states(lm: nn.Module, decoder: nn.Module, input_ids: Tensor, 
                           log: Callable[[str], None] | None = None) -> tuple[Tensor, Tensor]:
     """(hidden [N, H], where [R, T]) of right-padded rows without padding: the shared layout where
     :func:`use_prefix_sharing` allows it, otherwise each sequence packed separately (``packing.py``)."""
-    from preftune.modeling.packing import ensure_packing_supported, packed_hidden
-
     if use_prefix_sharing(lm, decoder, prefix_sharing, input_ids.device, log):
         return shared_hidden(decoder, input_ids, attention_mask, loss_mask)
     ensure_packing_supported(decoder, lm.config.vocab_size, input_ids.device)
