@@ -171,8 +171,8 @@ def ipo(
     f'(u) = log π_θ(y|x)/π_ref(y|x) by default (f-DPO options as in :func:`sigmoid`); ``chosen_lengths`` /
     ``rejected_lengths`` are completion token counts (B,), values below 1 count as 1. Dividing by the
     length keeps β meaningful across completion lengths: with sums, a 120-token completion's log-ratio
-    dwarfs the target 1/(2β) (TRL reports the IPO authors confirm their results used this form). The
-    paper's summed form is :func:`ipo_sum`. β is the paper's τ. Shapes: (B,) → (B,).
+    dwarfs the target 1/(2β) (TRL's code notes that the IPO authors confirmed their reported results use
+    this form). The paper's summed form is :func:`ipo_sum`. β is the paper's τ. Shapes: (B,) → (B,).
     """
     chosen, rejected = _scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                f_divergence_type, f_alpha_divergence_coef)

@@ -101,8 +101,9 @@ def sft(
 
     Alone it is supervised fine-tuning on the preferred answers; summed with a preference loss
     (``loss_type=[sigmoid, sft]``, ``loss_weights=[1, α]``, or ``rpo_alpha=α``) it is RPO (Pang et al.
-    2024, "Iterative Reasoning Preference Optimization", eq. 1, with TRL's token-level normalisation),
-    which keeps the chosen likelihood from falling while the margin grows. Entry i depends on the whole
+    2024, "Iterative Reasoning Preference Optimization", the DPO + NLL loss; here with TRL's token-level
+    normalisation, where the paper divides each sequence's NLL by its own length), which keeps the chosen
+    likelihood from falling while the margin grows. Entry i depends on the whole
     batch (as AOT's do): only the batch mean is meaningful. ``policy_chosen_logps`` must be the plain
     sums (LD-DPO's weighting does not apply; the pairwise objective passes them). β and the reference
     enter only the reported rewards. Shapes: (B,) → (B,).

@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from preftune.config import DPOConfig, load_config
+from preftune.config import DPOConfig, EvalConfig, load_config
 from preftune.errors import ConfigError
 from preftune.stages.dpo import run_dpo
+from preftune.stages.evaluate import run_eval
 from tests.stages.test_dpo import dpo_config
 
 
@@ -30,6 +31,19 @@ def test_pair_options_give_the_same_steps_with_a_precomputed_and_a_live_referenc
     # θ = ref at step 0 (rewards 0), but not log 2: WPO weights each pair and RPO adds the chosen NLL.
     assert live.eval_before["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert live.eval_before["loss"] != pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_preftune_eval_reproduces_the_runs_evaluation_with_the_pair_options(tiny_model_dir, separable_files,
+                                                                            tmp_path):
+    train, held_out = separable_files
+    keys = ["ld_alpha=0.5", "use_weighting=true", "rpo_alpha=0.2", "loss_type=ipo", "beta=0.1"]
+    trained = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "out", f"eval_file={held_out}",
+                                 "learning_rate=1e-3", "max_steps=4", *keys))
+    after = run_eval(load_config(EvalConfig, None, [
+        f"model_name_or_path={trained.final_dir}", f"ref_model_name_or_path={tiny_model_dir}",
+        f"eval_file={held_out}", "max_length=48", "max_prompt_length=16", *keys]))
+    assert after["loss"] == pytest.approx(trained.eval_after["loss"], abs=1e-5)
+    assert after["rewards/margins"] == pytest.approx(trained.eval_after["rewards/margins"], abs=1e-5)
 
 
 def test_ld_alpha_gets_its_own_reference_cache_entry(tiny_model_dir, separable_files, tmp_path, capsys):
@@ -81,6 +95,23 @@ def test_sync_ref_model_resumes_with_the_updated_reference(tiny_model_dir, separ
     for a, b in zip(full.history[2:], resumed.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-6)
+
+
+def test_sync_ref_model_works_for_kto_too(tiny_model_dir, tmp_path):
+    from tests.conftest import separable_rows, write_jsonl
+    from tests.stages.test_dpo_layouts import unpaired_rows
+
+    train = write_jsonl(unpaired_rows(separable_rows(40, seed=0)), tmp_path / "train.jsonl")
+    extra = ["loss_type=kto", "max_steps=3", "learning_rate=1e-3", "precompute_ref_log_probs=false"]
+    synced = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "tr", *extra, "sync_ref_model=true",
+                                "ref_model_sync_steps=1", "ref_model_mixup_alpha=1"))
+    fixed = run_dpo(dpo_config(tiny_model_dir, train, tmp_path / "fixed", *extra))
+    assert synced.history[0]["loss"] == pytest.approx(fixed.history[0]["loss"], abs=1e-6)
+    # α = 1: after every step the reference is the policy, so every later step starts at r = z = 0, where the
+    # KTO loss is 1 − σ(0) = 0.5 for every example; with the fixed reference it has moved.
+    for h in synced.history[1:]:
+        assert h["loss"] == pytest.approx(0.5, abs=1e-6) and h["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert fixed.history[2]["loss"] != pytest.approx(0.5, abs=1e-4)
 
 
 @pytest.mark.parametrize("overrides, message", [
