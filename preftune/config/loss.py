@@ -17,8 +17,9 @@ class LossGroup:
     """The preference loss(es) and their hyperparameters; names and defaults as in TRL's DPOConfig."""
 
     beta: float = setting(0.1, "β: strength of the KL constraint to the reference (the DPO paper: 0.1).")
-    loss_type: list[str] = setting(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo, hinge, "
-                                                "robust, simpo, orpo, ...); a list is summed with loss_weights. kto "
+    loss_type: list[str] = setting(["sigmoid"], "Loss name(s) from preftune.losses (sigmoid = DPO, ipo = TRL's "
+                                                "per-token IPO, ipo_sum = the paper's summed IPO, hinge, robust, sft, "
+                                                "simpo, orpo, ...); a list is summed with loss_weights. kto "
                                                 "trains from unpaired {prompt, completion, label} data, plackett_luce "
                                                 "from {prompt, completions: [best, ..., worst]} rankings; both alone.")
     loss_weights: list[float] | None = setting(None, "One weight per loss_type entry (null = all 1).")
