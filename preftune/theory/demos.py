@@ -25,6 +25,7 @@ from preftune.theory.data import (
     sample_pairs,
     sample_rankings,
 )
+from preftune.theory.demos_grpo import PI_STAR, POINT_MASS, VariantRow, rows
 from preftune.theory.train import (
     TrainResult,
     standard_monitor,
@@ -67,12 +68,22 @@ class Settings:
     rloo_steps: int = 1000  # Adam steps, one fresh batch each (lr = ``lr``)
     sampled_ppo_samples: int = 64
     sampled_ppo_iterations: int = 250  # batches, × ppo_epochs steps each (lr = ``ppo_lr``)
+    # The GRPO family, REINFORCE++ and online DPO (demos_grpo). quick() halves the sampled rows only
+    # (their KL stays ≤ half its threshold); the exact ones need the steps to reach their limit.
+    grpo_exact_steps: int = 1000  # exact rows (lr = ``lr``): the reverse-KL ones converge the slowest
+    grpo_steps: int = 1000  # sampled rows, one step per batch (lr = ``lr``)
+    grpo_multi_steps: int = 2000  # sampled rows with 4 iterations per batch (lr = ``ppo_lr``)
+    group_size: int = 8
+    reinforce_pp_samples: int = 32
+    online_dpo_pairs: int = 256
+    binary_beta: float = 0.25  # β of the dynamic-sampling rows (0/1 reward)
     record_every: int = 10
     seed: int = 0
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(steps=500, ppo_iterations=100, sampled_n=200_000, record_every=20)
+        return cls(steps=500, ppo_iterations=100, sampled_n=200_000, record_every=20, grpo_steps=500,
+                   grpo_multi_steps=1000)
 
 
 @dataclass
@@ -242,6 +253,29 @@ def sampled_rl(world: TabularWorld, s: Settings) -> DemoResult:
     return DemoResult(checks, {"rloo": rloo, "ppo_k1": ppo["k1"], "ppo_k3": ppo["k3"]})
 
 
+def grpo_family(world: TabularWorld, s: Settings) -> DemoResult:
+    """The GRPO family, REINFORCE++ and online DPO: each variant lands on the limit its expected gradient
+    predicts (:mod:`preftune.theory.demos_grpo`). Thresholds: exact rows within 1e-3 of their limit
+    (max |π − π_limit|), sampled rows within KL 1e-2; a limit other than π* must be ≥ 1e-2 from it in KL,
+    and a rival prediction (G → ∞, with / without dynamic sampling) ≥ 2e-2 from the final policy."""
+    checks: list[Check] = []
+    table: list[VariantRow] = rows(world, s)
+    for row in table:
+        demo = f"{row.name} [{row.estimate}]"
+        if row.limit_label == PI_STAR:
+            checks.append(Check(demo, "KL(π ‖ π*)", row.kl_to_star, 1e-2 if row.sampled else 1e-3))
+        elif row.limit_label == POINT_MASS:
+            checks += [Check(demo, "max_x 1 − max_y π(y|x)", row.distance, 0.1),
+                       Check(demo, "KL(π ‖ π*)", row.kl_to_star, 0.1, ">")]
+        else:
+            near = (Check(demo, "KL(π ‖ predicted fixed point)", world.mean_kl(row.result.probs, row.limit), 1e-2)
+                    if row.sampled else Check(demo, "max |π − predicted fixed point|", row.distance, 1e-3))
+            checks += [near, Check(demo, "KL(predicted fixed point ‖ π*)", row.limit_kl_to_star, 1e-2, ">")]
+        if row.alternative is not None:
+            checks.append(Check(demo, f"KL(π ‖ {row.alternative[0]})", row.alternative[1], 2e-2, ">"))
+    return DemoResult(checks, {"rows": table})
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Run torch on one thread, then restore. The tensors here have ~10³ entries: intra-op threads
@@ -264,9 +298,10 @@ def run_all(world: TabularWorld | None = None, settings: Settings | None = None)
         return {"same_optimum": first, "reward_shift": reward_shift(world, s),
                 "theorem1": recovered_reward(world, s, dpo, sampled),
                 "unlikelihood": unlikelihood(world, s, dpo), "ipo_vs_dpo": ipo_vs_dpo(world, s),
-                "sacpo": sacpo(world, s), "sampled_rl": sampled_rl(world, s)}
+                "sacpo": sacpo(world, s), "sampled_rl": sampled_rl(world, s),
+                "grpo_family": grpo_family(world, s)}
 
 
 __all__ = ["Check", "DemoResult", "Settings", "run_all", "same_optimum",
            "reward_shift", "recovered_reward", "unlikelihood", "ipo_vs_dpo", "sacpo",
-           "sampled_rl"]
+           "sampled_rl", "grpo_family"]

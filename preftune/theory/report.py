@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from preftune.theory.demos import Check, DemoResult, Settings, run_all
+from preftune.theory.demos_grpo import PI_STAR, VariantRow
 from preftune.theory.world import TabularWorld
 
 _KL_FLOOR = 1e-18  # log-scale plots cannot show an exact 0
@@ -72,7 +73,37 @@ def _plots(out: Path, world: TabularWorld, results: dict[str, DemoResult]) -> li
     fig.savefig(out / "ipo_vs_dpo_margin.png", dpi=110)
     plt.close(fig)
     names.append("ipo_vs_dpo_margin.png")
+    if "grpo_family" in results:
+        names.append(_grpo_plot(plt, out, results["grpo_family"].numbers["rows"]))
     return names
+
+
+def _grpo_plot(plt, out: Path, rows: list[VariantRow]) -> str:
+    """Two panels of E_x KL(π_θ ‖ π*): the variants that reach π*, and those that settle elsewhere, each
+    with a dotted line at its predicted limit's KL to π*."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    groups = ([r for r in rows if r.limit_label == PI_STAR], [r for r in rows if r.limit_label != PI_STAR])
+    titles = ("KL in the reward, online DPO (BT): → π*", "KL in the loss, β = 0, judged online DPO: elsewhere")
+    for ax, group, title in zip(axes, groups, titles):
+        for i, r in enumerate(group):
+            hist = r.result.history
+            kls = [max(v, _KL_FLOOR) for v in hist["kl_to_target"]]
+            line, = ax.plot(hist["step"], kls, ls="--" if r.sampled else "-", lw=1.2,
+                            label=f"{_short(r.name)} [{'sampled' if r.sampled else 'exact'}]",
+                            color=plt.cm.tab20(i % 20))
+            if r.limit_label != PI_STAR:
+                ax.axhline(max(r.limit_kl_to_star, _KL_FLOOR), color=line.get_color(), ls=":", lw=1)
+        ax.set(yscale="log", xlabel="gradient step", title=title)
+        ax.legend(fontsize="x-small")
+    axes[0].set_ylabel("E_x KL(π_θ ‖ π* of the row's r, β)   (dotted: the predicted limit)")
+    fig.tight_layout()
+    fig.savefig(out / "grpo_family.png", dpi=110)
+    plt.close(fig)
+    return "grpo_family.png"
+
+
+def _short(name: str) -> str:
+    return name.split(" (0/1")[0].split(", KL in the reward")[0].split(", k1 KL in the reward")[0][:60]
 
 
 def _fmt(v: float) -> str:
@@ -116,11 +147,75 @@ def _markdown(world: TabularWorld, s: Settings, results: dict[str, DemoResult], 
         lines.append(f"| {c.demo} | {metric} | {_fmt(c.value)} | {c.op} {_fmt(c.threshold)} | "
                      f"{'pass' if c.passed else '**FAIL**'} |")
     lines.append("")
+    grpo_plot = [p for p in plots if p == "grpo_family.png"]
     if plots:
-        lines += [f"![{p}]({p})" for p in plots]
+        lines += [f"![{p}]({p})" for p in plots if p not in grpo_plot]
     else:
         lines.append("(matplotlib is not installed: no plots; `pip install matplotlib`.)")
+    if "grpo_family" in results:
+        lines += ["", *_grpo_section(world, s, results["grpo_family"].numbers["rows"])]
+        lines += [f"![{p}]({p})" for p in grpo_plot]
     return "\n".join(lines) + "\n"
+
+
+GRPO_DERIVATIONS = """\
+**Why.** Write R̃(y) = r(y) − β log π(y|x)/π_ref(y|x) and V(x) = E_π R̃.
+
+* *KL in the reward.* At π*, R̃(y) = β log Z(x) for every y, so every group-centred advantage is exactly
+  0 (and 0/(0 + 1e-4) = 0 under std scaling): π* is a fixed point of every surrogate (clip, clip-higher,
+  GSPO's sequence ratio, CISPO's capped weight), every aggregation and any number of iterations per
+  batch. Std scaling only rescales each prompt's gradient. Length normalisation (1/|y|) does not move it
+  either: stationarity needs (R̃(y) − V)/|y| = c for all y, and E_π[R̃ − V] = 0 forces c = 0.
+  REINFORCE++'s batch-wide baseline and std are constants per token. Online DPO with Bradley–Terry
+  labels: the DPO loss on *any* full-support pair distribution is minimised at β log π/π_ref = r + f(x)
+  (Theorem 1), so sampling the pairs from π_θ instead of π_ref leaves π* the fixed point.
+* *KL in the loss, per token.* On samples from π, E∇k1 = 0 (no regulariser at all), E∇k2 = E∇(ρ·k3) =
+  ∇KL(π(·|s) ‖ π_ref(·|s)) and E∇k3 = ∇KL(π_ref(·|s) ‖ π(·|s)), each token's *conditional* only: the
+  KL of the tokens still to come never enters a token's value. The stationary conditionals are then,
+  with Q_r(s, a) = E_π[f(y) | s, a] the advantage to go and W(s, a) the KL weight to go,
+  π(a|s) ∝ π_ref(a|s) exp(Q_r(s, a)/(β W)) (reverse) or π(a|s) = β W π_ref(a|s)/(λ_s + β W − Q_r(s, a))
+  (forward), solved by backward induction over the tree (`preftune/theory/fixed_points.py`); π* instead
+  has the *soft* value, future KL included, in the exponent. They coincide only for one-token answers.
+* *Scalings of the policy gradient but not of the KL term* move β: std scaling gives β(σ_π(x) + 1e-4),
+  which shrinks as the policy concentrates (σ → 0), so the policy collapses; a finite group's mean
+  includes the sample itself, E[(r_i − mean_G)∇log π(y_i)] = (G − 1)/G · E[(r_i − V)∇log π(y_i)], so
+  β_eff = β G/(G − 1); GRPO's 1/|y| reweights both terms by length.
+* *Dynamic sampling* drops all-equal groups. Their advantages are 0 anyway, but their KL terms are not:
+  with a 0/1 reward and p = P_π(correct | x), completion y keeps its KL term with probability
+  1 − p^{G−1} (y correct) or 1 − (1 − p)^{G−1} (y wrong), which weakens the regulariser exactly on the
+  prompts the policy has (nearly) solved.
+* *No regulariser* (β = 0, TRL's default; k1 in the loss; online DPO ranked by a deterministic judge,
+  whose DPO margins have no finite optimum): the policy collapses onto one completion, argmax_y r when
+  the exact gradient has time to find it (sampled groups stop learning once all G samples agree).
+"""
+
+
+def _grpo_section(world: TabularWorld, s: Settings, rows: list[VariantRow]) -> list[str]:
+    lines = [
+        "## The GRPO family, REINFORCE++ and online DPO: where each converges",
+        "",
+        f"Same world and β = {world.beta} (the 0/1-reward rows: correct iff r* is in the top 20% of the "
+        f"prompt's completions, β = {s.binary_beta}). Every row starts at π_ref and reports the final "
+        "policy's distance to π* of its own r and β, the objective gap J(π*) − J(π) (= β KL(π ‖ π*), "
+        "Gibbs), the limit its expected gradient predicts and the distance to it (max over x, y of "
+        "|π − π_limit|; for a point mass, max_x 1 − max_y π(y|x)). *Sampled* rows run the LM-scale code "
+        "path: G completions per prompt from π_old, `preftune.rl.group_advantages` (dynamic sampling "
+        "with `groups_with_signal` / `fill_batch`), `preftune.rl.grpo_loss` on the tokens' log-probs "
+        f"({s.grpo_steps} Adam steps, lr {s.lr}; {s.grpo_multi_steps} steps, lr {s.ppo_lr} with 4 "
+        "iterations per batch). *Exact* rows minimise the expected loss over every completion, weighted "
+        f"by π_old, with the same per-token functions ({s.grpo_exact_steps} steps, lr {s.lr}). KL in the "
+        "reward = k1 of the sampling policy summed over the completion; KL in the loss = β·kl_t per token "
+        "(k3 × ρ is TRL's `use_bias_correction_kl`).",
+        "",
+        "| variant | estimate | KL(π ‖ π*) | J(π*) − J(π) | predicted limit | distance to it | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = r.name.replace("|", "\\|")
+        limit = r.limit_label.replace("|", "\\|")
+        lines.append(f"| {name} | {r.estimate} | {_fmt(r.kl_to_star)} | {_fmt(r.objective_gap)} | {limit} | "
+                     f"{_fmt(r.distance)} | {r.verdict} |")
+    return lines + ["", GRPO_DERIVATIONS]
 
 
 def write_report(out_dir: str | Path, world: TabularWorld, settings: Settings,

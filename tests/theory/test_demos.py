@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from preftune.theory.demos import Settings, run_all
+from preftune.theory.demos import Settings
 from preftune.theory.report import write_report
-from preftune.theory.world import TabularWorld
 
-
-@pytest.fixture(scope="module")
-def results():
-    world = TabularWorld.make(seed=0)
-    return world, run_all(world, Settings.quick())
+# ``results`` (tests/theory/conftest.py): every demonstration, run once on the quick settings.
 
 
 def _value(results, demo: str, metric_start: str) -> float:
