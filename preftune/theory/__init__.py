@@ -2,7 +2,9 @@
 
 A world small enough to enumerate every completion (:mod:`.world`, :mod:`.tree`), preference data
 (:mod:`.data`), tabular policies trained with the registered losses, REINFORCE and PPO (:mod:`.train`),
-the claims as checks (:mod:`.demos`) and a markdown report (:mod:`.report`, ``preftune theory``).
+the GRPO family, REINFORCE++ and online DPO (:mod:`.grpo`) with the fixed points their expected
+gradients predict (:mod:`.fixed_points`), the claims as checks (:mod:`.demos`, :mod:`.demos_grpo`) and a
+markdown report (:mod:`.report`, ``preftune theory``).
 """
 
 from preftune.theory.demos import Check, Settings, run_all

@@ -73,7 +73,7 @@ def point_mass_on_best(reward: Tensor) -> Tensor:
 
 
 def _row(world: TabularWorld, name: str, estimate: str, result: TrainResult, limit: Tensor, limit_label: str,
-         reward: Tensor, beta: float, alternative: tuple[str, Tensor] | None) -> VariantRow:
+         reward: Tensor, beta: float, alternative: tuple[str, Tensor] | None, verdict: str | None) -> VariantRow:
     star = world.optimal_policy(reward, beta)
     p = result.probs
     distance = float((p - limit).abs().max())
@@ -85,7 +85,7 @@ def _row(world: TabularWorld, name: str, estimate: str, result: TrainResult, lim
         distance = float((1 - p.max(-1).values).max())
         on_best = bool((p.argmax(-1) == reward.argmax(-1)).all())
         verdict = f"no finite fixed point: collapses onto {'argmax_y r' if on_best else 'one completion'}"
-    else:
+    elif verdict is None:
         verdict = "converges to another fixed point"
     return VariantRow(name, estimate, world.mean_kl(p, star),
                       world.objective(star, reward, beta) - world.objective(p, reward, beta), limit_label, limit,
@@ -113,9 +113,9 @@ def rows(world: TabularWorld, s) -> list[VariantRow]:
 
     def add(name: str, estimate: str, train: Callable[[], TrainResult], limit: Tensor, label: str,
             reward: Tensor | None = None, b: float | None = None,
-            alternative: tuple[str, Tensor] | None = None) -> None:
+            alternative: tuple[str, Tensor] | None = None, verdict: str | None = None) -> None:
         out.append(_row(world, name, estimate, train(), limit, label, world.reward if reward is None else reward,
-                        beta if b is None else b, alternative))
+                        beta if b is None else b, alternative, verdict))
 
     # KL in the reward: π* is a fixed point of every variant (all advantages vanish there).
     in_reward = f"sampled, G = {G}, 2 groups/prompt"
@@ -167,7 +167,8 @@ def rows(world: TabularWorld, s) -> list[VariantRow]:
          Variant(loss_type="dapo", scale_rewards="group", kl="loss", kl_estimator="k3", use_bias_correction_kl=True),
          "myopic reverse, β(σ(x) + 1e-4): collapses as σ → 0"),
     ):
-        add(name, ex, exact(v), solve(world, v.loss_shape(False)), label)
+        collapse = "collapses: the fixed point is a near point mass (β_eff → β · 1e-4)" if "σ → 0" in label else None
+        add(name, ex, exact(v), solve(world, v.loss_shape(False)), label, verdict=collapse)
     g4 = Variant(loss_type="dapo", kl="loss", kl_estimator="k3", use_bias_correction_kl=True, group_size=4,
                  groups_per_prompt=16)
     add("k3 × ρ in the loss, finite group", "sampled, G = 4, 16 groups/prompt", sampled(g4),

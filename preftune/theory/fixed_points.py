@@ -113,7 +113,9 @@ def _solve_node(log_ref: Tensor, F: Tensor, W: Tensor, beta: float, divergence: 
     return out - torch.logsumexp(out, -1, keepdim=True)  # remove the last ~1e-16 of normalisation error
 
 
-def _scalars(world: TabularWorld, probs: Tensor, reward: Tensor, correct: Tensor | None) -> dict[str, Tensor]:
+def policy_scalars(world: TabularWorld, probs: Tensor, reward: Tensor, correct: Tensor | None) -> dict[str, Tensor]:
+    """The per-prompt scalars f and w depend on: V(x) = E_π r, σ(x) (population std), σ_batch, and
+    p(x) = P_π(correct) when ``correct`` (a 0/1 reward) is given; each (P,)."""
     V = (probs * reward).sum(-1)
     sigma = (probs * (reward - V[:, None]) ** 2).sum(-1).sqrt()
     rho = world.prompt_weights
@@ -169,11 +171,11 @@ def solve(world: TabularWorld, shape: LossShape, *, reward: Tensor | None = None
     log_ref = world.tree.token_logprobs(world.ref_logits)  # (P, n_nodes, A), −inf for EOS at the root
     levels = _levels(world)
     probs = world.optimal_policy(reward, beta)
-    s = _scalars(world, probs, reward, correct)
+    s = policy_scalars(world, probs, reward, correct)
     for _ in range(iterations):
         f, w = per_completion_terms(world, reward, shape, s)
         probs = _backward_induction(world, levels, log_ref, f, w, beta, shape.divergence)
-        new = _scalars(world, probs, reward, correct)
+        new = policy_scalars(world, probs, reward, correct)
         change = max(float((new[k] - s[k]).abs().max()) for k in s)
         s = {k: (1 - damping) * s[k] + damping * new[k] for k in s}
         if change < tol:
@@ -214,4 +216,4 @@ def argmax_policy_mass(world: TabularWorld, probs: Tensor, reward: Tensor | None
 
 
 __all__ = ["LossShape", "argmax_policy_mass", "dynamic_sampling_weight", "kl_loss_myopic_optimum",
-           "per_completion_terms", "solve"]
+           "per_completion_terms", "policy_scalars", "solve"]

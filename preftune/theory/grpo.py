@@ -36,7 +36,7 @@ from preftune.rl import (
     kl_penalty,
     reinforce_pp_advantages,
 )
-from preftune.theory.fixed_points import LossShape, _scalars, per_completion_terms
+from preftune.theory.fixed_points import LossShape, per_completion_terms, policy_scalars
 from preftune.theory.train import Monitor, TabularPolicy, TrainResult, _optimise
 from preftune.theory.world import TabularWorld
 
@@ -181,7 +181,7 @@ def expected_loss(world: TabularWorld, v: Variant, logits: Tensor, *, reward: Te
     path = tree.path_logprobs(logits).reshape(-1, tree.max_len)
     with torch.no_grad():
         old = path.sum(-1).view(world.n_prompts, -1).exp()
-        scalars = _scalars(world, old, reward, reward if v.dynamic_sampling else None)
+        scalars = policy_scalars(world, old, reward, reward if v.dynamic_sampling else None)
         f, w = per_completion_terms(world, reward, shape, scalars)
         weight = (world.prompt_weights[:, None] * old).reshape(-1, 1)
     log_w = importance_log_weights(path, path.detach(), mask)

@@ -173,7 +173,7 @@ def test_grpo_loss_errors_and_stats():
 
 
 CASES = [(lt, lvl, beta, est) for lt in sorted(LOSS_TYPES) for lvl in ("token", "sequence")
-         for beta, est in ((0.0, "k3"), (0.1, "k3"), (0.1, "k2"))]
+         for beta, est in ((0.0, "k3"), (0.1, "k3"), (0.1, "k2"), (0.1, "k1"))]
 
 
 @pytest.mark.parametrize("loss_type,level,beta,estimator", CASES)
@@ -189,7 +189,7 @@ def test_gradcheck_every_loss_type(loss_type, level, beta, estimator):
     def f(x):
         return grpo_loss(x, adv, mask, old_logprobs=old, ref_logprobs=ref, loss_type=loss_type, beta=beta,
                          kl_estimator=estimator, importance_sampling_level=level, epsilon_high=0.28,
-                         max_completion_length=5).loss
+                         delta=1.3, max_completion_length=5).loss
     assert torch.autograd.gradcheck(f, (lp,), eps=1e-6, atol=1e-8)
 
 
