@@ -33,7 +33,7 @@ from typing import Any
 from preftune.data.load import Source, _is_hf_dataset, _require
 from preftune.errors import ConfigError, DataError
 
-__all__ = ["DataSpec", "check_mixer", "check_mixture", "load_hub_dataset", "resolve_sources"]
+__all__ = ["DataSpec", "check_mixer", "check_mixture", "eval_source", "load_hub_dataset", "resolve_sources"]
 
 _MIXTURE_KEYS = {"datasets", "seed", "test_split_size"}
 _ENTRY_KEYS = {"id", "config", "split", "columns", "weight", "data_dir", "data_files"}
@@ -93,6 +93,19 @@ def resolve_sources(spec: DataSpec, train_data: Any = None, eval_data: Any = Non
     else:
         held_out = None
     return train, held_out
+
+
+def eval_source(spec: DataSpec, eval_data: Any = None) -> Any:
+    """The held-out rows of an evaluation alone (``preftune eval``): ``eval_data``, else ``eval_file``, else
+    ``dataset_name`` — from a source with splits, its ``dataset_test_split``."""
+    if eval_data is not None:
+        return _splits_of(eval_data, "dataset").pick(spec.dataset_test_split, "dataset_test_split")
+    if spec.eval_file:
+        return _splits_of(spec.eval_file, spec.eval_file).pick(spec.dataset_test_split, "dataset_test_split")
+    if spec.dataset_name:
+        return _splits_of(spec.dataset_name, spec.dataset_name, config=spec.dataset_config,
+                          hub=True).pick(spec.dataset_test_split, "dataset_test_split")
+    raise ConfigError("no held-out data: set eval_file or dataset_name (or pass eval_data= from Python)")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,26 @@ from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError
 from preftune.modeling.lean_layers import make_lean
-from preftune.modeling.load import apply_lora, compile_decoder_layers, load_causal_lm, load_tokenizer
+from preftune.modeling.load import (
+    compile_decoder_layers,
+    ensure_pad_token,
+    freeze,
+    load_causal_lm,
+    load_tokenizer,
+)
 from preftune.modeling.prefix_sharing import sharing_mode
+from preftune.stages.inputs import (
+    Objects,
+    frozen_copy,
+    load_weights_into,
+    object_fingerprint,
+    object_source,
+    policy_path,
+    reference_is_a_copy,
+    resolve_data,
+    row_format,
+    with_adapter,
+)
 from preftune.train.checkpoint import (
     is_peft,
     load_trainer_state,
@@ -48,6 +66,9 @@ class Run:
     info: DistInfo
     output_dir: Path
     data_report: list[str] = field(default_factory=list)   # repeated at the end: drops and cuts, counted
+    sources: tuple[Any, Any] | None = None                  # (train, held-out) rows, see stages/inputs.py
+    model_fingerprint: str | None = None                    # of a model object passed from Python
+    reference_model: nn.Module | None = None                # a frozen reference object (ref_model=, or a copy)
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -108,7 +129,7 @@ def packing(run: Run) -> dict[str, Any]:
 
 def data_settings(cfg: Any) -> DataSettings:
     return DataSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                        use_chat_template=cfg.use_chat_template)
+                        use_chat_template=cfg.use_chat_template, row_format=row_format(cfg))
 
 
 def split_off_eval(train: BuiltDataset, eval_size: int, seed: int) -> tuple[BuiltDataset, BuiltDataset]:
@@ -125,18 +146,21 @@ def split_off_eval(train: BuiltDataset, eval_size: int, seed: int) -> tuple[Buil
             BuiltDataset(out, type(train.dropped)(), f"{train.source} (held out {eval_size})", train.settings))
 
 
-def load_data(run: Run, build, train_source: Any, eval_source: Any, tokenizer: Any, **kw: Any
+def load_data(run: Run, build, train_data: Any, eval_data: Any, tokenizer: Any, **kw: Any
               ) -> tuple[BuiltDataset, BuiltDataset | None]:
-    """Build train (and eval) datasets with ``build`` (a ``preftune.data.dataset`` builder)."""
+    """Build train (and eval) datasets with ``build`` (a ``preftune.data.dataset`` builder) from the
+    sources :func:`~preftune.stages.inputs.resolve_data` found (resolved here if it was not called);
+    ``train_data``/``eval_data``: objects passed from Python, or None for the config's data."""
     cfg = run.cfg
-    if train_source in (None, ""):
-        raise ConfigError("train_file is required (or pass train_data= from Python)")
+    if run.sources is None:
+        resolve_data(run, train_data, eval_data)
+    train_source, eval_source = run.sources
     settings = data_settings(cfg)
     train = build(train_source, tokenizer, settings, **kw)
     run.data_report.append(f"train data: {train.summary()}")
     run.log(run.data_report[-1])
     evaluation = None
-    if eval_source not in (None, ""):
+    if eval_source is not None:
         evaluation = build(eval_source, tokenizer, settings, **kw)
     elif cfg.eval_size > 0:
         train, evaluation = split_off_eval(train, cfg.eval_size, cfg.seed)
@@ -146,22 +170,40 @@ def load_data(run: Run, build, train_source: Any, eval_source: Any, tokenizer: A
     return train, evaluation
 
 
-def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
-    """The model to train (fp32 weights) and its tokenizer; from the checkpoint when resuming."""
+def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = None, *,
+                needs_reference: bool = True) -> tuple[nn.Module, Any]:
+    """The model to train and its tokenizer: by name (fp32 weights) or the objects passed from Python;
+    from the checkpoint when resuming. ``needs_reference``: the stage scores a frozen reference, so a
+    model object's starting weights are copied when the reference cannot be read from the policy itself."""
     cfg = run.cfg
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    if resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
-        model = load_causal_lm(str(resume_dir / "model"), run.info.device)
+    objects = objects or Objects()
+    given = objects.model
+    if given is None and not cfg.model_name_or_path:
+        raise ConfigError("model_name_or_path is required (or pass model= from Python)")
+    if given is not None and cfg.model_name_or_path:
+        raise ConfigError(f"model_name_or_path={cfg.model_name_or_path!r} is set and a model object was passed: "
+                          "give the model once")
+    path = policy_path(cfg) if given is None else None
+    if objects.tokenizer is not None:
+        tokenizer = ensure_pad_token(objects.tokenizer)
     else:
-        model = load_causal_lm(cfg.model_name_or_path, run.info.device)
+        tokenizer = load_tokenizer(path or object_source(given), **_trust(cfg))
+    if objects.ref_model is not None:
+        run.reference_model = freeze(objects.ref_model.to(run.info.device))
+    if given is not None:
+        model = given.to(run.info.device)  # in place: the caller's object is the one trained
+        run.model_fingerprint = object_fingerprint(model)
+        if needs_reference and reference_is_a_copy(cfg, run, resume_dir):
+            run.reference_model = frozen_copy(model)
+        if resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
+            load_weights_into(model, resume_dir / "model")
+    elif resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
+        model = load_causal_lm(str(resume_dir / "model"), run.info.device, **_trust(cfg))
+    else:
+        model = load_causal_lm(path, run.info.device, **_trust(cfg))
     apply_lean_activations(run, model)
     if cfg.use_peft:
-        if resume_dir is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(resume_dir / "model"), is_trainable=True)
-        else:
-            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        model = with_adapter(cfg, model, objects.peft_config, resume_dir)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if getattr(cfg, "torch_compile", False):  # the stages that compile have the key
@@ -169,9 +211,15 @@ def load_policy(run: Run, resume_dir: Path | None) -> tuple[nn.Module, Any]:
                 + ("; prefix sharing off with it" if cfg.prefix_sharing == "auto" else ""))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    run.log(f"policy: {cfg.model_name_or_path} · {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trainable"
-            + (" (LoRA)" if cfg.use_peft else ""))
+    name = cfg.model_name_or_path + (f" @ {Path(path).name[:12]}" if path and path != cfg.model_name_or_path
+                                     and Path(path).parent.name == "snapshots" else "")
+    run.log(f"policy: {name or f'a {type(given).__name__} object'} · {n_all / 1e6:.1f}M parameters, "
+            f"{n_train / 1e6:.2f}M trainable" + (" (LoRA)" if cfg.use_peft else ""))
     return model, tokenizer
+
+
+def _trust(cfg: Any) -> dict[str, Any]:
+    return {"trust_remote_code": True} if getattr(cfg, "trust_remote_code", False) else {}
 
 
 def apply_lean_activations(run: Run, model: nn.Module) -> None:
@@ -268,8 +316,9 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
     """Before any expensive work: a resumed run must match its checkpoint (seed, data, tokenizer, model
     config, settings), and the output folder must have room. Returns the meta every checkpoint stores."""
     cfg = run.cfg
-    meta = {"config": to_dict(cfg), "fingerprints": run_fingerprints(cfg.model_name_or_path, tokenizer, train),
-            "world_size": run.info.world_size}
+    fingerprints = run_fingerprints(None if run.model_fingerprint else policy_path(cfg), tokenizer, train,
+                                    model_config=run.model_fingerprint)
+    meta = {"config": to_dict(cfg), "fingerprints": fingerprints, "world_size": run.info.world_size}
     if resume_dir is not None:
         check_resume(resume_dir, meta["config"], meta["fingerprints"], cfg.force_resume, run.log,
                      run.info.world_size)

@@ -56,6 +56,7 @@ from preftune.stages.common import (
     restore_state,
     start_run,
 )
+from preftune.stages.inputs import Objects, policy_path, resolve_data, with_peft_config
 from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.fsdp import shard
@@ -89,17 +90,22 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
         run.log(f"reference ({split}): none ({', '.join(cfg.loss_type)} never read it; rewards report β log π_θ)")
         return NoReference()
     reduce = objective.reference_reduce(cfg)  # e.g. LD-DPO's weighted sums instead of plain ones
-    adapter_ref = cfg.use_peft and cfg.ref_model_name_or_path is None
+    adapter_ref = cfg.use_peft and cfg.ref_model_name_or_path is None and run.reference_model is None
     if adapter_ref:
         live, source, ref_lm = AdapterDisabledReference(policy, reduce), "policy with LoRA adapter disabled", None
-    elif cfg.ref_model_name_or_path is None and not resumed and cfg.precompute_ref_log_probs:
+    elif cfg.ref_model_name_or_path is None and run.reference_model is None and not resumed \
+            and cfg.precompute_ref_log_probs:
         # Before the first step the policy *is* the reference: score with it, load nothing twice.
-        ref_lm, source = policy, cfg.model_name_or_path
+        ref_lm, source = policy, cfg.model_name_or_path or "the policy object"
         live = FrozenReference(policy, reduce)
     else:
-        path = str(ref_path or cfg.ref_model_name_or_path or cfg.model_name_or_path)
-        ref_lm = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
-                                      **packing(run))
+        if ref_path is None and run.reference_model is not None:  # ref_model=, or a model object's start
+            path, lm = "a reference model object", run.reference_model
+        else:
+            path = str(ref_path or cfg.ref_model_name_or_path or policy_path(cfg))
+            trust = {"trust_remote_code": True} if getattr(cfg, "trust_remote_code", False) else {}
+            lm = freeze(load_causal_lm(path, run.info.device, **trust))
+        ref_lm = SequenceLogprobModel(lm, cfg.logprob_chunk_size, **packing(run))
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
         live, source = FrozenReference(ref_lm, reduce), path
@@ -160,21 +166,30 @@ def describe_eval(step: int, metrics: dict[str, float]) -> str:
     return f"eval @ step {step}: " + " · ".join(shown)
 
 
-def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
-    """Train with DPO (or any registered loss: pairs, kto, plackett_luce). ``train_data``/``eval_data``
-    may be in-memory ``datasets.Dataset`` objects or lists of dicts instead of the config's files."""
+def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, model: nn.Module | None = None,
+            ref_model: nn.Module | None = None, tokenizer: Any = None, processing_class: Any = None,
+            peft_config: Any = None) -> RunResult:
+    """Train with DPO (or any registered loss: pairs, kto, plackett_luce).
+
+    From Python, as TRL's ``DPOTrainer`` takes them: ``train_data``/``eval_data`` (a ``datasets.Dataset``,
+    a ``DatasetDict`` — its ``dataset_train_split`` / ``dataset_test_split`` —, a pandas DataFrame or a
+    list of dicts), ``model`` (a causal LM object, trained in place), ``ref_model``, ``tokenizer`` (or
+    ``processing_class``) and ``peft_config`` (a ``peft.LoraConfig``); see :mod:`preftune.stages.inputs`.
+    """
     started = time.perf_counter()
-    # 1. Run set-up.
+    objects = Objects.of(model, tokenizer, processing_class, peft_config, ref_model)
+    cfg = with_peft_config(cfg, objects)
+    # 1. Run set-up; the data is found before any model loads.
     run = start_run(cfg)
     info = run.info
     objective = objective_for(cfg.loss_type)
     resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.data_format}")
+    resolve_data(run, train_data, eval_data)
 
     # 2-3. Policy, tokenizer, data.
-    model, tokenizer = load_policy(run, resume_dir)
-    train, held_out = load_data(run, objective.build, train_data if train_data is not None else cfg.train_file,
-                                eval_data if eval_data is not None else cfg.eval_file, tokenizer)
+    model, tokenizer = load_policy(run, resume_dir, objects)
+    train, held_out = load_data(run, objective.build, train_data, eval_data, tokenizer)
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     meta = preflight(run, resume_dir, model, tokenizer, train)

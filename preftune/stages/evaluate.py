@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 from preftune.config import EvalConfig
+from preftune.data.sources import DataSpec, eval_source
 from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.modeling.reference import FrozenReference
 from preftune.objectives import objective_for
 from preftune.stages.common import Run, data_settings, packing, quiet_transformers
 from preftune.stages.dpo import evaluate, make_batches, scorer
+from preftune.stages.inputs import policy_path
 from preftune.train.distributed import init_distributed, shutdown
 
 
@@ -31,8 +33,9 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
 
     # 2. Data, tokenized as in training (loss_type picks the layout: pairs, unpaired labels, rankings).
     objective = objective_for(cfg.loss_type)
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    dataset = objective.build(eval_data if eval_data is not None else cfg.eval_file, tokenizer, data_settings(cfg))
+    source = eval_source(DataSpec.of(cfg), eval_data)  # a DatasetDict: its dataset_test_split
+    tokenizer = load_tokenizer(policy_path(cfg))
+    dataset = objective.build(source, tokenizer, data_settings(cfg))
     dataset = objective.prepare(dataset, cfg.seed)
     run.log(f"eval data: {dataset.summary()}")
 
@@ -41,7 +44,7 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
         return SequenceLogprobModel(freeze(load_causal_lm(path, info.device)), cfg.logprob_chunk_size,
                                     **packing(run))
 
-    policy = load(cfg.model_name_or_path)
+    policy = load(policy_path(cfg))
     reference = FrozenReference(load(cfg.ref_model_name_or_path), objective.reference_reduce(cfg))
 
     # 4. Score.

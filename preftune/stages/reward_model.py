@@ -59,6 +59,7 @@ from preftune.stages.common import (
     restore_state,
     start_run,
 )
+from preftune.stages.inputs import policy_path, resolve_data
 from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import wrap_ddp
 from preftune.train.loop import autocast, reduce_means, train_loop
@@ -110,7 +111,7 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
     """Step 3: the model to train (fp32), from the checkpoint when resuming. The reward-model
     counterpart of ``common.load_policy`` (which loads causal LMs)."""
     cfg: RMConfig = run.cfg
-    source = str(resume_dir / "model") if resume_dir is not None and not cfg.use_peft else cfg.model_name_or_path
+    source = str(resume_dir / "model") if resume_dir is not None and not cfg.use_peft else policy_path(cfg)
     model = load_reward_model(source, run.info.device, tokenizer=tokenizer)
     apply_lean_activations(run, model)
     if cfg.use_peft:
@@ -177,9 +178,9 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
 
     # 2. Tokenizer and data.
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    train, held_out = load_data(run, build, train_data if train_data is not None else cfg.train_file,
-                                eval_data if eval_data is not None else cfg.eval_file, tokenizer)
+    resolve_data(run, train_data, eval_data)  # before any model loads
+    tokenizer = load_tokenizer(policy_path(cfg))
+    train, held_out = load_data(run, build, train_data, eval_data, tokenizer)
     train_batch = make_batches(collate, train, tokenizer.pad_token_id, info.device)
     eval_batch = (make_batches(collate, held_out, tokenizer.pad_token_id, info.device)
                   if held_out is not None else None)

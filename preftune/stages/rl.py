@@ -49,6 +49,7 @@ from preftune.stages.common import (
     preflight,
     start_run,
 )
+from preftune.stages.inputs import policy_path, resolve_data
 from preftune.train.checkpoint import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.loop import LoopState, autocast, guarded_step, reduce_means, stop_if_diverged
@@ -126,7 +127,7 @@ def build_reference(run: Run, policy: SequenceLogprobModel):
             with policy.model.disable_adapter():
                 return per_token(policy, rows).tokens
         return adapter_disabled
-    path = cfg.ref_model_name_or_path or cfg.model_name_or_path
+    path = cfg.ref_model_name_or_path or policy_path(cfg)
     ref = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
                                temperature=cfg.temperature, **packing(run))
     run.log(f"reference: {path} (frozen copy)")
@@ -297,9 +298,9 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
             f"({cfg.kl_estimator}{', adaptive, target ' + str(cfg.kl_target) if cfg.adaptive_kl else ''})")
 
     # 2. Tokenizer, prompts. Generation needs a pad token distinct from nothing at all.
+    resolve_data(run, train_data, eval_data)  # before any model loads
     model, tokenizer = load_policy(run, resume_dir)
-    train, held_out = load_data(run, build_prompt_dataset, train_data if train_data is not None else cfg.train_file,
-                                eval_data if eval_data is not None else cfg.eval_file, tokenizer)
+    train, held_out = load_data(run, build_prompt_dataset, train_data, eval_data, tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
 
     # 3. Policy (+ value head), reference, reward.

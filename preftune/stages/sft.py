@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from preftune.config import SFTConfig
 from preftune.data.collate import CompletionBatch, collate_completions
@@ -37,6 +37,7 @@ from preftune.stages.common import (
     restore_state,
     start_run,
 )
+from preftune.stages.inputs import Objects, resolve_data, with_peft_config
 from preftune.train.checkpoint import (
     resolve_resume,
 )
@@ -81,18 +82,22 @@ def evaluate(run: Run, policy: SequenceLogprobModel, dataset: BuiltDataset, get_
     return metrics
 
 
-def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
+def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, model: nn.Module | None = None,
+            tokenizer: Any = None, processing_class: Any = None, peft_config: Any = None) -> RunResult:
+    """Supervised fine-tuning. From Python: in-memory ``train_data``/``eval_data``, a ``model`` object
+    (trained in place), ``tokenizer`` / ``processing_class``, ``peft_config`` (see :mod:`preftune.stages.inputs`)."""
     started = time.perf_counter()
-    # 1. Run set-up.
+    objects = Objects.of(model, tokenizer, processing_class, peft_config)
+    cfg = with_peft_config(cfg, objects)
+    # 1. Run set-up; the data is found before any model loads.
     run = start_run(cfg)
     info = run.info
     resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
+    resolve_data(run, train_data, eval_data)
 
     # 2-3. Model, tokenizer, data.
-    model, tokenizer = load_policy(run, resume_dir)
-    train, held_out = load_data(run, build_completion_dataset,
-                                train_data if train_data is not None else cfg.train_file,
-                                eval_data if eval_data is not None else cfg.eval_file, tokenizer,
+    model, tokenizer = load_policy(run, resume_dir, objects, needs_reference=False)
+    train, held_out = load_data(run, build_completion_dataset, train_data, eval_data, tokenizer,
                                 completion_field=cfg.completion_field)
     meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))

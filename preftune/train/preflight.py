@@ -49,9 +49,12 @@ def model_config_fingerprint(name_or_path: str) -> str:
     return _sha({k: v for k, v in config.items() if k not in _VOLATILE_MODEL_KEYS})
 
 
-def run_fingerprints(model_name_or_path: str, tokenizer: Any, train: Any) -> dict[str, str]:
+def run_fingerprints(model_name_or_path: str | None, tokenizer: Any, train: Any, *,
+                     model_config: str | None = None) -> dict[str, str]:
+    """``model_config``: the fingerprint of a model object passed from Python (config and weights),
+    instead of the config of ``model_name_or_path``."""
     return {"train_data": train.fingerprint(), "tokenizer": tokenizer_fingerprint(tokenizer),
-            "model_config": model_config_fingerprint(model_name_or_path)}
+            "model_config": model_config or model_config_fingerprint(model_name_or_path)}
 
 
 def _global_batch(config: dict[str, Any], world_size: int) -> int | None:
