@@ -49,3 +49,14 @@ def test_dashed_settings_and_flags_are_read_like_key_value(capsys):
     for text in ("unknown config key 'betta'", "beta must be > 0, got 0.0", "max_length must be >= 2"):
         assert text in err
     assert "bf16" not in err  # --bf16 alone read as true
+
+
+def test_a_missing_model_or_data_fails_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "preftune", "dpo", "train_file=prefs.jsonl", f"output_dir={out}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "model_name_or_path is required" in proc.stderr
+    assert not out.exists()  # nothing was started
+    proc = subprocess.run([sys.executable, "-m", "preftune", "dpo", "model_name_or_path=smollm2",
+                           f"output_dir={out}", "dataset_name=./no/such/folder"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no such file or folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -16,7 +16,6 @@ from preftune.config.fields import (
     non_negative,
     positive,
     positive_or_null,
-    require,
     setting,
 )
 
@@ -38,8 +37,14 @@ class DeviceGroup:
 class ModelGroup:
     """The model."""
 
-    model_name_or_path: str = setting("", "Hugging Face folder of the model to train, or 'smollm2' for the "
-                                          "embedded SmolLM2-135M-Instruct. Required.")
+    model_name_or_path: str = setting("", "The model to train: a Hugging Face Hub id (org/name; downloaded, or "
+                                          "read from the Hugging Face cache offline), a local folder, or 'smollm2' "
+                                          "for the embedded SmolLM2-135M-Instruct. Required unless a model object "
+                                          "is passed from Python.")
+    model_revision: str = setting("main", "Hub revision of model_name_or_path: a branch, tag or commit hash "
+                                          "(TRL's ModelConfig key).")
+    trust_remote_code: bool = setting(False, "Run the Python code a Hub model ships with (needed by some "
+                                             "architectures; read it first: it runs with your permissions).")
     padding_free: bool = setting(True, "Pack each batch's sequences end to end (positions restart per sequence) "
                                        "instead of computing on padding; checked against padded rows on first use.")
     prefix_sharing: bool | str = setting("auto", "Within the packed rows, compute a prompt once for all of its "
@@ -49,7 +54,6 @@ class ModelGroup:
                                                  "Needs padding_free; auto is off under torch_compile.")
 
     def check(self, p: Problems) -> None:
-        require(self, p, "model_name_or_path", "is required")
         if self.prefix_sharing not in (True, False, "auto"):
             p.add(f"prefix_sharing must be auto, true or false, got {self.prefix_sharing!r}", "prefix_sharing")
         elif self.prefix_sharing is True and not self.padding_free:
@@ -134,15 +138,77 @@ class TextGroup:
 
 @dataclass(frozen=True)
 class DataGroup:
-    """Training and held-out data."""
+    """Training and held-out data: files, Hub datasets, mixtures; which columns hold the prompt."""
 
-    train_file: str = setting("", "Training data: .jsonl/.json/.csv/.parquet file or a `datasets` folder. Required "
-                                  "unless data is passed from Python.")
-    eval_file: str | None = setting(None, "Held-out data in the same format; never used for a training step.")
-    eval_size: int = setting(0, "If no eval_file: hold out this many training examples (seeded) for evaluation.")
+    train_file: str = setting("", "Training data: a .jsonl/.json/.csv/.parquet file or a `datasets` folder (a "
+                                  "DatasetDict: its dataset_train_split). One of train_file, dataset_name, "
+                                  "dataset_mixture, dataset_mixer, unless data is passed from Python.")
+    eval_file: str | None = setting(None, "Held-out data in the same formats (a DatasetDict: its "
+                                          "dataset_test_split); never used for a training step.")
+    eval_size: int = setting(0, "If no eval_file: hold out this many training examples (seeded) for evaluation "
+                                "(instead of a test split the training data may have).")
+    dataset_name: str | None = setting(None, "A Hub dataset id (or local folder of data files) loaded with "
+                                             "datasets.load_dataset: downloaded, or from the Hugging Face cache "
+                                             "offline.")
+    dataset_config: str | None = setting(None, "The dataset's configuration (datasets.load_dataset's `name`).")
+    dataset_train_split: str = setting("train", "Split to train on, of a dataset with splits (Hub dataset, "
+                                                "DatasetDict, mixture).")
+    dataset_test_split: str = setting("test", "Split to evaluate on, of a dataset with splits; used when it exists "
+                                              "and no eval_file / eval_size is set.")
+    dataset_mixture: dict | None = setting(None, "The alignment-handbook's mixture: {datasets: [{id, config, split, "
+                                                 "columns, weight}], seed, test_split_size}.")
+    dataset_mixer: dict | None = setting(None, "The alignment-handbook's older mixer: {dataset id: fraction of "
+                                               "its train splits}, with dataset_splits.")
+    dataset_splits: list[str] = setting(["train", "test"], "dataset_mixer's splits: names with 'train' are "
+                                                           "training data, names with 'test' held-out data.")
+    prompt_field: str = setting("prompt", "Column holding the prompt (e.g. 'question' for Intel/orca_dpo_pairs).")
+    system_field: str | None = setting(None, "Column holding a system text, which becomes the conversation's "
+                                             "system message (empty text: none); needs a chat template.")
 
     def check(self, p: Problems) -> None:
+        from preftune.data.sources import check_mixer, check_mixture
+
         non_negative(self, p, "eval_size")
+        sources = [k for k in ("train_file", "dataset_name", "dataset_mixture", "dataset_mixer") if getattr(self, k)]
+        if len(sources) > 1:
+            p.add(f"{' and '.join(sources)} are all set: name the training data once")
+        if self.dataset_mixture is not None:
+            for problem in check_mixture(self.dataset_mixture):
+                p.add(problem, "dataset_mixture")
+        if self.dataset_mixer is not None:
+            for problem in check_mixer(self.dataset_mixer, self.dataset_splits):
+                p.add(problem, "dataset_mixer")
+        elif changed(self, "dataset_splits"):
+            p.add("dataset_splits is set but dataset_mixer is not, so it would be ignored (dataset_name's splits "
+                  "are dataset_train_split / dataset_test_split)", "dataset_splits")
+        if self.dataset_config is not None and not self.dataset_name:
+            p.add("dataset_config is set but dataset_name is not, so it would be ignored", "dataset_config")
+        for key in ("prompt_field", "system_field"):
+            if getattr(self, key) == "":
+                p.add(f"{key} must name a column, got an empty string", key)
+
+
+@dataclass(frozen=True)
+class PreferenceColumnsGroup:
+    """Preference rows: which columns hold the pair, and how UltraFeedback rows become pairs."""
+
+    chosen_field: str = setting("chosen", "Column holding the preferred completion.")
+    rejected_field: str = setting("rejected", "Column holding the dispreferred completion.")
+    ultrafeedback_score: str = setting("mean_aspect", "UltraFeedback rows (instruction + completions with "
+                                                      "ratings): the score of a completion — mean_aspect (mean of "
+                                                      "its aspect ratings, 'N/A' left out), overall_score, "
+                                                      "fine-grained_score, or one aspect.",
+                                       choices=("mean_aspect", "overall_score", "fine-grained_score", "helpfulness",
+                                                "honesty", "instruction_following", "truthfulness"))
+    ultrafeedback_pairs: str = setting("best_vs_random", "UltraFeedback rows: the best completion against a random "
+                                                         "strictly worse one (seeded per row, as H4 binarized it) "
+                                                         "or against the worst.",
+                                       choices=("best_vs_random", "best_vs_worst"))
+
+    def check(self, p: Problems) -> None:
+        for key in ("chosen_field", "rejected_field"):
+            if getattr(self, key) == "":
+                p.add(f"{key} must name a column, got an empty string", key)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from preftune.config.groups import (
     ModelGroup,
     OptimGroup,
     PeftGroup,
+    PreferenceColumnsGroup,
     RunGroup,
     ShardingGroup,
     TextGroup,
@@ -97,7 +98,7 @@ def _dpo_check(cfg, p: Problems) -> None:
 
 DPOConfig = compose(
     "DPOConfig", "Direct Preference Optimization and its family.",
-    *TRAINING, LogprobGroup, ShardingGroup, ReferenceGroup, LossGroup,
+    *TRAINING, PreferenceColumnsGroup, LogprobGroup, ShardingGroup, ReferenceGroup, LossGroup,
     defaults={"output_dir": "runs/dpo"}, check=_dpo_check)
 
 
@@ -124,7 +125,7 @@ class RewardModelGroup:
 
 RMConfig = compose(
     "RMConfig", "Reward model: the language model with a scalar head, trained on preferences.",
-    *TRAINING, RewardModelGroup,
+    *TRAINING, PreferenceColumnsGroup, RewardModelGroup,
     defaults={"output_dir": "runs/rm", "learning_rate": 1e-5},
     without={"logprob_chunk_size": "the rm stage computes no token log-probs (its head reads one hidden state per "
                                    "sequence)",
@@ -158,13 +159,22 @@ class EvalGroup:
     """What to evaluate, and where the numbers go."""
 
     ref_model_name_or_path: str = setting("", "Reference π_ref the policy was trained against. Required.")
-    eval_file: str = setting("", "Preference data to evaluate on. Required.")
+    eval_file: str = setting("", "Preference data to evaluate on (a DatasetDict: its dataset_test_split). Required "
+                                 "unless dataset_name is set.")
+    dataset_name: str | None = setting(None, "A Hub dataset id (or local folder) to evaluate on: its "
+                                             "dataset_test_split.")
+    dataset_config: str | None = setting(None, "The dataset's configuration (datasets.load_dataset's `name`).")
+    dataset_test_split: str = setting("test", "Split to evaluate on, of a dataset with splits.")
+    prompt_field: str = setting("prompt", "As in training.")
+    system_field: str | None = setting(None, "As in training.")
     per_device_eval_batch_size: int = setting(8, "Examples per evaluation batch.")
     output_file: str | None = setting(None, "Write the metrics as JSON here too.")
     seed: int = setting(42, "kto only: seed of the fixed KL partners (use the training run's seed).")
 
     def check(self, p: Problems) -> None:
-        require(self, p, "eval_file", "is required")
+        require(self, p, "model_name_or_path", "is required")
+        if not self.eval_file and not self.dataset_name:
+            p.add("eval_file is required (or dataset_name)", "eval_file")
         require(self, p, "ref_model_name_or_path", "is required")
         positive(self, p, "per_device_eval_batch_size")
         if self.seed != 42 and getattr(self, "loss_type", None) != ["kto"]:
@@ -173,7 +183,7 @@ class EvalGroup:
 
 EvalConfig = compose(
     "EvalConfig", "Held-out preference evaluation of a policy against a reference.",
-    LossGroup, ModelGroup, EvalGroup, TextGroup, DeviceGroup, LogprobGroup,
+    LossGroup, ModelGroup, EvalGroup, PreferenceColumnsGroup, TextGroup, DeviceGroup, LogprobGroup,
     helps={"model_name_or_path": "Policy to evaluate (Hugging Face folder or 'smollm2'). Required.",
            "max_length": "As in training.", "max_prompt_length": "As in training.",
            "use_chat_template": "As in training.", "padding_free": "As in training."})

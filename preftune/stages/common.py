@@ -177,12 +177,8 @@ def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = Non
     model object's starting weights are copied when the reference cannot be read from the policy itself."""
     cfg = run.cfg
     objects = objects or Objects()
+    objects.check(cfg)
     given = objects.model
-    if given is None and not cfg.model_name_or_path:
-        raise ConfigError("model_name_or_path is required (or pass model= from Python)")
-    if given is not None and cfg.model_name_or_path:
-        raise ConfigError(f"model_name_or_path={cfg.model_name_or_path!r} is set and a model object was passed: "
-                          "give the model once")
     path = policy_path(cfg) if given is None else None
     if objects.tokenizer is not None:
         tokenizer = ensure_pad_token(objects.tokenizer)

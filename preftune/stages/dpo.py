@@ -178,6 +178,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
     """
     started = time.perf_counter()
     objects = Objects.of(model, tokenizer, processing_class, peft_config, ref_model)
+    objects.check(cfg)
     cfg = with_peft_config(cfg, objects)
     # 1. Run set-up; the data is found before any model loads.
     run = start_run(cfg)

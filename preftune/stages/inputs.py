@@ -59,6 +59,14 @@ class Objects:
                                   "_name_or_path)")
         return cls(model, tokenizer if tokenizer is not None else processing_class, peft_config, ref_model)
 
+    def check(self, cfg: Any) -> None:
+        """The model is given once: by name in the config, or as an object (checked before any work)."""
+        if self.model is None and not cfg.model_name_or_path:
+            raise ConfigError("model_name_or_path is required (or pass model= from Python)")
+        if self.model is not None and cfg.model_name_or_path:
+            raise ConfigError(f"model_name_or_path={cfg.model_name_or_path!r} is set and a model object was "
+                              "passed: give the model once")
+
 
 def row_format(cfg: Any) -> RowFormat:
     """The config's column mapping and UltraFeedback keys (defaults where a stage has none of them)."""
@@ -82,6 +90,8 @@ def policy_path(cfg: Any) -> str:
     """The local folder of ``model_name_or_path`` at ``model_revision`` (downloaded or from the cache)."""
     from preftune.modeling.load import resolve_model_path
 
+    if not cfg.model_name_or_path:
+        raise ConfigError("model_name_or_path is required (or pass model= from Python)")
     return resolve_model_path(cfg.model_name_or_path, **hub_options(cfg))
 
 

@@ -88,6 +88,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
     (trained in place), ``tokenizer`` / ``processing_class``, ``peft_config`` (see :mod:`preftune.stages.inputs`)."""
     started = time.perf_counter()
     objects = Objects.of(model, tokenizer, processing_class, peft_config)
+    objects.check(cfg)
     cfg = with_peft_config(cfg, objects)
     # 1. Run set-up; the data is found before any model loads.
     run = start_run(cfg)

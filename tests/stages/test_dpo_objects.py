@@ -58,9 +58,13 @@ def test_a_lora_config_object_trains_an_adapter_with_the_adapter_disabled_refere
     saved = json.loads((result.output_dir / "config.json").read_text())
     assert (saved["use_peft"], saved["lora_r"], saved["lora_alpha"], saved["lora_target_modules"]) == (
         True, 4, 8, ["q_proj", "v_proj"])
-    for key, value in base.items():  # the base weights stay the reference
+    # peft injected the adapter into the caller's object, as TRL's get_peft_model does; its base weights are
+    # still the reference's, and the adapter has trained.
+    after = model.state_dict()
+    for key, value in base.items():
         name = key.replace(".weight", ".base_layer.weight") if any(t in key for t in ("q_proj", "v_proj")) else key
-        assert torch.equal(model.get_base_model().state_dict()[name], value), key
+        assert torch.equal(after[name], value), key
+    assert any(k.endswith("lora_B.default.weight") and v.abs().sum() > 0 for k, v in after.items())
 
 
 def test_in_memory_rows_as_dataframe_and_datasetdict(tiny_model_dir, tmp_path, capsys):
@@ -78,16 +82,21 @@ def test_in_memory_rows_as_dataframe_and_datasetdict(tiny_model_dir, tmp_path, c
 
 def test_resuming_with_another_model_object_is_refused(tmp_path):
     tokenizer = tiny_tokenizer()
-    cfg = config(DPOConfig, tmp_path / "run", "max_steps=2", "save_steps=1")
-    run_dpo(cfg, model=tiny_llama(len(tokenizer), seed=1), tokenizer=tokenizer, train_data=separable_rows(16))
-    resumed = config(DPOConfig, tmp_path / "run", "max_steps=3", "resume=latest")
+    extra = ["max_steps=4", "save_steps=1", "save_total_limit=null"]
+    run_dpo(config(DPOConfig, tmp_path / "run", *extra), model=tiny_llama(len(tokenizer), seed=1),
+            tokenizer=tokenizer, train_data=separable_rows(16))
+    uninterrupted = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint-4" / "model").state_dict()
+    resumed = config(DPOConfig, tmp_path / "run", *extra, f"resume={tmp_path / 'run' / 'checkpoint-2'}")
     with pytest.raises(ConfigError, match="model_config: fingerprint"):
         run_dpo(resumed, model=tiny_llama(len(tokenizer), seed=2), tokenizer=tokenizer,
                 train_data=separable_rows(16))
-    # The same starting object resumes (its weights are then the checkpoint's).
+    # The same starting object resumes: its weights become the checkpoint's, and the run ends where the
+    # uninterrupted one ended.
     model = tiny_llama(len(tokenizer), seed=1)
     result = run_dpo(resumed, model=model, tokenizer=tokenizer, train_data=separable_rows(16))
-    assert len(result.history) == 1  # step 3 only: steps 1-2 came from the checkpoint
+    assert len(result.history) == 2  # steps 3 and 4
+    for key, value in uninterrupted.items():
+        assert torch.allclose(model.state_dict()[key], value, atol=1e-6), key
 
 
 def test_sft_takes_a_model_object_and_its_tokenizer_by_name(tiny_model_dir, tmp_path):
