@@ -8,7 +8,8 @@ completions (decoded text, special tokens removed) and returns one float per com
 ``reward=`` in a config names either
 
 - a reward-model folder written by ``preftune rm`` (any ``AutoModelForSequenceClassification`` folder
-  with one label works), scored in batches without gradients, or
+  with one label works), or its Hub id (downloaded, or read from the Hugging Face cache offline),
+  scored in batches without gradients, or
 - a Python callable ``module:function`` importable from the working directory, e.g.
   ``preftune.assets.sentiment:positive_probability`` (an IMDb sentiment classifier) or your own
   ``my_rewards:length_penalty``. Arbitrary Python runs with your permissions, like any import.
@@ -37,14 +38,16 @@ __all__ = ["RewardFn", "load_reward", "score"]
 
 def load_reward(spec: str, device: torch.device | str = "cpu", *, batch_size: int = 32) -> RewardFn:
     """The reward function ``spec`` names (module docstring); a ConfigError says what is wrong."""
+    from preftune.hub import is_hub_id
+
     path = Path(spec)
-    if path.is_dir():
+    if path.is_dir() or (":" not in spec and is_hub_id(spec)):  # a folder, or a Hub id (org/reward-model)
         from preftune.modeling.reward_model import RewardModelScorer
 
-        return RewardModelScorer(str(path), device, batch_size=batch_size)
+        return RewardModelScorer(spec, device, batch_size=batch_size)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"reward={spec!r}: not a folder, and not of the form 'module:function'")
+        raise ConfigError(f"reward={spec!r}: not a folder, not a Hub id, and not of the form 'module:function'")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: modules next to the user's working directory import
     try:

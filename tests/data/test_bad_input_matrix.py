@@ -35,6 +35,7 @@ from preftune.data import (
     collate_rankings,
     collate_unpaired,
 )
+from preftune.data.formats import RowFormat
 from preftune.errors import DataError
 
 from .conftest import CharTokenizer
@@ -160,6 +161,20 @@ ERRORS = [
     Bad("chat template breaks the prompt-prefix invariant, unpaired", "k.jsonl", jsonl(KTO, GOOD[KTO]), ":1",
         "completion", "does not render the prompt as a prefix of the 'completion' conversation", KTO,
         "broken_template_tok"),
+    Bad("unpaired rows given to a pairwise loss", "p.jsonl",
+        jsonl(PAIRS, {"prompt": "ab", "completion": "c", "label": True}), ":3", "chosen",
+        "the layout of unpaired (KTO) data: train on it with loss_type=kto"),
+    Bad("no prompt, strings that share no start", "p.jsonl", jsonl(PAIRS, {"chosen": "yes", "rejected": "no"}), ":3",
+        "prompt", "'chosen'/'rejected' differ from their first character, so they share no prompt"),
+    Bad("completions that repeat another prompt", "p.jsonl",
+        jsonl(PAIRS, {"prompt": "ab", "chosen": HI + [{"role": "assistant", "content": "c"}],
+                      "rejected": HI + [{"role": "assistant", "content": "d"}]}), ":3", "prompt",
+        "so they carry their own prompt, but it is not field 'prompt'", PAIRS, "chat_tok"),
+    Bad("UltraFeedback rating that is no number", "u.jsonl",
+        jsonl(PAIRS, {"instruction": "ab", "completions": [
+            {"response": "c", "annotations": {"helpfulness": {"Rating": "5"}}},
+            {"response": "d", "annotations": {"helpfulness": {"Rating": "high"}}}]}), ":3",
+        "completions[1].annotations.helpfulness.Rating", "must be a number (or \"N/A\"), got 'high'"),
     Bad("empty file, JSONL", "p.jsonl", b"\n  \n", "", None, "no records (the source is empty)"),
     Bad("empty file, JSON", "p.json", b"", "", None, "file is empty"),
     Bad("empty file, CSV", "p.csv", b"", "", None, "file is empty"),
@@ -224,6 +239,10 @@ DROPS = [
          "identical completions in a ranking", BPE, RANKS),
     Drop("tied scores, ranked", {"prompt": "ab", "completions": ["c", "e"], "scores": [1, 1.0]},
          "tied scores in a ranking", BPE, RANKS),
+    Drop("UltraFeedback completions that all tie", {"instruction": "ab", "completions": [
+        {"response": "c", "overall_score": 5}, {"response": "e", "overall_score": 5.0}]},
+         "UltraFeedback row whose completions all tie", DataSettings(row_format=RowFormat(
+             ultrafeedback_score="overall_score"))),
     # 4 prompt tokens fill max_length 4: no room for even the first completion token.
     Drop("completion fully truncated", {"prompt": "abcd", "chosen": "c", "rejected": "d"},
          "completion fully truncated", ROOM_4),

@@ -85,3 +85,13 @@ def test_local_folders_and_the_embedded_name_still_work(tiny_model_dir):
     assert resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
     with pytest.raises(ConfigError, match="local folder, so revision 'v2' cannot apply"):
         resolve_model_path(str(tiny_model_dir), revision="v2")
+
+
+def test_a_reward_model_by_hub_id_loads_from_the_cache(tiny_model_dir, offline_hub):
+    from preftune.modeling.reward_model import RewardModelScorer
+    from preftune.rewards import load_reward
+
+    save_to_hub_cache(tiny_model_dir, REPO, offline_hub)
+    scorer = load_reward(REPO)
+    assert isinstance(scorer, RewardModelScorer)
+    assert len(scorer(["hi"], ["good"])) == 1

@@ -95,7 +95,7 @@ def test_reward_functions_load_and_are_checked(tmp_path):
         load_reward("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="has no callable"):
         load_reward("tests.stages.rl_rewards:nope")
-    with pytest.raises(ConfigError, match="not a folder, and not of the form"):
+    with pytest.raises(ConfigError, match="not a folder, not a Hub id, and not of the form"):
         load_reward(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="non-finite score"):
         score(lambda p, c: [float("nan")] * len(c), ["p"], ["x"])
