@@ -169,7 +169,7 @@ def load_hub_dataset(name: str, *, config: str | None = None, split: str | None 
     kwargs = {"split": split, "data_dir": data_dir, "data_files": data_files}
     local = Path(name).expanduser()
     if local.exists():
-        return _load(datasets, str(local), config, kwargs, name)
+        return _load_local(datasets, local, config, kwargs, name)
     from preftune.hub import download_snapshot, is_hub_id
 
     if not is_hub_id(name):
@@ -180,6 +180,21 @@ def load_hub_dataset(name: str, *, config: str | None = None, split: str | None 
         pass  # offline or unreachable: the Hub cache below, with one message if it is not there either
     snapshot = download_snapshot(name, repo_type="dataset", what="dataset")
     return _load(datasets, str(snapshot), config, kwargs, name)
+
+
+def _load_local(datasets: Any, path: Path, config: str | None, kwargs: dict[str, Any], name: str) -> Any:
+    """A local folder of data files (``load_dataset``), or one written by ``save_to_disk`` — whole, or one
+    folder per split as the alignment-handbook's older mixer saved them (``<name>/<split>``)."""
+    split = kwargs.get("split")
+    for folder, split_inside in ((path, True), (path / str(split), False)):
+        if folder.is_dir() and _saved_to_disk(folder) and (split_inside or split is not None):
+            loaded = datasets.load_from_disk(str(folder))
+            if split_inside and split is not None and isinstance(loaded, Mapping):
+                if split not in loaded:
+                    raise ConfigError(f"dataset {name!r}: no split {split!r} (it has {', '.join(loaded)})")
+                return loaded[split]
+            return loaded
+    return _load(datasets, str(path), config, kwargs, name)
 
 
 def _load(datasets: Any, path: str, config: str | None, kwargs: dict[str, Any], name: str) -> Any:

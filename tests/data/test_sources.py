@@ -166,3 +166,15 @@ def test_mixture_problems_are_reported_all_at_once():
 def test_a_named_source_names_its_rows():
     records = load_records(Source(rows("x", 2), "my rows"))
     assert [r.origin for r in records] == ["my rows row 1", "my rows row 2"]
+
+
+def test_mixtures_read_save_to_disk_folders_too(dict_folder, tmp_path):
+    mixture = {"datasets": [{"id": str(dict_folder), "split": "dev", "columns": ["prompt", "chosen", "rejected"]}]}
+    train, _ = resolve_sources(DataSpec(dataset_mixture=mixture))
+    assert sorted(prompts(train)) == ["dev 0", "dev 1", "dev 2"]
+    # The handbook's older layout: one save_to_disk folder per split, under the dataset's folder.
+    per_split = tmp_path / "per-split"
+    datasets.Dataset.from_list(rows("a", 4)).save_to_disk(str(per_split / "train"))
+    datasets.Dataset.from_list(rows("a-t", 2)).save_to_disk(str(per_split / "test"))
+    train, held_out = resolve_sources(DataSpec(dataset_mixer={str(per_split): 0.5}))
+    assert sorted(prompts(train)) == ["a 0", "a 1"] and len(prompts(held_out)) == 2
