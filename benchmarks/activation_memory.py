@@ -45,7 +45,7 @@ def saved_bytes(model: torch.nn.Module, lengths: list[int], prompt: int, packed:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        SequenceLogprobModel(model, padding_free=packed)(ids, attention, loss_mask)
+        SequenceLogprobModel(model, padding_free=packed, prefix_sharing="false")(ids, attention, loss_mask)
     groups: collections.Counter = collections.Counter()
     for shape, nbytes in seen.values():
         groups[shape] += nbytes

@@ -71,7 +71,7 @@ class SequenceLogprobModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, chunk_size: int = 512, value_head: nn.Module | None = None,
-                 temperature: float = 1.0, padding_free: bool = False, prefix_sharing: str = "false",
+                 temperature: float = 1.0, padding_free: bool = False, prefix_sharing: str = "auto",
                  log: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.model = model
@@ -80,7 +80,8 @@ class SequenceLogprobModel(nn.Module):
         # checked against the padded computation on the first forward.
         self.padding_free = padding_free
         # Within the packed layout, a prompt shared by several rows is computed once (``prefix_sharing.py``):
-        # 'auto' | 'true' | 'false'; ``log`` gets the one line saying whether it is on.
+        # 'auto' (where exact for this model) | 'true' | 'false'; ``log`` gets the one line saying whether it is on.
+        # Callers that score groups (pairs, rankings, RL samples of a prompt) need pass nothing else.
         self.prefix_sharing = prefix_sharing
         self.log = log
         # Online RL samples from softmax(logits / T): that tempered distribution is the policy whose

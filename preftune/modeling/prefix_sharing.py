@@ -359,7 +359,7 @@ def _decide(lm: nn.Module, decoder: nn.Module, mode: str, device: torch.device,
 
 
 def packed_decoder_states(lm: nn.Module, decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                          loss_mask: Tensor, prefix_sharing: str = "false",
+                          loss_mask: Tensor, prefix_sharing: str = "auto",
                           log: Callable[[str], None] | None = None) -> tuple[Tensor, Tensor]:
     """(hidden [N, H], where [R, T]) of right-padded rows without padding: the shared layout where
     :func:`use_prefix_sharing` allows it, otherwise each sequence packed separately (``packing.py``)."""

@@ -101,7 +101,7 @@ def score_head(model: nn.Module) -> nn.Module:
 
 
 def sequence_rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
-                     padding_free: bool = False, prefix_sharing: str = "false",
+                     padding_free: bool = False, prefix_sharing: str = "auto",
                      log: Callable[[str], None] | None = None) -> Tensor:
     """r_φ of each row: the head at the row's last completion token (``loss_mask`` marks completion
     tokens; every row needs at least one). ``[N, T]`` inputs → float32 ``[N]``; with gradient when enabled.
@@ -127,7 +127,7 @@ class RewardHeadModel(nn.Module):
     """``forward(input_ids, attention_mask, loss_mask) -> rewards [N]``: :func:`sequence_rewards` as a
     module, so DistributedDataParallel wraps the module whose forward produces the loss inputs."""
 
-    def __init__(self, model: nn.Module, padding_free: bool = False, prefix_sharing: str = "false",
+    def __init__(self, model: nn.Module, padding_free: bool = False, prefix_sharing: str = "auto",
                  log: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.model = model

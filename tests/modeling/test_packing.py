@@ -51,7 +51,8 @@ def test_packed_logps_values_and_gradients_equal_the_padded_ones():
     packed_model.load_state_dict(padded_model.state_dict())
     batch = _batch([12, 5, 7, 3, 9, 4], 12, 96)
     a = SequenceLogprobModel(padded_model, chunk_size=4)(*batch, per_token=True)
-    b = SequenceLogprobModel(packed_model, chunk_size=4, padding_free=True)(*batch, per_token=True)
+    b = SequenceLogprobModel(packed_model, chunk_size=4, padding_free=True, prefix_sharing="false")(*batch,
+                                                                                                 per_token=True)
     assert torch.allclose(a.logps, b.logps, atol=1e-5)
     assert torch.allclose(a.tokens, b.tokens, atol=1e-5)
     assert torch.equal(a.lengths, b.lengths)
