@@ -114,3 +114,19 @@ def test_objects_are_checked(tiny_model_dir, tmp_path):
         run_dpo(cfg, model="org/name", train_data=separable_rows(8))
     with pytest.raises(ConfigError, match="tokenizer= and processing_class= are the same thing"):
         run_dpo(cfg, tokenizer=tiny_tokenizer(), processing_class=tiny_tokenizer(), train_data=separable_rows(8))
+
+
+def test_a_peft_model_object_trains_its_own_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = tiny_tokenizer()
+    model = get_peft_model(tiny_llama(len(tokenizer)), LoraConfig(r=2, lora_alpha=4, target_modules=["o_proj"],
+                                                                  task_type="CAUSAL_LM"))
+    result = run_dpo(config(DPOConfig, tmp_path / "peft", "max_steps=2"), model=model, tokenizer=tokenizer,
+                     train_data=separable_rows(16))
+    assert result.history[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)
+    trained = [k for k, v in model.state_dict().items() if "lora_B" in k and v.abs().sum() > 0]
+    assert trained and all("o_proj" in k for k in trained)
+    with pytest.raises(ConfigError, match="already a PeftModel and peft_config= is set too"):
+        run_dpo(config(DPOConfig, tmp_path / "twice", "max_steps=1"), model=model, tokenizer=tokenizer,
+                peft_config=LoraConfig(r=2), train_data=separable_rows(8))
