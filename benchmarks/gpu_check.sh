@@ -46,7 +46,7 @@ if [[ -n "$WHEELS" ]]; then
 else
   INSTALL=("$PY" -m pip install -q "trl==1.16.0")
 fi
-RUN=(timeout 470 "$PY" "$REPO/benchmarks/gpu_check.py" --out "$OUT" --shape "$SHAPE" --time-limit 440)
+RUN=(timeout 470 "$PY" "$REPO/benchmarks/gpu_check.py" --out "$OUT" --shape "$SHAPE" --time-limit 400)
 RUN+=("${EXTRA[@]+"${EXTRA[@]}"}")
 
 if [[ $DRY -eq 1 ]]; then

@@ -26,7 +26,7 @@ DEMO_SETTINGS = {
     "output_dir": "runs/demo",
     "beta": 0.1,
     "learning_rate": 3e-5,
-    "optimizer": "adamw",
+    "optim": "adamw_torch",
     "warmup_steps": 4,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 16,
@@ -38,9 +38,17 @@ DEMO_SETTINGS = {
     # see benchmarks/matmul_peak.py. On a GPU or an AMX/AVX512-BF16 CPU, pass bf16=true.
     "bf16": False,
     "threads": None,
-    "eval_steps": None,
     "logging_steps": 1,
     "seed": 0,
+    # Held-out accuracy before and after training (one epoch: its end is the end).
+    "eval_on_start": True,
+    "eval_strategy": "epoch",
+    # The demo's settings from before TRL's defaults became preftune's (each key pinned here).
+    "max_grad_norm": 10.0,
+    "gradient_checkpointing": False,
+    "disable_dropout": False,
+    "report_to": "auto",
+    "save_total_limit": 2,
 }
 TRAIN_PAIRS, EVAL_PAIRS, MAX_WORDS = 192, 64, 24
 

@@ -92,3 +92,25 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
         monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", True)
         monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", home / "datasets")
     return hub
+
+
+# preftune's defaults before TRL's became its defaults (issue 13). Tests written against the old defaults
+# pin them, so they keep testing what they tested; a test's own settings come after and win.
+PRE_TRL = ("num_train_epochs=1", "max_grad_norm=10", "logging_steps=1", "max_length=512", "max_prompt_length=256",
+           "gradient_checkpointing=false", "optim=adamw_torch", "disable_dropout=false", "save_total_limit=2")
+PRE_TRL_LORA = ("lora_dropout=0", "lora_target_modules=[all-linear]")
+# Held-out data was evaluated before training and at the end (and every eval_steps when set).
+PRE_TRL_EVAL = ("eval_on_start=true", "eval_strategy=steps", "eval_steps=1000000")
+
+
+def pre_trl(settings, held_out: bool = False) -> list[str]:
+    """``settings`` after the pre-TRL defaults (the LoRA ones with use_peft, the evaluation ones with held-out
+    data: an eval_file / eval_size among the settings, or ``held_out`` for data passed from Python)."""
+    settings = list(settings)
+    keys = {s.partition("=")[0] for s in settings}
+    out = [s for s in PRE_TRL if not (s.startswith("optim=") and "optimizer" in keys)]
+    if "use_peft=true" in settings:
+        out += PRE_TRL_LORA
+    if held_out or keys & {"eval_file", "eval_size"}:
+        out += PRE_TRL_EVAL
+    return out + settings

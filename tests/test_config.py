@@ -39,8 +39,8 @@ def test_unknown_key_names_it_and_suggests():
     ("learning_rate=-1", "learning_rate must be > 0"),
     ("bf16=maybe", "bf16 must be true or false"),
     ("per_device_train_batch_size=1.5", "per_device_train_batch_size must be an integer"),
-    ("max_prompt_length=600", "max_prompt_length must be < max_length"),
-    ("optimizer=sgd", "optimizer must be one of adamw, rmsprop, got 'sgd'"),
+    ("max_prompt_length=1200", "max_prompt_length must be < max_length"),
+    ("optimizer=sgd", r"optimizer must be one of adamw, rmsprop \(it sets optim\), got 'sgd'"),
     ("loss_type=nope", "loss_type: unknown loss 'nope'"),
     ("label_smoothing=0.6", r"label_smoothing must be in \[0, 0.5\)"),
     ("lora_r=8", "lora_r is set but use_peft is false"),
@@ -136,21 +136,32 @@ OUT_OF_RANGE = [
     (TrainingConfig, ["per_device_eval_batch_size=0"], "per_device_eval_batch_size must be > 0, got 0"),
     (TrainingConfig, ["gradient_accumulation_steps=0"], "gradient_accumulation_steps must be > 0, got 0"),
     (TrainingConfig, ["num_train_epochs=0"], "num_train_epochs must be > 0, got 0.0"),
-    (TrainingConfig, ["logging_steps=0"], "logging_steps must be > 0, got 0"),
+    (TrainingConfig, ["logging_steps=0"], "logging_steps must be a whole number of steps >= 1 or a fraction of the "
+                                          "total steps in (0, 1), got 0"),
+    (TrainingConfig, ["logging_steps=2.5"], "logging_steps must be a whole number of steps >= 1 or a fraction of "
+                                            "the total steps in (0, 1), got 2.5"),
     (TrainingConfig, ["logprob_chunk_size=-4"], "logprob_chunk_size must be > 0, got -4"),
     (TrainingConfig, ["use_peft=true", "lora_r=0"], "lora_r must be > 0, got 0"),
     (TrainingConfig, ["use_peft=true", "lora_alpha=0"], "lora_alpha must be > 0, got 0"),
     (TrainingConfig, ["use_peft=true", "lora_dropout=1"], "lora_dropout must be in [0, 1), got 1.0"),
     (TrainingConfig, ["adam_epsilon=0"], "adam_epsilon must be > 0, got 0.0"),
     (TrainingConfig, ["weight_decay=-0.1"], "weight_decay must be >= 0, got -0.1"),
-    (TrainingConfig, ["warmup_steps=-1"], "warmup_steps must be >= 0, got -1"),
+    (TrainingConfig, ["warmup_steps=-1"], "warmup_steps must be >= 0, got -1.0"),
+    (TrainingConfig, ["warmup_steps=2.5"], "warmup_steps must be a whole number of steps or a fraction in (0, 1), "
+                                           "got 2.5"),
+    (TrainingConfig, ["eval_delay=-1"], "eval_delay must be >= 0, got -1.0"),
+    (TrainingConfig, ["max_completion_length=0"], "max_completion_length must be >= 1 or null, got 0"),
+    (EvalConfig, ["max_completion_length=0"], "max_completion_length must be >= 1 or null, got 0"),
+    (DPOConfig, ["precompute_ref_batch_size=0"], "precompute_ref_batch_size must be > 0 or null, got 0"),
     (TrainingConfig, ["warmup_ratio=1.5"], "warmup_ratio must be in [0, 1], got 1.5"),
     (TrainingConfig, ["warmup_ratio=-0.1"], "warmup_ratio must be in [0, 1], got -0.1"),
     (TrainingConfig, ["max_grad_norm=-1"], "max_grad_norm must be >= 0, got -1.0"),
     (TrainingConfig, ["eval_size=-1"], "eval_size must be >= 0, got -1"),
     (TrainingConfig, ["max_consecutive_skips=-1"], "max_consecutive_skips must be >= 0, got -1"),
-    (TrainingConfig, ["eval_steps=0"], "eval_steps must be > 0 or null, got 0"),
-    (TrainingConfig, ["save_steps=-5"], "save_steps must be > 0 or null, got -5"),
+    (TrainingConfig, ["eval_steps=0"], "eval_steps must be a whole number of steps >= 1 or a fraction of the total "
+                                       "steps in (0, 1), got 0"),
+    (TrainingConfig, ["save_steps=-5"], "save_steps must be a whole number of steps >= 1 or a fraction of the total "
+                                        "steps in (0, 1), got -5"),
     (TrainingConfig, ["save_total_limit=0"], "save_total_limit must be > 0 or null, got 0"),
     (TrainingConfig, ["threads=0"], "threads must be > 0 or null, got 0"),
     (TrainingConfig, ["adam_beta1=1"], "adam_beta1 must be in [0, 1), got 1.0"),
@@ -160,8 +171,8 @@ OUT_OF_RANGE = [
     (TrainingConfig, ["max_prompt_length=null", "max_length=1"],
      "max_length must be >= 2 or null (a prompt and a completion token), got 1"),
     (TrainingConfig, ["max_prompt_length=0"], "max_prompt_length must be >= 1 or null, got 0"),
-    (TrainingConfig, ["max_prompt_length=512"],  # = the default max_length
-     "max_prompt_length must be < max_length (512) so every completion keeps at least one token, got 512"),
+    (TrainingConfig, ["max_prompt_length=1024"],  # = the default max_length
+     "max_prompt_length must be < max_length (1024) so every completion keeps at least one token, got 1024"),
     (DPOConfig, ["max_steps=0"], "max_steps must be -1 (no limit) or > 0, got 0"),
     (DPOConfig, [*TR_DPO, "ref_model_mixup_alpha=1.5"], "ref_model_mixup_alpha must be in [0, 1], got 1.5"),
     (DPOConfig, [*TR_DPO, "ref_model_sync_steps=0"], "ref_model_sync_steps must be > 0, got 0"),
@@ -230,7 +241,13 @@ WRONG_TYPE = [
     (DPOConfig, ["beta=nan"], "beta must be a finite number, got 'nan'"),
     (DPOConfig, ["loss_type=[sigmoid,ipo]", "loss_weights=[1,abc]"], "loss_weights must be a number, got 'abc'"),
     (RLConfig, ["temperature=[1]"], "temperature must be a number, got [1]"),
-    (TrainingConfig, ["optimizer=sgd"], "optimizer must be one of adamw, rmsprop, got 'sgd'"),
+    (TrainingConfig, ["optimizer=sgd"], "optimizer must be one of adamw, rmsprop (it sets optim), got 'sgd'"),
+    (TrainingConfig, ["optim=adamw_8bit"], "optim 'adamw_8bit': preftune builds adamw_torch, adamw_torch_fused, "
+                                           "paged_adamw_32bit, adafactor, sgd, adagrad and rmsprop; the other "
+                                           "transformers optimizers "
+                                           "need bitsandbytes, GaLore, APOLLO, LOMO, torch-xla/NPU or schedule-free "
+                                           "packages, or step layer by layer inside backward, which preftune's "
+                                           "guarded step (skip a non-finite update, state unchanged) cannot wrap"),
 ]
 
 
@@ -257,6 +274,7 @@ def test_unknown_keys_are_errors_with_a_suggestion(cls, key, near):
 # Numeric keys with no range, and why: the audit below fails for any other key left unchecked.
 NO_RANGE = {
     "seed": "any integer seeds every generator (numpy's takes it mod 2**32)",
+    "data_seed": "any integer seeds the data order",
     "bco_delta": "a reward shift δ: any real",
     "f_alpha_divergence_coef": "f'(u) = (u^(α-1) - 1)/(α - 1) is increasing for every real α (α = 1: its log limit)",
 }

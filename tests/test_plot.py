@@ -12,6 +12,7 @@ from preftune.config import DPOConfig, load_config
 from preftune.errors import ConfigError
 from preftune.plot import plot_runs, read_run
 from preftune.stages.dpo import run_dpo
+from tests.conftest import pre_trl
 
 pytest.importorskip("matplotlib")
 
@@ -29,11 +30,11 @@ def two_runs(tmp_path_factory, tiny_model_dir):
     runs = []
     for beta in ("0.1", "0.5"):
         out = root / f"beta{beta}"
-        run_dpo(load_config(DPOConfig, None, [
+        run_dpo(load_config(DPOConfig, None, pre_trl([
             f"model_name_or_path={tiny_model_dir}", f"train_file={train}", f"eval_file={held_out}",
             f"output_dir={out}", f"beta={beta}", "max_steps=6", "eval_steps=3", "learning_rate=1e-3",
             "per_device_train_batch_size=8", "max_length=48", "max_prompt_length=16", "logging_steps=1",
-            "progress_bar=false", "report_to=none"]))
+            "progress_bar=false", "report_to=none"])))
         runs.append(out)
     return runs
 

@@ -46,6 +46,10 @@ def compose(name: str, doc: str, *groups: type, defaults: dict[str, Any] | None 
     if stray:
         raise TypeError(f"{name}: defaults/helps name keys none of its groups has: {sorted(stray)}")
 
+    spec.append(("ignored_keys", dict[str, Any], dataclasses.field(
+        default_factory=dict, compare=False, metadata={"help": "TRL / transformers settings given but ignored here "
+                                                               "(each logged when the run starts); filled in when "
+                                                               "built", "internal": True})))
     cls = dataclasses.make_dataclass(name, spec, frozen=True, init=False)
     cls.__module__ = "preftune.config"  # where it is imported from (pickle, repr)
     cls.__doc__ = doc
@@ -73,13 +77,13 @@ def _init(self: Any, **values: Any) -> None:
     p = Problems()
     fields = cls.__dataclass_fields__
     hints = typing.get_type_hints(cls)
-    for key in values:
-        if key not in fields:
-            p.add(unknown_key_message(cls, key))
+    values, ignored = take_foreign_keys(cls, values, hints, p)
     for name, f in fields.items():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         value = coerce(name, values[name], hints[name], p) if name in values else default
         object.__setattr__(self, name, default if value is dataclasses.MISSING else value)
+    if "ignored_keys" in fields:
+        object.__setattr__(self, "ignored_keys", {**self.ignored_keys, **ignored})
     check_choices(self, p)
     for group in cls.groups:
         if hasattr(group, "check"):
@@ -87,6 +91,71 @@ def _init(self: Any, **values: Any) -> None:
     if cls.stage_check is not None:
         cls.stage_check(self, p)
     p.raise_if_any()
+
+
+def take_foreign_keys(cls: type, values: dict[str, Any], hints: dict[str, Any], p: Problems
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keys of TRL / transformers that ``cls`` spells differently (mapped), ignores (returned, to be logged)
+    or refuses (a problem with the reason); an unknown key is a problem with a suggestion."""
+    from preftune.config.keymap import IGNORED, RENAMED, UNSUPPORTED, VALUE_FORMS
+
+    fields = cls.__dataclass_fields__
+    out: dict[str, Any] = {}
+    ignored: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in VALUE_FORMS and key in fields:
+            try:
+                value = VALUE_FORMS[key](value)
+            except ValueError as e:
+                p.add(str(e))
+                p.bad.add(key)
+                continue
+        rename = RENAMED.get(key)
+        entry = UNSUPPORTED.get(key)
+        if key in fields:
+            out[key] = value
+        elif rename is not None and (rename.key in fields or rename.key in values):
+            _rename(key, value, rename, hints[rename.key], values, out, p)
+        elif key in IGNORED or (key.startswith("vllm_") and cls.__name__ == "RLConfig"):
+            ignored[key] = _plain(value)
+        elif entry is not None and (not entry.stages or cls.__name__ in entry.stages):
+            if _plain(value) in entry.harmless:
+                ignored[key] = _plain(value)
+            else:
+                p.add(f"{key}={_plain(value)!r} is not supported: {entry.reason}")
+        else:
+            p.add(unknown_key_message(cls, key))
+    return out, ignored
+
+
+def _rename(key: str, value: Any, rename: Any, tp: Any, values: dict[str, Any], out: dict[str, Any],
+            p: Problems) -> None:
+    from preftune.config.keymap import _NO
+
+    if rename.key in values:
+        p.add(f"{key} and {rename.key} are both set: {key} is {rename.note or 'TRL’s name'} for {rename.key}; "
+              f"give {rename.key} only")
+        return
+    if rename.values is None:
+        out[rename.key] = value
+        return
+    plain = _plain(value)
+    match = [new for old, new in rename.values.items() if old == plain and type(old) is type(plain)]
+    if match:
+        if match[0] is not _NO:
+            out[rename.key] = match[0]
+    elif rename.others_pass:
+        out[rename.key] = value
+    else:
+        choices = ", ".join(map(str, rename.values))
+        p.add(f"{key} must be one of {choices} (it sets {rename.key}), got {plain!r}")
+
+
+def _plain(value: Any) -> Any:
+    """A value as YAML reads it (the text of a command line or file, interpreted)."""
+    from preftune.config.parse import resolve
+
+    return resolve(value)
 
 
 def unknown_key_message(cls: type, key: str) -> str:

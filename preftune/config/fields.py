@@ -44,8 +44,9 @@ def default_of(config: Any, key: str) -> Any:
 
 
 def changed(config: Any, *keys: str) -> list[str]:
-    """The keys among ``keys`` whose value differs from the stage's default (i.e. the user set them)."""
-    return [k for k in keys if getattr(config, k) != default_of(config, k)]
+    """The keys among ``keys`` (those this stage has) whose value differs from the stage's default."""
+    fields = type(config).__dataclass_fields__
+    return [k for k in keys if k in fields and getattr(config, k) != default_of(config, k)]
 
 
 def require(config: Any, p: Problems, key: str, why: str) -> None:

@@ -1,4 +1,4 @@
-"""The small groups of keys the stages are composed from (see :mod:`preftune.config.stages`).
+"""The model and data groups the stages are composed from (see :mod:`preftune.config.stages`).
 
 Key names follow TRL's ``DPOConfig`` / transformers' ``TrainingArguments`` where the concept is the
 same, so a TRL user's settings carry over. Each group checks its own keys; checks across groups live
@@ -8,6 +8,7 @@ with the stage that composes them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from preftune.config.fields import (
     Problems,
@@ -27,7 +28,12 @@ class DeviceGroup:
     device: str = setting("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
     threads: int | None = setting(None, "torch.set_num_threads; on 2 cores 1 thread is often faster (null = "
                                         "torch's default).")
-    bf16: bool = setting(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32).")
+    bf16: bool = setting(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32). TRL turns "
+                                "it on by default; preftune does not, as CPUs without bf16 units run it several "
+                                "times slower (set bf16=true on a GPU).")
+    tf32: bool | None = setting(None, "Allow TF32 matmuls on CUDA (null = torch's setting).")
+    full_determinism: bool = setting(False, "Deterministic kernels only (torch.use_deterministic_algorithms), as "
+                                            "transformers' full_determinism: slower, bitwise repeatable on a GPU.")
 
     def check(self, p: Problems) -> None:
         positive_or_null(self, p, "threads")
@@ -45,6 +51,15 @@ class ModelGroup:
                                           "(TRL's ModelConfig key).")
     trust_remote_code: bool = setting(False, "Run the Python code a Hub model ships with (needed by some "
                                              "architectures; read it first: it runs with your permissions).")
+    dtype: str | None = setting("float32", "Weights' dtype: float32 (exact updates; bf16 enters through "
+                                           "autocast), bfloat16, float16 or auto (the checkpoint's); null = "
+                                           "float32. TRL's torch_dtype is the same key.",
+                                choices=("float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16"))
+    attn_implementation: str | None = setting(None, "Attention kernel: sdpa, eager, flash_attention_2, ... (null = "
+                                                    "the model's default).")
+    model_init_kwargs: dict[str, Any] | None = setting(None, "More from_pretrained arguments, as TRL's "
+                                                             "model_init_kwargs (a dtype or attn_implementation "
+                                                             "there counts as the key of that name).")
     padding_free: bool = setting(True, "Pack each batch's sequences end to end (positions restart per sequence) "
                                        "instead of computing on padding; checked against padded rows on first use.")
     prefix_sharing: bool | str = setting("auto", "Within the packed rows, compute a prompt once for all of its "
@@ -54,6 +69,11 @@ class ModelGroup:
                                                  "Needs padding_free; auto is off under torch_compile.")
 
     def check(self, p: Problems) -> None:
+        kwargs = getattr(self, "model_init_kwargs", None) or {}
+        for key in ("device_map", "quantization_config"):
+            if key in kwargs:
+                p.add(f"model_init_kwargs: {key} is not accepted (preftune places the model on its device; 4-bit "
+                      "weights come from load_in_4bit)", "model_init_kwargs")
         if self.prefix_sharing not in (True, False, "auto"):
             p.add(f"prefix_sharing must be auto, true or false, got {self.prefix_sharing!r}", "prefix_sharing")
         elif self.prefix_sharing is True and not self.padding_free:
@@ -76,12 +96,22 @@ class LogprobGroup:
 
 @dataclass(frozen=True)
 class TrainModelGroup:
-    """The model in training: memory and activations."""
+    """The model in training: dropout, memory and activations."""
 
-    gradient_checkpointing: bool = setting(False, "Recompute decoder activations in backward to save memory.")
+    disable_dropout: bool = setting(True, "Turn every dropout off in the policy and the reference (as TRL): the "
+                                          "first DPO step's loss is then exactly log 2.")
+    gradient_checkpointing: bool = setting(True, "Recompute decoder activations in backward to save memory (TRL's "
+                                                 "default; false is faster).")
+    gradient_checkpointing_kwargs: dict[str, Any] | None = setting(None, "Arguments of gradient checkpointing, e.g. "
+                                                                         "{use_reentrant: false} (null = that).")
     lean_activations: bool = setting(True, "RMSNorm, SwiGLU MLPs and (on CPU) grouped-query attention through "
                                            "functions that keep fewer activations for backward (same math; modules "
                                            "with another formula keep their own forward): SmolLM2 saves 40 % less.")
+
+    def check(self, p: Problems) -> None:
+        if not self.gradient_checkpointing:
+            for key in changed(self, "gradient_checkpointing_kwargs"):
+                p.add(f"{key} is set but gradient_checkpointing is false, so it would be ignored", key)
 
 
 @dataclass(frozen=True)
@@ -98,19 +128,27 @@ class ShardingGroup:
 
 @dataclass(frozen=True)
 class PeftGroup:
-    """LoRA adapters."""
+    """LoRA adapters (and QLoRA: LoRA on a 4-bit base)."""
 
     use_peft: bool = setting(False, "Train LoRA adapters instead of all weights.")
     lora_r: int = setting(16, "LoRA rank.")
     lora_alpha: int = setting(32, "LoRA α (scale = α / r).")
-    lora_dropout: float = setting(0.0, "LoRA dropout.")
-    lora_target_modules: list[str] = setting(["all-linear"], "Modules LoRA wraps (peft names; 'all-linear').")
+    lora_dropout: float = setting(0.05, "LoRA dropout (as TRL).")
+    lora_target_modules: list[str] | None = setting(None, "Modules LoRA wraps (peft names, or all-linear); null = "
+                                                          "peft's choice for the architecture (as TRL).")
+    lora_modules_to_save: list[str] | None = setting(None, "Modules trained in full and saved with the adapter "
+                                                           "(e.g. lm_head).")
+    use_rslora: bool = setting(False, "Rank-stabilised LoRA: scale α / √r instead of α / r.")
+    use_dora: bool = setting(False, "Weight-decomposed LoRA (DoRA).")
+    load_in_4bit: bool = setting(False, "QLoRA: the frozen base weights in 4-bit NF4 (bitsandbytes; CUDA only, "
+                                        "with use_peft).")
 
     def check(self, p: Problems) -> None:
         positive(self, p, "lora_r", "lora_alpha")
         in_range(self, p, "lora_dropout", "[0, 1)")
         if not self.use_peft:
-            for key in changed(self, "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+            for key in changed(self, "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                               "lora_modules_to_save", "use_rslora", "use_dora", "load_in_4bit"):
                 p.add(f"{key} is set but use_peft is false, so it would be ignored (set use_peft=true)", key)
 
 
@@ -118,8 +156,16 @@ class PeftGroup:
 class TextGroup:
     """How examples become tokens."""
 
-    max_length: int | None = setting(512, "Max tokens of prompt + completion; completions are cut from the right.")
-    max_prompt_length: int | None = setting(256, "Max prompt tokens; longer prompts are cut from the left.")
+    max_length: int | None = setting(1024, "Max tokens of prompt + completion (null = no limit); what is cut "
+                                           "follows truncation_mode.")
+    max_prompt_length: int | None = setting(None, "Max prompt tokens, cut from the left (null = no separate limit, "
+                                                  "as TRL 1.16).")
+    max_completion_length: int | None = setting(None, "Max completion tokens, cut from the right (null = no "
+                                                      "separate limit).")
+    truncation_mode: str = setting("keep_start", "When prompt + completion exceed max_length: keep_start cuts the "
+                                                 "completion's end (a prompt that alone fills max_length is dropped "
+                                                 "and counted, as TRL); keep_end cuts the prompt's start.",
+                                   choices=("keep_start", "keep_end"))
     use_chat_template: bool | None = setting(None, "Render with the tokenizer's chat template (null = when it has "
                                                    "one).")
 
@@ -134,6 +180,9 @@ class TextGroup:
         elif max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
             p.add(f"max_prompt_length must be < max_length ({max_length}) so every completion keeps at least one "
                   f"token, got {max_prompt_length}", "max_prompt_length")
+        max_completion_length = getattr(self, "max_completion_length", None)  # the RL stages generate instead
+        if max_completion_length is not None and max_completion_length < 1:
+            p.add(f"max_completion_length must be >= 1 or null, got {max_completion_length}", "max_completion_length")
 
 
 @dataclass(frozen=True)
@@ -209,67 +258,3 @@ class PreferenceColumnsGroup:
         for key in ("chosen_field", "rejected_field"):
             if getattr(self, key) == "":
                 p.add(f"{key} must name a column, got an empty string", key)
-
-
-@dataclass(frozen=True)
-class OptimGroup:
-    """Optimisation: optimizer, learning-rate schedule, batch, length of training, clipping."""
-
-    learning_rate: float = setting(1e-6, "Peak learning rate.")
-    optimizer: str = setting("adamw", "adamw or rmsprop (the DPO paper used RMSprop).", choices=("adamw", "rmsprop"))
-    weight_decay: float = setting(0.0, "Decoupled weight decay (AdamW) / L2 (RMSprop).")
-    adam_beta1: float = setting(0.9, "AdamW β1.")
-    adam_beta2: float = setting(0.999, "AdamW β2.")
-    adam_epsilon: float = setting(1e-8, "AdamW / RMSprop ε.")
-    lr_scheduler_type: str = setting("linear", "linear (warm-up then linear decay to 0) or constant (after "
-                                               "warm-up).", choices=("linear", "constant"))
-    warmup_steps: int = setting(0, "Linear warm-up steps (the DPO paper: 150).")
-    warmup_ratio: float = setting(0.0, "Warm-up as a fraction of total steps (used when warmup_steps is 0).")
-    per_device_train_batch_size: int = setting(8, "Examples per process per micro-step.")
-    per_device_eval_batch_size: int = setting(8, "Examples per process per evaluation batch.")
-    gradient_accumulation_steps: int = setting(1, "Micro-steps per optimizer step.")
-    num_train_epochs: float = setting(1.0, "Passes over the training data (fractional allowed).")
-    max_steps: int = setting(-1, "If > 0, stop after this many optimizer steps (overrides num_train_epochs).")
-    max_grad_norm: float = setting(10.0, "Clip the global gradient norm to this (0 = no clipping); the pre-clip "
-                                         "norm is logged as grad_norm. DPO's reference code uses 10.")
-    group_by_length: bool = setting(False, "Batch examples of similar length together (windows of 16 global "
-                                           "batches sorted by length, batches shuffled): less padding, faster steps.")
-
-    def check(self, p: Problems) -> None:
-        positive(self, p, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-                 "num_train_epochs", "adam_epsilon")
-        if hasattr(self, "gradient_accumulation_steps"):
-            positive(self, p, "gradient_accumulation_steps")
-        non_negative(self, p, "weight_decay", "warmup_steps", "max_grad_norm")
-        in_range(self, p, "warmup_ratio", "[0, 1]")
-        in_range(self, p, "adam_beta1", "[0, 1)")
-        in_range(self, p, "adam_beta2", "[0, 1)")
-        if self.max_steps != -1 and self.max_steps <= 0:
-            p.add(f"max_steps must be -1 (no limit) or > 0, got {self.max_steps}", "max_steps")
-
-
-@dataclass(frozen=True)
-class RunGroup:
-    """The run: output, seed, logging, evaluation and checkpoint cadence, resuming."""
-
-    output_dir: str = setting("runs/run", "Folder for checkpoints, metrics.jsonl and TensorBoard events.")
-    seed: int = setting(42, "Seed for data order, initialisation and dropout.")
-    logging_steps: int = setting(1, "Log train metrics every N optimizer steps (each log is one host sync).")
-    eval_steps: int | None = setting(None, "Evaluate on the held-out set every N steps (null = only at start and "
-                                           "end).")
-    save_steps: int | None = setting(None, "Save a resumable checkpoint every N steps (null = only at the end).")
-    save_total_limit: int | None = setting(2, "Keep only the newest N step checkpoints (null = keep all).")
-    resume: str | None = setting(None, "Resume from a checkpoint folder, or 'latest' in output_dir (the newest "
-                                       "checkpoint whose manifest verifies; a corrupt one is reported and skipped).")
-    force_resume: bool = setting(False, "Resume even though the seed, data, tokenizer, model config or a training "
-                                        "setting differs from the checkpoint's (each difference is still printed).")
-    max_consecutive_skips: int = setting(5, "Stop the run after this many optimizer steps in a row with a "
-                                            "non-finite loss or gradient (each is skipped; 0 = never stop).")
-    report_to: str = setting("auto", "auto (TensorBoard when installed), tensorboard or none.",
-                             choices=("auto", "tensorboard", "none"))
-    progress_bar: bool = setting(True, "Show a live progress bar (rank 0).")
-
-    def check(self, p: Problems) -> None:
-        positive(self, p, "logging_steps")
-        non_negative(self, p, "max_consecutive_skips")
-        positive_or_null(self, p, "eval_steps", "save_steps", "save_total_limit")

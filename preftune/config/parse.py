@@ -92,7 +92,8 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 def cli_overrides(tokens: typing.Sequence[str]) -> list[Override]:
     """Command-line settings in any of the spellings TRL users type: ``key=value``, ``--key value``,
-    ``--key=value``, ``--key v1 v2`` (a list), and ``--flag`` alone (true, as ``trl dpo --bf16``)."""
+    ``--key=value``, ``--key v1 v2`` (a list), ``--flag`` alone (true, as ``trl dpo --bf16``) and
+    ``--no_flag`` (false, as ``--no_remove_unused_columns``)."""
     out: list[Override] = []
     i = 0
     while i < len(tokens):
@@ -114,6 +115,9 @@ def cli_overrides(tokens: typing.Sequence[str]) -> list[Override]:
         while i < len(tokens) and not tokens[i].startswith("--") and not _KEY.match(tokens[i]):
             values.append(Text(tokens[i]))
             i += 1
+        if not values and key.startswith("no_"):   # transformers' HfArgumentParser: --no_X sets X false
+            out.append((key[3:], Text("false")))
+            continue
         out.append((key, Text("true") if not values else values[0] if len(values) == 1 else values))
     return out
 

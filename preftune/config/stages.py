@@ -9,31 +9,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.config.compose import compose
-from preftune.config.fields import Problems, changed, in_range, non_negative, positive, require, setting
+from preftune.config.fields import (
+    Problems,
+    changed,
+    in_range,
+    non_negative,
+    positive,
+    positive_or_null,
+    require,
+    setting,
+)
 from preftune.config.groups import (
     DataGroup,
     DeviceGroup,
     LogprobGroup,
     ModelGroup,
-    OptimGroup,
     PeftGroup,
     PreferenceColumnsGroup,
-    RunGroup,
     ShardingGroup,
     TextGroup,
     TrainModelGroup,
 )
 from preftune.config.loss import LossGroup
+from preftune.config.optim import OptimGroup
 from preftune.config.rl import RLGroup
+from preftune.config.run import HubGroup, RunGroup
 
 # The groups every training stage is made of.
-TRAINING = (RunGroup, DeviceGroup, ModelGroup, TrainModelGroup, PeftGroup, TextGroup, DataGroup, OptimGroup)
+TRAINING = (RunGroup, DeviceGroup, ModelGroup, TrainModelGroup, PeftGroup, TextGroup, DataGroup, OptimGroup,
+            HubGroup)
 
 
 def _no_fsdp_with_peft(cfg, p: Problems) -> None:
     if cfg.fsdp and cfg.use_peft:
         p.add("fsdp must be false with use_peft: sharding is for full fine-tuning (LoRA adapters are small enough "
               "to replicate; use plain torchrun data parallelism)")
+    if cfg.fsdp and cfg.save_only_model:
+        p.add("save_only_model must be false with fsdp: a sharded checkpoint holds model and optimizer together")
 
 
 TrainingConfig = compose(
@@ -52,7 +64,7 @@ class SFTGroup:
 SFTConfig = compose(
     "SFTConfig", "Supervised fine-tuning: completion-only negative log-likelihood.",
     *TRAINING, LogprobGroup, ShardingGroup, SFTGroup,
-    defaults={"output_dir": "runs/sft", "learning_rate": 1e-5}, check=_no_fsdp_with_peft,
+    defaults={"output_dir": "runs/sft", "learning_rate": 2e-5}, check=_no_fsdp_with_peft,
     without={"beta": "sft has no reference model and no β (it is plain negative log-likelihood)"})
 
 
@@ -62,8 +74,13 @@ class ReferenceGroup:
 
     ref_model_name_or_path: str | None = setting(None, "Reference model π_ref (null = the starting policy, e.g. "
                                                        "your SFT model).")
-    precompute_ref_log_probs: bool = setting(True, "Compute reference log-probs once before training and cache "
-                                                   "them on disk; false = run the reference every step.")
+    precompute_ref_log_probs: bool | None = setting(None, "Compute reference log-probs once before training and "
+                                                          "cache them on disk; false = run the reference every "
+                                                          "step (the same numbers; TRL's default). null = true, "
+                                                          "except with sync_ref_model (the reference moves).")
+    precompute_ref_batch_size: int | None = setting(None, "Batch size of that pass (null = "
+                                                          "per_device_train_batch_size for the training data, "
+                                                          "per_device_eval_batch_size for the held-out data).")
     sync_ref_model: bool = setting(False, "TR-DPO: every ref_model_sync_steps steps move the (live, frozen) "
                                           "reference towards the policy: θ_ref ← α θ + (1 − α) θ_ref. Needs "
                                           "precompute_ref_log_probs=false; not with use_peft or fsdp.")
@@ -71,6 +88,9 @@ class ReferenceGroup:
     ref_model_sync_steps: int = setting(512, "TR-DPO: optimizer steps between reference updates.")
 
     def check(self, p: Problems) -> None:
+        if self.precompute_ref_log_probs is None:  # resolved when built: the run and its config.json say which
+            object.__setattr__(self, "precompute_ref_log_probs", not self.sync_ref_model)
+        positive_or_null(self, p, "precompute_ref_batch_size")
         in_range(self, p, "ref_model_mixup_alpha", "[0, 1]")
         positive(self, p, "ref_model_sync_steps")
         if not self.sync_ref_model:
@@ -126,9 +146,14 @@ class RewardModelGroup:
 RMConfig = compose(
     "RMConfig", "Reward model: the language model with a scalar head, trained on preferences.",
     *TRAINING, PreferenceColumnsGroup, RewardModelGroup,
-    defaults={"output_dir": "runs/rm", "learning_rate": 1e-5},
+    defaults={"output_dir": "runs/rm", "learning_rate": 1e-4},
     without={"logprob_chunk_size": "the rm stage computes no token log-probs (its head reads one hidden state per "
                                    "sequence)",
+             **{key: "the rm stage loads AutoModelForSequenceClassification in float32 with the model's own "
+                     "attention; this setting is not applied there yet"
+                for key in ("dtype", "attn_implementation", "model_init_kwargs", "load_in_4bit")},
+             **{key: "the rm stage's LoRA trains the head in full and takes lora_r, lora_alpha, lora_dropout and "
+                     "lora_target_modules only" for key in ("lora_modules_to_save", "use_rslora", "use_dora")},
              "fsdp": "the rm stage shards nothing yet (sft and dpo do)",
              "torch_compile": "the rm stage does not compile (sft and dpo do)"})
 
@@ -143,11 +168,13 @@ def _rl_check(cfg, p: Problems) -> None:
 RLConfig = compose(
     "RLConfig", "Online KL-regularised RL: sample, score, penalise KL to π_ref, update (PPO/RLOO/REINFORCE).",
     *TRAINING, LogprobGroup, RLGroup,
-    defaults={"output_dir": "runs/rl", "learning_rate": 1e-6},
+    defaults={"output_dir": "runs/rl", "learning_rate": 1e-6, "disable_dropout": False},
     helps={"per_device_train_batch_size": "Prompts per process per rollout.",
            "max_steps": "If > 0, stop after this many rollouts (each: sample, score, then ppo_epochs × "
                         "num_mini_batches optimizer steps for ppo, one for rloo / reinforce)."},
     without={"fsdp": "the ppo/rloo/reinforce stage shards nothing yet (sft and dpo do)",
+             "truncation_mode": "prompts are cut from the left to max_prompt_length; completions are generated",
+             "max_completion_length": "the generation length is max_new_tokens",
              "torch_compile": "sampling would recompile for every generated length (sft and dpo compile)",
              "gradient_accumulation_steps": "a rollout is one batch of prompts (per_device_train_batch_size); ppo "
                                             "splits it with num_mini_batches"},
@@ -158,7 +185,10 @@ RLConfig = compose(
 class EvalGroup:
     """What to evaluate, and where the numbers go."""
 
-    ref_model_name_or_path: str = setting("", "Reference π_ref the policy was trained against. Required.")
+    ref_model_name_or_path: str = setting("", "Reference π_ref the policy was trained against. Required, unless "
+                                              "model_name_or_path is a training run's output_dir or final/ folder: "
+                                              "then it, β, the loss and the data settings come from the run's "
+                                              "config.json (a value given here wins).")
     eval_file: str = setting("", "Preference data to evaluate on (a DatasetDict: its dataset_test_split). Required "
                                  "unless dataset_name is set.")
     dataset_name: str | None = setting(None, "A Hub dataset id (or local folder) to evaluate on: its "

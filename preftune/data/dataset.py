@@ -58,6 +58,8 @@ class DataSettings:
     max_length: int | None = 512
     max_prompt_length: int | None = 256
     use_chat_template: bool | None = None  # None: use it iff the tokenizer has one
+    max_completion_length: int | None = None
+    truncation_mode: str = "keep_start"     # or keep_end (data/tokenize.py)
     add_eos: bool = True
     row_format: RowFormat = field(default_factory=RowFormat)  # which columns hold what (data/formats.py)
 
@@ -120,9 +122,10 @@ class BuiltDataset:
         invalidate a cache whose log-probs are still correct.
         """
         h = hashlib.sha256()
-        # The row format is not hashed: what it changes shows in the ids, and hashing it would move
-        # every fingerprint made before it existed.
-        settings = {k: v for k, v in asdict(self.settings).items() if k != "row_format"}
+        # The row format and the truncation mode / completion cap are not hashed: what they change shows
+        # in the ids, and hashing them would move every fingerprint made before they existed.
+        unhashed = ("row_format", "max_completion_length", "truncation_mode")
+        settings = {k: v for k, v in asdict(self.settings).items() if k not in unhashed}
         h.update(json.dumps(settings, sort_keys=True).encode())
         for ex in self.examples:
             if isinstance(ex, TokenizedPreference):
@@ -230,6 +233,8 @@ def _limits(settings: DataSettings) -> dict[str, Any]:
         "max_length": settings.max_length,
         "max_prompt_length": settings.max_prompt_length,
         "add_eos": settings.add_eos,
+        "max_completion_length": settings.max_completion_length,
+        "truncation_mode": settings.truncation_mode,
     }
 
 

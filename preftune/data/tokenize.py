@@ -15,9 +15,15 @@ Truncation, in this order:
 1. The prompt is trimmed from the LEFT to ``max_prompt_length`` tokens: the end of the prompt,
    right before the answer, matters most. (This can drop a leading BOS or system message; set the
    limits so that it is rare, and check the builder's summary.)
-2. Each completion is trimmed from the RIGHT so that ``len(prompt) + len(completion) <=
-   max_length``. A completion cut this way loses its EOS, which is right: the model must not
-   learn to stop where the text was merely cut.
+2. Each completion is trimmed from the RIGHT to ``max_completion_length`` tokens.
+3. ``truncation_mode="keep_end"`` only: the prompt is trimmed from the LEFT so that it and the
+   example's longest completion fit ``max_length`` (one prompt token is always kept: every
+   completion keeps its prompt, so chosen and rejected share one cut, where TRL cuts each sequence
+   on its own).
+4. Each completion is trimmed from the RIGHT so that ``len(prompt) + len(completion) <=
+   max_length`` (``keep_start``, TRL's default: a prompt that alone fills ``max_length`` leaves no
+   completion, and the example is dropped and counted, as TRL drops it). A completion cut this way
+   loses its EOS, which is right: the model must not learn to stop where the text was merely cut.
 
 Every cut is counted in ``notes`` (when given), which the dataset builders report in their
 summary: a prompt cut from the left, a completion cut from the right. A completion left with no
@@ -114,14 +120,16 @@ def tokenize_preference(
     max_prompt_length: int | None,
     add_eos: bool = True,
     notes: Counter[str] | None = None,
+    max_completion_length: int | None = None,
+    truncation_mode: str = "keep_start",
 ) -> TokenizedPreference:
     """Tokenize and truncate a rendered pair (rules in the module docstring)."""
     _check_limits(max_length, max_prompt_length)
     prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     chosen = _completion_ids(text.chosen, tokenizer, add_eos, text.origin, "field 'chosen'")
     rejected = _completion_ids(text.rejected, tokenizer, add_eos, text.origin, "field 'rejected'")
-    chosen = _fit(prompt, chosen, max_length, text.origin, notes)
-    rejected = _fit(prompt, rejected, max_length, text.origin, notes)
+    prompt, (chosen, rejected) = _fit_all(prompt, [chosen, rejected], max_length, max_completion_length,
+                                          truncation_mode, text.origin, notes)
     if chosen == rejected:
         raise SkipExample(IDENTICAL, text.origin)
     return TokenizedPreference(tuple(prompt), tuple(chosen), tuple(rejected), text.origin)
@@ -135,12 +143,15 @@ def tokenize_completion(
     max_prompt_length: int | None,
     add_eos: bool = True,
     notes: Counter[str] | None = None,
+    max_completion_length: int | None = None,
+    truncation_mode: str = "keep_start",
 ) -> TokenizedCompletion:
     """Tokenize and truncate a rendered SFT example (rules in the module docstring)."""
     _check_limits(max_length, max_prompt_length)
     prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, f"field '{text.field}'")
-    completion = _fit(prompt, completion, max_length, text.origin, notes)
+    prompt, (completion,) = _fit_all(prompt, [completion], max_length, max_completion_length, truncation_mode,
+                                     text.origin, notes)
     return TokenizedCompletion(tuple(prompt), tuple(completion), text.origin)
 
 
@@ -152,12 +163,15 @@ def tokenize_unpaired(
     max_prompt_length: int | None,
     add_eos: bool = True,
     notes: Counter[str] | None = None,
+    max_completion_length: int | None = None,
+    truncation_mode: str = "keep_start",
 ) -> TokenizedUnpaired:
     """Tokenize and truncate a rendered KTO example like an SFT example; no KL partner yet."""
     _check_limits(max_length, max_prompt_length)
     prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, "field 'completion'")
-    completion = _fit(prompt, completion, max_length, text.origin, notes)
+    prompt, (completion,) = _fit_all(prompt, [completion], max_length, max_completion_length, truncation_mode,
+                                     text.origin, notes)
     return TokenizedUnpaired(tuple(prompt), tuple(completion), text.label, text.origin)
 
 
@@ -169,15 +183,17 @@ def tokenize_ranking(
     max_prompt_length: int | None,
     add_eos: bool = True,
     notes: Counter[str] | None = None,
+    max_completion_length: int | None = None,
+    truncation_mode: str = "keep_start",
 ) -> TokenizedRanking:
     """Tokenize and truncate a rendered ranked list, every completion as in a pair (module docstring)."""
     _check_limits(max_length, max_prompt_length)
     prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     # Ranks, not 'completions[i]': scores may have reordered the list since it was read.
-    completions = []
-    for rank, completion in enumerate(text.completions, start=1):
-        ids = _completion_ids(completion, tokenizer, add_eos, text.origin, f"field 'completions' (rank {rank})")
-        completions.append(tuple(_fit(prompt, ids, max_length, text.origin, notes)))
+    ids = [_completion_ids(completion, tokenizer, add_eos, text.origin, f"field 'completions' (rank {rank})")
+           for rank, completion in enumerate(text.completions, start=1)]
+    prompt, fitted = _fit_all(prompt, ids, max_length, max_completion_length, truncation_mode, text.origin, notes)
+    completions = [tuple(c) for c in fitted]
     if len(set(completions)) < len(completions):
         raise SkipExample(IDENTICAL_RANKED, text.origin)
     return TokenizedRanking(tuple(prompt), tuple(completions), text.origin)
@@ -223,6 +239,27 @@ def _completion_ids(text: str, tokenizer: Any, add_eos: bool, origin: str, where
         if not ids or ids[-1] != eos_id:
             ids.append(eos_id)
     return ids
+
+
+def _fit_all(
+    prompt: list[int], completions: list[list[int]], max_length: int | None, max_completion_length: int | None,
+    truncation_mode: str, origin: str, notes: Counter[str] | None
+) -> tuple[list[int], list[list[int]]]:
+    """Steps 2-4 of the module docstring for one prompt and its completions."""
+    if truncation_mode not in ("keep_start", "keep_end"):
+        raise ValueError(f"truncation_mode must be keep_start or keep_end, got {truncation_mode!r}")
+    if max_completion_length is not None:
+        cut = [c[:max_completion_length] for c in completions]
+        if notes is not None:
+            notes[COMPLETION_CUT] += sum(len(a) != len(b) for a, b in zip(cut, completions))
+        completions = cut
+    if truncation_mode == "keep_end" and max_length is not None:
+        room = max(1, max_length - max(len(c) for c in completions))
+        if len(prompt) > room:
+            prompt = prompt[-room:]
+            if notes is not None:
+                notes[PROMPT_CUT] += 1
+    return prompt, [_fit(prompt, c, max_length, origin, notes) for c in completions]
 
 
 def _fit(

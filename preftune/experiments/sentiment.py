@@ -45,6 +45,11 @@ from preftune.rewards import load_reward
 from preftune.train.checkpoint import list_checkpoints
 
 RSTAR_SPEC = "preftune.experiments.rstar:positive_probability"
+# The stages' settings this experiment was designed with (preftune's defaults before TRL's became them).
+STAGE_SETTINGS = {"max_grad_norm": 10.0, "logging_steps": 1, "gradient_checkpointing": False, "optim": "adamw_torch",
+                  "disable_dropout": False}
+# The stages with held-out data evaluate it before training and after every epoch.
+EVALUATE = {"eval_on_start": True, "eval_strategy": "epoch"}
 RESERVED = ("output_dir", "model_name_or_path", "train_file", "eval_file", "resume", "save_steps",
             "save_total_limit", "max_steps", "num_train_epochs", "reward", "ref_model_name_or_path")
 # Keys a rerun may change without invalidating finished stages (they add runs or change nothing measured).
@@ -138,7 +143,7 @@ class SentimentExperiment:
         cfg = self.cfg
         common = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device, "bf16": cfg.bf16,
                   "progress_bar": cfg.progress_bar, "report_to": cfg.report_to, "use_chat_template": False,
-                  "max_prompt_length": cfg.max_prompt_length, "save_total_limit": None}
+                  "max_prompt_length": cfg.max_prompt_length, "save_total_limit": None, **STAGE_SETTINGS}
         merged = {**common, **values}
         return load_config(cls, None, extra, **{k: v for k, v in merged.items() if k not in given})
 
@@ -267,7 +272,7 @@ class SentimentExperiment:
             "model_name_or_path": cfg.model_name_or_path, "output_dir": str(self.out / "sft"),
             "max_length": cfg.max_prompt_length + 2 * cfg.sft_max_words, "learning_rate": cfg.sft_learning_rate,
             "per_device_train_batch_size": cfg.sft_batch_size, "per_device_eval_batch_size": cfg.sft_batch_size,
-            "num_train_epochs": cfg.sft_epochs, "eval_size": max(1, min(32, len(rows) // 8)),
+            "num_train_epochs": cfg.sft_epochs, "eval_size": max(1, min(32, len(rows) // 8)), **EVALUATE,
             "save_total_limit": 1, "resume": "latest" if list_checkpoints(self.out / "sft") else None,
         }, cfg.sft_extra)
         result = run_sft(sft_cfg, train_data=rows)
@@ -339,8 +344,8 @@ class SentimentExperiment:
         values = {"model_name_or_path": str(self.sft_dir), "output_dir": str(self.out / "rm"),
                   "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8, "learning_rate": cfg.rm_learning_rate,
                   "per_device_train_batch_size": cfg.rm_batch_size, "per_device_eval_batch_size": cfg.rm_batch_size,
-                  "num_train_epochs": cfg.rm_epochs, "eval_size": eval_size, "save_total_limit": 1,
-                  "lr_scheduler_type": "constant", "warmup_ratio": 0.1,
+                  "num_train_epochs": cfg.rm_epochs, "eval_size": eval_size, "save_total_limit": 1, **EVALUATE,
+                  "lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.1,
                   "resume": "latest" if list_checkpoints(self.out / "rm") else None}
         rm_cfg = self.stage_config(RMConfig, values, cfg.rm_extra)
         result = run_rm(rm_cfg, train_data=str(self.out / "pairs" / "pairs.jsonl"))
@@ -386,7 +391,7 @@ class SentimentExperiment:
             values = {**base, "beta": spec.beta, "loss_type": ["sigmoid" if spec.method == "dpo" else "ipo_sum"],
                       "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8,
                       "learning_rate": cfg.dpo_learning_rate, "per_device_train_batch_size": cfg.dpo_batch_size,
-                      "per_device_eval_batch_size": cfg.dpo_batch_size, "lr_scheduler_type": "constant",
+                      "per_device_eval_batch_size": cfg.dpo_batch_size, "lr_scheduler_type": "constant_with_warmup",
                       "warmup_ratio": 0.1}
             dpo_cfg = self.stage_config(DPOConfig, values, cfg.dpo_extra)
             per_epoch = num_pairs // (dpo_cfg.per_device_train_batch_size * dpo_cfg.gradient_accumulation_steps)

@@ -184,17 +184,20 @@ def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
     return model if quantized is not None else model.to(device)
 
 
-def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> nn.Module:
-    """Wrap ``model`` in LoRA adapters; only adapter weights will require grad.
+def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None,
+               **lora_options: Any) -> nn.Module:
+    """Wrap ``model`` in LoRA adapters; only adapter weights will require grad. ``target_modules`` None:
+    peft's choice for the architecture; ``lora_options``: more LoraConfig settings (modules_to_save,
+    use_rslora, use_dora).
 
     With adapters, the reference π_ref is the same model with the adapter disabled, so one copy of
     the weights serves both (see ``preftune.modeling.reference``).
     """
     from peft import LoraConfig, get_peft_model
 
-    targets: str | list[str] = "all-linear" if target_modules == ["all-linear"] else target_modules
+    targets = "all-linear" if target_modules == ["all-linear"] else target_modules
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        task_type="CAUSAL_LM")
+                        task_type="CAUSAL_LM", **lora_options)
     return get_peft_model(model, config)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
-from preftune.errors import ConfigError
+from preftune.errors import ConfigError, PreftuneError
 from preftune.modeling.lean_layers import make_lean
 from preftune.modeling.load import (
     compile_decoder_layers,
@@ -43,6 +43,8 @@ from preftune.stages.inputs import (
     row_format,
     with_adapter,
 )
+from preftune.stages.publish import prepare_push
+from preftune.stages.startup import apply_runtime_settings, check_before_model, ignored_lines
 from preftune.train.checkpoint import (
     is_peft,
     load_trainer_state,
@@ -55,6 +57,7 @@ from preftune.train.distributed import DistInfo, init_distributed, shutdown
 from preftune.train.loop import LoopState
 from preftune.train.metrics import MetricsLogger
 from preftune.train.preflight import check_free_space, check_resume, checkpoint_bytes, run_fingerprints
+from preftune.train.reporters import open_reporters
 from preftune.train.sampler import StepSampler, total_steps
 
 
@@ -69,6 +72,8 @@ class Run:
     sources: tuple[Any, Any] | None = None                  # (train, held-out) rows, see stages/inputs.py
     model_fingerprint: str | None = None                    # of a model object passed from Python
     reference_model: nn.Module | None = None                # a frozen reference object (ref_model=, or a copy)
+    publisher: Any = None                                   # push_to_hub (stages/publish.py), checked at start
+    reporters: list[Any] = field(default_factory=list)      # report_to (train/reporters.py), opened at start
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -91,6 +96,7 @@ def start_run(cfg: TrainingConfig) -> Run:
     quiet_transformers()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    apply_runtime_settings(cfg)
     info = init_distributed(cfg.device)
     seed_everything(cfg.seed)
     output_dir = Path(cfg.output_dir)
@@ -106,6 +112,14 @@ def start_run(cfg: TrainingConfig) -> Run:
     run = Run(cfg=cfg, info=info, output_dir=output_dir)
     run.log(f"{type(cfg).__name__} · {info.world_size} process(es) · device {info.device} · "
             f"threads {torch.get_num_threads()} · output {output_dir}")
+    for line in ignored_lines(cfg):
+        run.log(line)
+    if info.is_main:
+        run.reporters = open_reporters(cfg.report_to, output_dir, run_name=cfg.run_name, project=cfg.project,
+                                       config=to_dict(cfg))
+        run.publisher = prepare_push(cfg)
+        if run.publisher is not None:
+            run.log(f"push_to_hub: {run.publisher.repo_id} (checked: reachable, token accepted)")
     return run
 
 
@@ -129,7 +143,9 @@ def packing(run: Run) -> dict[str, Any]:
 
 def data_settings(cfg: Any) -> DataSettings:
     return DataSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                        use_chat_template=cfg.use_chat_template, row_format=row_format(cfg))
+                        use_chat_template=cfg.use_chat_template, row_format=row_format(cfg),
+                        max_completion_length=getattr(cfg, "max_completion_length", None),
+                        truncation_mode=getattr(cfg, "truncation_mode", "keep_start"))
 
 
 def split_off_eval(train: BuiltDataset, eval_size: int, seed: int) -> tuple[BuiltDataset, BuiltDataset]:
@@ -167,23 +183,54 @@ def load_data(run: Run, build, train_data: Any, eval_data: Any, tokenizer: Any, 
     if evaluation is not None:
         run.data_report.append(f"eval data: {evaluation.summary()}")
         run.log(run.data_report[-1])
+    check_before_model(cfg, len(train), evaluation is not None, run.info.world_size, run.log)
     return train, evaluation
 
 
+def metrics_logger(run: Run, resume_step: int | None) -> MetricsLogger:
+    """metrics.jsonl and the reporters of ``report_to`` (rank 0 writes; the others hold a silent logger)."""
+    return MetricsLogger(run.output_dir, enabled=run.info.is_main, resume_step=resume_step, reporters=run.reporters)
+
+
+def model_kwargs(cfg: Any) -> dict[str, Any]:
+    """How ``load_causal_lm`` loads this run's models: dtype, attention kernel, 4-bit, from_pretrained extras."""
+    return {"dtype": cfg.dtype or "float32", "attn_implementation": cfg.attn_implementation,
+            "quantization": "4bit" if getattr(cfg, "load_in_4bit", False) else None,
+            **(cfg.model_init_kwargs or {}), **_trust(cfg)}
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout off (TRL's ``disable_dropout``, and further): ``nn.Dropout`` modules, and the dropout
+    rates attention code reads as plain numbers (Llama's ``attention_dropout``), on modules and config."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for holder in (module, getattr(module, "config", None)):
+            for name, value in list(vars(holder).items()) if holder is not None else ():
+                if isinstance(value, float) and (name.endswith("dropout") or name.endswith("pdrop")):
+                    setattr(holder, name, 0.0)
+
+
+def policy_tokenizer(run: Run, objects: Objects | None = None) -> Any:
+    """The policy's tokenizer (the object passed from Python, or loaded): the data needs it before the model."""
+    cfg = run.cfg
+    objects = objects or Objects()
+    if objects.tokenizer is not None:
+        return ensure_pad_token(objects.tokenizer)
+    return load_tokenizer(policy_path(cfg) if objects.model is None else object_source(objects.model), **_trust(cfg))
+
+
 def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = None, *,
-                needs_reference: bool = True) -> tuple[nn.Module, Any]:
-    """The model to train and its tokenizer: by name (fp32 weights) or the objects passed from Python;
-    from the checkpoint when resuming. ``needs_reference``: the stage scores a frozen reference, so a
+                needs_reference: bool = True, tokenizer: Any = None) -> tuple[nn.Module, Any]:
+    """The model to train and its tokenizer (``tokenizer`` if given): by name or the objects passed from
+    Python; from the checkpoint when resuming. ``needs_reference``: the stage scores a frozen reference, so a
     model object's starting weights are copied when the reference cannot be read from the policy itself."""
     cfg = run.cfg
     objects = objects or Objects()
     objects.check(cfg)
     given = objects.model
     path = policy_path(cfg) if given is None else None
-    if objects.tokenizer is not None:
-        tokenizer = ensure_pad_token(objects.tokenizer)
-    else:
-        tokenizer = load_tokenizer(path or object_source(given), **_trust(cfg))
+    tokenizer = tokenizer if tokenizer is not None else policy_tokenizer(run, objects)
     if objects.ref_model is not None:
         run.reference_model = freeze(objects.ref_model.to(run.info.device))
     if given is not None:
@@ -194,14 +241,16 @@ def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = Non
         if resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
             load_weights_into(model, resume_dir / "model")
     elif resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
-        model = load_causal_lm(str(resume_dir / "model"), run.info.device, **_trust(cfg))
+        model = load_causal_lm(str(resume_dir / "model"), run.info.device, **model_kwargs(cfg))
     else:
-        model = load_causal_lm(path, run.info.device, **_trust(cfg))
+        model = load_causal_lm(path, run.info.device, **model_kwargs(cfg))
+    if cfg.disable_dropout:
+        disable_dropout(model)
     apply_lean_activations(run, model)
     if cfg.use_peft:
         model = with_adapter(cfg, model, objects.peft_config, resume_dir)
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model, cfg.gradient_checkpointing_kwargs)
     if getattr(cfg, "torch_compile", False):  # the stages that compile have the key
         run.log(f"torch.compile: {compile_decoder_layers(model)} decoder layers (compiled on first use)"
                 + ("; prefix sharing off with it" if cfg.prefix_sharing == "auto" else ""))
@@ -240,13 +289,17 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute decoder activations in backward (non-reentrant), LoRA-wrapped or not."""
+def enable_gradient_checkpointing(model: nn.Module, kwargs: dict[str, Any] | None = None) -> None:
+    """Recompute decoder activations in backward (non-reentrant unless ``kwargs`` say otherwise), LoRA-wrapped
+    or not."""
     base = model.get_base_model() if is_peft(model) else model
+    kwargs = kwargs if kwargs is not None else {"use_reentrant": False}
     if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if kwargs.get("use_reentrant", True) and hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()  # reentrant checkpoints need an input that requires grad (LoRA)
     base.config.use_cache = False
 
 
@@ -281,8 +334,9 @@ def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
     cfg = run.cfg
     lengths = [num_tokens([ex]) for ex in train.examples] if cfg.group_by_length else None
     accumulation = getattr(cfg, "gradient_accumulation_steps", 1)  # RL: one batch per rollout
+    seed = cfg.seed if getattr(cfg, "data_seed", None) is None else cfg.data_seed
     sampler = StepSampler(len(train), cfg.per_device_train_batch_size, accumulation,
-                          run.info.world_size, run.info.rank, cfg.seed, lengths=lengths)
+                          run.info.world_size, run.info.rank, seed, lengths=lengths)
     steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
     run.log(f"data order: {sampler.describe()}; {steps} optimizer steps")
     return sampler, steps
@@ -296,6 +350,8 @@ def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Opti
         torch.manual_seed(run.cfg.seed + run.info.rank)  # same init everywhere, distinct dropout per rank
         return LoopState()
     saved = load_trainer_state(resume_dir, run.info)
+    if not getattr(run.cfg, "fsdp", False):
+        require_optimizer_state(saved, resume_dir)
     if getattr(run.cfg, "fsdp", False):
         from preftune.train.fsdp import load_sharded
 
@@ -305,6 +361,12 @@ def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Opti
     set_rng_state(saved["rng"])
     run.log(f"resumed from {resume_dir} at step {saved['step']}")
     return LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
+
+
+def require_optimizer_state(saved: dict[str, Any], resume_dir: Path) -> None:
+    if saved.get("optimizer") is None:
+        raise ConfigError(f"{resume_dir} was saved with save_only_model=true: it holds no optimizer state, so a run "
+                          "cannot resume from it (start a new run from its model/ folder)")
 
 
 def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: Any, train: BuiltDataset
@@ -319,7 +381,7 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
         check_resume(resume_dir, meta["config"], meta["fingerprints"], cfg.force_resume, run.log,
                      run.info.world_size)
     if run.info.is_main:
-        one, final = checkpoint_bytes(model, cfg.optimizer, cfg.use_peft)
+        one, final = checkpoint_bytes(model, cfg.optim, cfg.use_peft)
         check_free_space(run.output_dir, one + final, "a checkpoint (weights + optimizer state) and the final model")
     return meta
 
@@ -330,12 +392,30 @@ def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torc
     sharded_root = root if getattr(run.cfg, "fsdp", False) else None
 
     def save(state: LoopState) -> None:
-        path = save_checkpoint(run.output_dir, state.step, model, tokenizer, optimizer,
+        path = save_checkpoint(run.output_dir, state.step, model, tokenizer,
+                               None if run.cfg.save_only_model else optimizer,
                                {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
                                 "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit, meta,
                                sharded_root=sharded_root, extra_models=extra_models)
-        run.log(f"checkpoint saved: {path}")
+        run.log(f"checkpoint saved: {path}" + (" (model only: save_only_model)" if run.cfg.save_only_model else ""))
+        publish(run, path / "model", f"Training in progress, step {state.step}", final=False)
     return save
+
+
+def publish(run: Run, folder: Path, message: str, final: bool) -> None:
+    """push_to_hub: the final model at the end; with hub_strategy every_save, each saved model too."""
+    publisher = run.publisher
+    if publisher is None or not run.info.is_main or not (final or publisher.every_save):
+        return
+    if not folder.is_dir():
+        run.log(f"push_to_hub: {folder} holds no plain model folder (a sharded checkpoint); pushed at the end")
+        return
+    try:
+        run.log(f"pushed to the Hub: {publisher.push(folder, message)}")
+    except Exception as e:
+        raise PreftuneError(f"push_to_hub: uploading {folder} to {publisher.repo_id} failed ({type(e).__name__}: "
+                            f"{e}); the model is saved there: upload it later with `hf upload "
+                            f"{publisher.repo_id} {folder}`") from None
 
 
 def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger, model: nn.Module,
@@ -347,7 +427,8 @@ def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger,
         run.log(line)
     if state.skipped_steps:
         run.log(f"{state.skipped_steps} step(s) skipped for a non-finite loss or gradient")
-    save(state)
+    if run.cfg.save_strategy != "no":
+        save(state)
     from preftune.train.fsdp import gather_full_state, is_fsdp
 
     if root is not None and is_fsdp(root):
@@ -362,6 +443,7 @@ def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger,
         run.log(f"final model: {result.final_dir} · metrics: {logger.path}"
                 + (f" · TensorBoard: {logger.tensorboard_dir}" if logger.tensorboard_dir else ""))
         run.log(f"curves: preftune plot {run.output_dir}")
+        publish(run, result.final_dir, "End of training", final=True)
     logger.close()
     result.seconds = time.perf_counter() - started
     write_summary(run, result)

@@ -49,9 +49,12 @@ from preftune.stages.common import (
     finish,
     load_data,
     load_policy,
+    metrics_logger,
+    model_kwargs,
     num_tokens,
     packing,
     plan_steps,
+    policy_tokenizer,
     preflight,
     restore_state,
     start_run,
@@ -61,7 +64,6 @@ from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.fsdp import shard
 from preftune.train.loop import autocast, reduce_means, train_loop
-from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
@@ -79,6 +81,13 @@ def make_batches(objective: Objective, dataset: BuiltDataset, pad_token_id: int,
 def scorer(model: nn.Module) -> Score:
     """The policy as a ``score(rows, **options)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or not)."""
     return lambda rows, **options: model(rows.input_ids, rows.attention_mask, rows.loss_mask, **options)
+
+
+def reference_batch_size(cfg: DPOConfig, split: str) -> int:
+    """precompute_ref_batch_size, else the split's own batch size (as TRL)."""
+    if cfg.precompute_ref_batch_size is not None:
+        return cfg.precompute_ref_batch_size
+    return cfg.per_device_train_batch_size if split == "train" else cfg.per_device_eval_batch_size
 
 
 def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel, dataset: BuiltDataset,
@@ -103,8 +112,7 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
             path, lm = "a reference model object", run.reference_model
         else:
             path = str(ref_path or cfg.ref_model_name_or_path or policy_path(cfg))
-            trust = {"trust_remote_code": True} if getattr(cfg, "trust_remote_code", False) else {}
-            lm = freeze(load_causal_lm(path, run.info.device, **trust))
+            lm = freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg)))
         ref_lm = SequenceLogprobModel(lm, cfg.logprob_chunk_size, **packing(run))
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
@@ -132,7 +140,7 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
 
     with eval_mode(policy):
         table = precompute_reference(
-            compute, len(dataset), num_columns=dataset.num_columns, batch_size=cfg.per_device_eval_batch_size,
+            compute, len(dataset), num_columns=dataset.num_columns, batch_size=reference_batch_size(cfg, split),
             cache_file=cache_file, rank=run.info.rank, world_size=run.info.world_size,
             all_reduce=lambda t: all_reduce_sum(t, run.info), log=run.log, desc=f"reference ({split}, {source})")
     return PrecomputedReference(table.to(run.info.device))
@@ -188,11 +196,12 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
     run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.data_format}")
     resolve_data(run, train_data, eval_data)
 
-    # 2-3. Policy, tokenizer, data.
-    model, tokenizer = load_policy(run, resume_dir, objects)
+    # 2-3. Tokenizer and data (checked against the batch and the eval settings), then the policy.
+    tokenizer = policy_tokenizer(run, objects)
     train, held_out = load_data(run, objective.build, train_data, eval_data, tokenizer)
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
+    model, tokenizer = load_policy(run, resume_dir, objects, tokenizer=tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
@@ -211,11 +220,10 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
                           build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed))
 
     # 5. Optimizer, data order, resume.
-    optimizer = build_optimizer(policy.parameters(), cfg)
+    optimizer = build_optimizer(policy, cfg)
     sampler, steps = plan_steps(run, train)
     state = restore_state(run, resume_dir, optimizer, policy)
-    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
-                           resume_step=state.step if resume_dir is not None else None)
+    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
     reference_lm = reference.model.model if cfg.sync_ref_model else None  # the frozen copy's language model
     save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy,
@@ -230,7 +238,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
 
     # 6. Held-out evaluation before training. When the reference table was scored by this very
     #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
-    if held_out is not None and state.step == 0:
+    if held_out is not None and state.step == 0 and cfg.eval_on_start:
         from_table = (isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None
                       and not objective.score_options(cfg))  # the table holds sums, not per-token statistics
         if from_table:
@@ -253,7 +261,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
                        after_step=sync_reference if reference_lm is not None else None, desc=cfg.loss_type[0])
 
     # 8. Evaluate after, save.
-    if held_out is not None:
+    if held_out is not None and cfg.eval_strategy != "no":
         result.eval_after = do_eval(state.step)
     return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
 

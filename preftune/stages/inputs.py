@@ -172,7 +172,8 @@ def with_adapter(cfg: Any, model: nn.Module, peft_config: Any, resume_dir: Path 
         from peft import get_peft_model
 
         return get_peft_model(model, peft_config)
-    return apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    return apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                      modules_to_save=cfg.lora_modules_to_save, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
 
 
 def load_weights_into(model: nn.Module, folder: Path) -> None:

@@ -48,10 +48,12 @@ from preftune.stages.common import (
     RunResult,
     apply_lean_activations,
     checkpoint_saver,
+    disable_dropout,
     enable_gradient_checkpointing,
     eval_mode,
     finish,
     load_data,
+    metrics_logger,
     num_tokens,
     packing,
     plan_steps,
@@ -63,7 +65,6 @@ from preftune.stages.inputs import policy_path, resolve_data
 from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import wrap_ddp
 from preftune.train.loop import autocast, reduce_means, train_loop
-from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
@@ -113,6 +114,8 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
     cfg: RMConfig = run.cfg
     source = str(resume_dir / "model") if resume_dir is not None and not cfg.use_peft else policy_path(cfg)
     model = load_reward_model(source, run.info.device, tokenizer=tokenizer)
+    if cfg.disable_dropout:
+        disable_dropout(model)
     apply_lean_activations(run, model)
     if cfg.use_peft:
         if resume_dir is not None:
@@ -122,7 +125,7 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
         else:
             model = apply_reward_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model, cfg.gradient_checkpointing_kwargs)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     run.log(f"reward model: {cfg.model_name_or_path} + scalar head · {n_all / 1e6:.1f}M parameters, "
@@ -192,11 +195,10 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     ddp_model = wrap_ddp(reward_model, info)
 
     # 4. Optimizer, data order, resume.
-    optimizer = build_optimizer(reward_model.parameters(), cfg)
+    optimizer = build_optimizer(reward_model, cfg)
     sampler, steps = plan_steps(run, train)
     state = restore_state(run, resume_dir, optimizer)
-    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
-                           resume_step=state.step if resume_dir is not None else None)
+    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
     save = checkpoint_saver(run, model, tokenizer, optimizer, meta)
 
@@ -208,7 +210,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         return metrics
 
     # 5. Held-out evaluation before training (a new head: rewards near 0, loss near log 2).
-    if held_out is not None and state.step == 0:
+    if held_out is not None and state.step == 0 and cfg.eval_on_start:
         result.eval_before = do_eval(0)
 
     # 6. Train.
@@ -220,7 +222,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
                        evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.loss_type)
 
     # 7. Evaluate after, save: the final folder plus the data settings a scorer must reproduce.
-    if held_out is not None:
+    if held_out is not None and cfg.eval_strategy != "no":
         result.eval_after = do_eval(state.step)
     result = finish(run, result, state, logger, model, tokenizer, save, started)
     if result.final_dir is not None:

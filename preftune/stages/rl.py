@@ -44,17 +44,22 @@ from preftune.stages.common import (
     finish,
     load_data,
     load_policy,
+    metrics_logger,
+    model_kwargs,
     packing,
     plan_steps,
+    policy_tokenizer,
     preflight,
+    require_optimizer_state,
     start_run,
 )
 from preftune.stages.inputs import policy_path, resolve_data
+from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.loop import LoopState, autocast, guarded_step, reduce_means, stop_if_diverged
-from preftune.train.metrics import MetricsLogger, format_postfix, progress_bar
-from preftune.train.optim import build_optimizer, lr_at, set_lr, warmup_steps
+from preftune.train.metrics import format_postfix, progress_bar
+from preftune.train.optim import build_optimizer, lr_schedule, set_lr
 from preftune.train.sampler import eval_shard
 
 EVAL_SEED_OFFSET = 7919  # held-out sampling uses its own seed: the same noise before and after training
@@ -128,8 +133,8 @@ def build_reference(run: Run, policy: SequenceLogprobModel):
                 return per_token(policy, rows).tokens
         return adapter_disabled
     path = cfg.ref_model_name_or_path or policy_path(cfg)
-    ref = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device)), cfg.logprob_chunk_size,
-                               temperature=cfg.temperature, **packing(run))
+    ref = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg))),
+                               cfg.logprob_chunk_size, temperature=cfg.temperature, **packing(run))
     run.log(f"reference: {path} (frozen copy)")
     return lambda rows: per_token(ref, rows).tokens
 
@@ -299,8 +304,9 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
 
     # 2. Tokenizer, prompts. Generation needs a pad token distinct from nothing at all.
     resolve_data(run, train_data, eval_data)  # before any model loads
-    model, tokenizer = load_policy(run, resume_dir)
+    tokenizer = policy_tokenizer(run)
     train, held_out = load_data(run, build_prompt_dataset, train_data, eval_data, tokenizer)
+    model, tokenizer = load_policy(run, resume_dir, tokenizer=tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
 
     # 3. Policy (+ value head), reference, reward.
@@ -319,14 +325,12 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
 
     # 4. Optimizer, prompt order, KL controller, resume.
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
+    optimizer = build_optimizer(policy, cfg)
     sampler, rollouts = plan_steps(run, train)
     updates_per_rollout = cfg.ppo_epochs * cfg.num_mini_batches if cfg.algorithm == "ppo" else 1
     total_updates = rollouts * updates_per_rollout
-    warmup = warmup_steps(cfg, total_updates)
-
-    def lr_of(update: int) -> float:
-        return lr_at(update, peak=cfg.learning_rate, warmup=warmup, total=total_updates, kind=cfg.lr_scheduler_type)
+    lr_of = lr_schedule(cfg, total_updates)
+    cadence = Cadence.of(cfg, rollouts, sampler.steps_per_epoch)
 
     controller = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                   else rl.FixedKLController(cfg.kl_coef))
@@ -335,6 +339,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         torch.manual_seed(cfg.seed + info.rank)  # distinct sampling streams per rank
     else:
         saved = load_trainer_state(resume_dir, info)
+        require_optimizer_state(saved, resume_dir)
         optimizer.load_state_dict(saved["optimizer"])
         controller.load_state_dict(saved["kl_controller"])
         if value_head is not None:
@@ -343,16 +348,15 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         state = LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"],
                           optimizer_steps=saved["optimizer_steps"])
         run.log(f"resumed from {resume_dir} at rollout {state.step}")
-    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
-                           resume_step=state.step if resume_dir is not None else None)
+    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
 
     def save(s: LoopState) -> None:
         extra = {"tokens_seen": s.tokens_seen, "skipped_steps": s.skipped_steps, "optimizer_steps": s.optimizer_steps,
                  "kl_controller": controller.state_dict(), "config": to_dict(cfg),
                  "value_head": value_head.state_dict() if value_head is not None else None}
-        path = save_checkpoint(run.output_dir, s.step, policy.model, tokenizer, optimizer, extra, info,
-                               cfg.save_total_limit, meta)
+        path = save_checkpoint(run.output_dir, s.step, policy.model, tokenizer,
+                               None if cfg.save_only_model else optimizer, extra, info, cfg.save_total_limit, meta)
         run.log(f"checkpoint saved: {path}")
 
     def do_eval(step: int) -> dict[str, float]:
@@ -363,7 +367,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         return metrics
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and state.step == 0:
+    if held_out is not None and state.step == 0 and cfg.eval_on_start:
         result.eval_before = do_eval(0)
 
     # 6. The rollout loop.
@@ -388,7 +392,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         mean_kl = (packed[0] / packed[1]).item()
         controller.update(mean_kl, int(packed[1].item()))
         tokens = int(rollout.rows.attention_mask.sum())
-        if state.step % cfg.logging_steps == 0 or state.step == rollouts:
+        if cadence.log(state.step):
             updates = sums.pop("updates")
             per_update = {k: sums.pop(k) / updates for k in list(sums)
                           if k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "vf_clipfrac", "grad_norm")}
@@ -403,14 +407,14 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
             logger.log(state.step, metrics)
             state.history.append({"step": state.step, **metrics})
             bar.set_postfix(format_postfix(metrics), refresh=False)
-        if held_out is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < rollouts:
+        if held_out is not None and cadence.evaluate(state.step) and state.step < rollouts:
             do_eval(state.step)
-        if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < rollouts and not state.consecutive_skips:
+        if cadence.save(state.step) and state.step < rollouts and not state.consecutive_skips:
             save(state)
     bar.close()
 
     # 7. Evaluate after, save (the value head next to the final model, for a later PPO run to start from).
-    if held_out is not None:
+    if held_out is not None and cfg.eval_strategy != "no":
         result.eval_after = do_eval(state.step)
     result = finish(run, result, state, logger, policy.model, tokenizer, save, started)
     if value_head is not None and info.is_main and result.final_dir is not None:

@@ -30,9 +30,11 @@ from preftune.stages.common import (
     finish,
     load_data,
     load_policy,
+    metrics_logger,
     num_tokens,
     packing,
     plan_steps,
+    policy_tokenizer,
     preflight,
     restore_state,
     start_run,
@@ -44,7 +46,6 @@ from preftune.train.checkpoint import (
 from preftune.train.distributed import wrap_ddp
 from preftune.train.fsdp import shard
 from preftune.train.loop import autocast, reduce_means, train_loop
-from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
@@ -97,9 +98,10 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
     resolve_data(run, train_data, eval_data)
 
     # 2-3. Model, tokenizer, data.
-    model, tokenizer = load_policy(run, resume_dir, objects, needs_reference=False)
+    tokenizer = policy_tokenizer(run, objects)
     train, held_out = load_data(run, build_completion_dataset, train_data, eval_data, tokenizer,
                                 completion_field=cfg.completion_field)
+    model, tokenizer = load_policy(run, resume_dir, objects, needs_reference=False, tokenizer=tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
@@ -107,11 +109,10 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
     eval_batch = make_batches(held_out, tokenizer.pad_token_id, info.device) if held_out is not None else None
 
     # 4. Optimizer, data order, resume.
-    optimizer = build_optimizer(policy.parameters(), cfg)
+    optimizer = build_optimizer(policy, cfg)
     sampler, steps = plan_steps(run, train)
     state = restore_state(run, resume_dir, optimizer, policy)
-    logger = MetricsLogger(run.output_dir, cfg.report_to, enabled=info.is_main,
-                           resume_step=state.step if resume_dir is not None else None)
+    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
     save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy)
 
@@ -122,7 +123,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
         return metrics
 
     # 5. Held-out NLL before.
-    if held_out is not None and state.step == 0:
+    if held_out is not None and state.step == 0 and cfg.eval_on_start:
         result.eval_before = do_eval(0)
 
     # 6. Train.
@@ -135,7 +136,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
                        evaluate=do_eval if held_out is not None else None, save=save, desc="sft")
 
     # 7. Evaluate after, save.
-    if held_out is not None:
+    if held_out is not None and cfg.eval_strategy != "no":
         result.eval_after = do_eval(state.step)
     return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
 

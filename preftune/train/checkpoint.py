@@ -71,7 +71,7 @@ def is_peft(model: nn.Module) -> bool:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokenizer: Any,
-                    optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any], info: DistInfo,
+                    optimizer: torch.optim.Optimizer | None, trainer_state: dict[str, Any], info: DistInfo,
                     total_limit: int | None = None, meta: dict[str, Any] | None = None,
                     sharded_root: nn.Module | None = None, extra_models: dict[str, nn.Module] | None = None
                     ) -> Path:
@@ -95,7 +95,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokeniz
         faults.kill_if("kill_in_save", step, info.rank)
         if meta is not None:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        optimizer_state = optimizer.state_dict() if sharded_root is None else None
+        # No optimizer: save_only_model (the checkpoint cannot be resumed from).
+        optimizer_state = optimizer.state_dict() if sharded_root is None and optimizer is not None else None
         torch.save({**trainer_state, "step": step, "optimizer": optimizer_state, "rng": rng_state()},
                    tmp / "trainer_state.pt")
     barrier(info)

@@ -28,11 +28,12 @@ from torch import Tensor, nn
 from preftune.config import TrainingConfig
 from preftune.errors import PreftuneError
 from preftune.train import faults
+from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import list_checkpoints
 from preftune.train.distributed import DistInfo, all_reduce_sum
 from preftune.train.fsdp import full_norm, is_fsdp
 from preftune.train.metrics import MetricsLogger, format_postfix, progress_bar
-from preftune.train.optim import lr_at, set_lr, warmup_steps
+from preftune.train.optim import lr_schedule, set_lr
 from preftune.train.sampler import StepSampler
 
 Batch = Any
@@ -134,7 +135,8 @@ def train_loop(
     ``after_step(state)`` runs after every optimizer step, before its logging, evaluation and checkpoint
     (TR-DPO's reference update)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    warmup = warmup_steps(cfg, total_steps)
+    schedule = lr_schedule(cfg, total_steps)
+    cadence = Cadence.of(cfg, total_steps, sampler.steps_per_epoch)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     sharded = is_fsdp(model)
     bar = progress_bar(total_steps, state.step, cfg.progress_bar and info.is_main, desc)
@@ -145,7 +147,7 @@ def train_loop(
 
     while state.step < total_steps:
         # 1. Learning rate is a function of the step alone.
-        lr = lr_at(state.step, peak=cfg.learning_rate, warmup=warmup, total=total_steps, kind=cfg.lr_scheduler_type)
+        lr = schedule(state.step)
         set_lr(optimizer, lr)
 
         # 2. Forward/backward over the micro-batches; gradients sync across ranks only on the last one.
@@ -188,7 +190,7 @@ def train_loop(
             after_step(state)
 
         # 4. Log: one reduction and host sync per logging step, not per micro-step.
-        if state.step % cfg.logging_steps == 0 or state.step == total_steps:
+        if cadence.log(state.step):
             metrics = reduce_means(window, info)
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             tokens = all_reduce_sum(torch.tensor(float(window_tokens)), info).item()
@@ -206,13 +208,13 @@ def train_loop(
             window_tokens, window_start = 0, time.perf_counter()
         stop_if_diverged(state, cfg.max_consecutive_skips, cfg.output_dir)   # after the step is logged
 
-        # 5. Periodic held-out evaluation and checkpoints.
-        if evaluate is not None and cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps:
+        # 5. Held-out evaluation and checkpoints on their strategies (the last step's: the stage's, after it).
+        if evaluate is not None and cadence.evaluate(state.step) and state.step < total_steps:
             model.eval()
             evaluate(state.step)
             model.train()
             window_start = time.perf_counter()  # evaluation time is not training throughput
-        if save is not None and cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < total_steps:
+        if save is not None and cadence.save(state.step) and state.step < total_steps:
             # Not in the middle of a run of skipped steps: the newest checkpoint stays one from before
             # the trouble, and rotation cannot delete it in favour of one taken inside it.
             if state.consecutive_skips == 0:

@@ -1,4 +1,4 @@
-"""Metrics sinks: JSONL (always), TensorBoard (when installed or asked for), the live progress bar.
+"""Metrics sinks: JSONL (always), the reporters of ``report_to`` (train/reporters.py), the progress bar.
 
 Only rank 0 writes. Values arrive as plain floats: the loop reduces device tensors once per logging
 step, so nothing here forces a host sync.
@@ -18,12 +18,13 @@ class MetricsLogger:
     its curve with the old one); on resume the records after ``resume_step`` — logged by the run that
     was interrupted after its last checkpoint — are dropped, since they are about to be logged again."""
 
-    def __init__(self, output_dir: str | Path, report_to: str = "auto", enabled: bool = True,
-                 resume_step: int | None = None) -> None:
+    def __init__(self, output_dir: str | Path, report_to: str | list[str] = "none", enabled: bool = True,
+                 resume_step: int | None = None, reporters: list | None = None) -> None:
+        """``reporters``: opened ``preftune.train.reporters`` (else opened here from ``report_to``)."""
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = None
-        self._tb = None
+        self._reporters: list = []
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,19 +34,15 @@ class MetricsLogger:
             kept = "".join(line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step)
         self._file = self.path.open("w", encoding="utf-8")
         self._file.write(kept)
-        if report_to in ("auto", "tensorboard"):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                if report_to == "tensorboard":
-                    raise RuntimeError("report_to=tensorboard but tensorboard is not installed "
-                                       "(pip install tensorboard)") from None
-            else:
-                self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+        if reporters is None:
+            from preftune.train.reporters import open_reporters
+
+            reporters = open_reporters(report_to, output_dir)
+        self._reporters = list(reporters)
 
     @property
     def tensorboard_dir(self) -> Path | None:
-        return Path(self._tb.log_dir) if self._tb is not None else None
+        return next((r.log_dir for r in self._reporters if hasattr(r, "log_dir")), None)
 
     def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -54,17 +51,16 @@ class MetricsLogger:
         record.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for key, value in metrics.items():
-                self._tb.add_scalar(f"{split}/{key}", value, step)
+        for reporter in self._reporters:
+            reporter.log(step, metrics, split)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for reporter in self._reporters:
+            reporter.close()
+        self._reporters = []
 
 
 def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ accumulation N·k sees: the global batch of a step is the same; only who compute
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -89,9 +90,11 @@ class StepSampler:
 
 
 def total_steps(steps_per_epoch: int, num_train_epochs: float, max_steps: int) -> int:
+    """``max_steps`` if set, else the epochs' steps rounded up (as transformers: 2.5 epochs of 3 steps are
+    8 steps)."""
     if max_steps > 0:
         return max_steps
-    return max(1, int(steps_per_epoch * num_train_epochs))
+    return max(1, math.ceil(steps_per_epoch * num_train_epochs))
 
 
 def eval_shard(num_examples: int, world_size: int, rank: int) -> range:

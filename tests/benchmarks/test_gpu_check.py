@@ -87,5 +87,5 @@ def test_the_shell_script_arguments(tmp_path):
     assert dry.returncode == 0
     install, run = dry.stdout.splitlines()
     assert "--no-index --no-deps" in install and str(tmp_path / "w") in install
-    assert run.endswith("gpu_check.py --out o --shape 0.5b --time-limit 440 --steps 3")
+    assert run.endswith("gpu_check.py --out o --shape 0.5b --time-limit 400 --steps 3")
     assert "trl==1.16.0" in _sh("--dry-run").stdout

@@ -6,8 +6,9 @@ import pickle
 import pytest
 
 from preftune.config import DPOConfig, EvalConfig, RLConfig, RMConfig, SFTConfig, load_config
-from preftune.config.groups import OptimGroup, PeftGroup
+from preftune.config.groups import TextGroup
 from preftune.config.loss import LossGroup
+from preftune.config.optim import OptimGroup
 from preftune.errors import ConfigError
 
 BASE = {"model_name_or_path": "m", "train_file": "t.jsonl"}
@@ -16,13 +17,13 @@ BASE = {"model_name_or_path": "m", "train_file": "t.jsonl"}
 def test_every_problem_is_reported_at_once_each_with_its_key():
     with pytest.raises(ConfigError) as err:
         load_config(DPOConfig, None, ["betta=0.1", "learning_rate=-1", "bf16=maybe", "loss_type=nope",
-                                      "lora_r=8", "max_prompt_length=900"])
+                                      "lora_r=8", "max_prompt_length=1100"])
     problems = err.value.problems
     assert str(err.value).startswith("6 problems in the config:\n  - ")
     expected = ["unknown config key 'betta' for DPOConfig (did you mean beta",
                 "bf16 must be true or false, got 'maybe'",
                 "lora_r is set but use_peft is false",
-                "max_prompt_length must be < max_length (512)",
+                "max_prompt_length must be < max_length (1024)",
                 "learning_rate must be > 0, got -1.0",
                 "loss_type: unknown loss 'nope'"]
     assert len(problems) == len(expected)
@@ -66,7 +67,7 @@ def test_configs_pickle_and_compare():
 
 
 def test_stages_take_only_their_keys_and_say_why_one_is_left_out():
-    for cls, group in [(SFTConfig, OptimGroup), (DPOConfig, LossGroup), (RMConfig, PeftGroup)]:
+    for cls, group in [(SFTConfig, OptimGroup), (DPOConfig, LossGroup), (RMConfig, TextGroup)]:
         assert {f.name for f in dataclasses.fields(group)} <= {f.name for f in dataclasses.fields(cls)}
     assert "beta" not in {f.name for f in dataclasses.fields(SFTConfig)}
     with pytest.raises(ConfigError) as err:
@@ -79,7 +80,10 @@ def test_stages_take_only_their_keys_and_say_why_one_is_left_out():
 
 
 def test_each_stage_keeps_its_own_defaults():
-    assert SFTConfig(**BASE).output_dir == "runs/sft" and SFTConfig(**BASE).learning_rate == 1e-5
+    # TRL's defaults: SFTConfig 2e-5, DPOConfig 1e-6, RewardConfig 1e-4, RLOOConfig 1e-6.
+    assert SFTConfig(**BASE).output_dir == "runs/sft" and SFTConfig(**BASE).learning_rate == 2e-5
+    assert DPOConfig(**BASE).learning_rate == 1e-6 and RMConfig(**BASE).learning_rate == 1e-4
+    assert RLConfig(**BASE, reward="m:f").learning_rate == 1e-6
     assert DPOConfig(**BASE).output_dir == "runs/dpo"
     assert RMConfig(**BASE).loss_type == "bradley_terry"
     assert EvalConfig(model_name_or_path="m", ref_model_name_or_path="r", eval_file="e").loss_type == ["sigmoid"]

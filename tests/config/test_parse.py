@@ -37,11 +37,11 @@ def test_overrides_win_over_the_file_and_keywords_over_both(tmp_path):
 
 def test_every_command_line_spelling_trl_users_type():
     tokens = ["--beta", "0.2", "--bf16", "--loss_type", "sigmoid", "ipo", "--max_length=64", "max_prompt_length=32", "seed=3",
-              "--loss-weights", "1", "0.5", "--precompute_ref_log_probs", "false", "--use_peft"]
+              "--loss-weights", "1", "0.5", "--precompute_ref_log_probs", "false", "--use_peft", "--no_padding_free"]
     cfg = load_config(DPOConfig, None, BASE + cli_overrides(tokens))
     assert cfg.beta == 0.2 and cfg.bf16 is True and cfg.loss_type == ["sigmoid", "ipo"]
     assert cfg.max_length == 64 and cfg.seed == 3 and cfg.loss_weights == [1.0, 0.5]
-    assert cfg.precompute_ref_log_probs is False and cfg.use_peft is True
+    assert cfg.precompute_ref_log_probs is False and cfg.use_peft is True and cfg.padding_free is False
 
 
 def test_a_stray_word_on_the_command_line_is_an_error():

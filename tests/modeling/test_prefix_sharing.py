@@ -308,12 +308,13 @@ def test_a_dpo_run_shares_prompts_by_default_and_matches_a_run_without(tiny_mode
     """The whole stage: default settings log that sharing is on; losses and rewards equal those with it off."""
     from preftune.config import DPOConfig
     from preftune.stages.dpo import run_dpo
-    from tests.conftest import separable_rows
+    from tests.conftest import pre_trl, separable_rows
 
     rows = separable_rows(24)
-    common = dict(model_name_or_path=str(tiny_model_dir), max_length=48, max_prompt_length=16, max_steps=3,
-                  per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, progress_bar=False,
-                  report_to="none", threads=1, eval_size=8)
+    common = {**dict(s.split("=", 1) for s in pre_trl([], held_out=True)),
+              **dict(model_name_or_path=str(tiny_model_dir), max_length=48, max_prompt_length=16, max_steps=3,
+                     per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, progress_bar=False,
+                     report_to="none", threads=1, eval_size=8)}
     on = run_dpo(DPOConfig(**common, output_dir=str(tmp_path / "on")), train_data=rows)
     assert "prefix sharing: on" in capsys.readouterr().out
     off = run_dpo(DPOConfig(**common, output_dir=str(tmp_path / "off"), prefix_sharing=False), train_data=rows)

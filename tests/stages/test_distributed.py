@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from preftune.train.metrics import read_metrics
+from tests.conftest import pre_trl
 
 pytestmark = pytest.mark.distributed
 
@@ -30,9 +31,9 @@ def test_two_processes_match_one_process_with_double_accumulation(stage, tiny_mo
                                                                   tmp_path):
     train, held_out = separable_files
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
-    common = [f"model_name_or_path={tiny_model_dir}", f"train_file={train}", f"eval_file={held_out}",
-              "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4", "max_steps=5",
-              "learning_rate=1e-3", "logging_steps=1", "progress_bar=false", "report_to=none", "threads=1"]
+    common = pre_trl([f"model_name_or_path={tiny_model_dir}", f"train_file={train}", f"eval_file={held_out}",
+                      "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4", "max_steps=5",
+                      "learning_rate=1e-3", "logging_steps=1", "progress_bar=false", "report_to=none", "threads=1"])
     if stage == "sft":
         common.append("completion_field=chosen")
     _run([stage, *common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2"], 1, env)
@@ -57,9 +58,9 @@ def test_kto_reference_point_is_estimated_over_the_global_batch(tiny_model_dir, 
 
     train = write_jsonl(unpaired_rows(separable_rows(40, seed=0)), tmp_path / "train.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
-    common = ["dpo", "loss_type=kto", f"model_name_or_path={tiny_model_dir}", f"train_file={train}",
-              "max_length=48", "max_prompt_length=16", "max_steps=6", "learning_rate=1e-3", "logging_steps=1",
-              "progress_bar=false", "report_to=none", "threads=1"]
+    common = ["dpo", *pre_trl(["loss_type=kto", f"model_name_or_path={tiny_model_dir}", f"train_file={train}",
+                               "max_length=48", "max_prompt_length=16", "max_steps=6", "learning_rate=1e-3",
+                               "logging_steps=1", "progress_bar=false", "report_to=none", "threads=1"])]
     _run([*common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=8"], 1, env)
     _run([*common, f"output_dir={tmp_path / 'two'}", "per_device_train_batch_size=4"], 2, env)
     one = read_metrics(tmp_path / "one" / "metrics.jsonl", "train")
@@ -79,9 +80,10 @@ def test_fsdp_matches_one_process_and_its_sharded_checkpoint_resumes_under_anoth
 
     train, _ = separable_files
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
-    common = ["dpo", f"model_name_or_path={tiny_model_dir}", f"train_file={train}", "max_length=48",
-              "max_prompt_length=16", "per_device_train_batch_size=4", "max_steps=6", "learning_rate=1e-3",
-              "logging_steps=1", "progress_bar=false", "report_to=none", "threads=1"]
+    common = ["dpo", *pre_trl([f"model_name_or_path={tiny_model_dir}", f"train_file={train}", "max_length=48",
+                               "max_prompt_length=16", "per_device_train_batch_size=4", "max_steps=6",
+                               "learning_rate=1e-3", "logging_steps=1", "progress_bar=false", "report_to=none",
+                               "threads=1"])]
     _run([*common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2"], 1, env)
     _run([*common, f"output_dir={tmp_path / 'fsdp'}", "fsdp=true", "save_steps=3"], 2, env)
     assert (tmp_path / "fsdp" / "checkpoint-3" / "dcp" / ".metadata").is_file()

@@ -9,13 +9,14 @@ from preftune.config import DPOConfig, load_config
 from preftune.modeling.load import load_causal_lm
 from preftune.stages.dpo import run_dpo
 from preftune.train.metrics import read_metrics
+from tests.conftest import pre_trl
 
 
 def dpo_config(model_dir, train, out, *extra):
-    return load_config(DPOConfig, None, [
+    return load_config(DPOConfig, None, pre_trl([
         f"model_name_or_path={model_dir}", f"train_file={train}", f"output_dir={out}",
         "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=8", "logging_steps=1",
-        "progress_bar=false", "report_to=none", "seed=0", *extra])
+        "progress_bar=false", "report_to=none", "seed=0", *extra]))
 
 
 def test_dpo_raises_held_out_reward_accuracy_on_a_separable_task(tiny_model_dir, separable_files, tmp_path):
@@ -90,7 +91,8 @@ def test_gradient_checkpointing_and_rmsprop_give_the_same_steps(tiny_model_dir, 
     for a, b in zip(plain.history, ckpt.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
-    assert [h["lr"] for h in plain.history] == pytest.approx([5e-5, 1e-4, 1e-4])  # warm-up, then decay to 0
+    # transformers' warm-up (from lr 0 at the first step), then linear decay: (3 − 2)/(3 − 2) at step 2.
+    assert [h["lr"] for h in plain.history] == pytest.approx([0.0, 5e-5, 1e-4])
 
 
 def test_bf16_autocast_runs_and_stays_close_to_fp32(tiny_model_dir, separable_files, tmp_path):

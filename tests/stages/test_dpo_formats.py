@@ -16,6 +16,7 @@ from preftune.config import DPOConfig, load_config
 from preftune.errors import DataError
 from preftune.stages.dpo import run_dpo
 from preftune.testing import save_to_hub_cache, write_dataset_repo
+from tests.conftest import pre_trl
 
 GOOD, BAD = ["good", "great", "fine", "yes"], ["bad", "awful", "poor", "no"]
 
@@ -63,10 +64,10 @@ def h4_rows(n: int) -> list[dict]:
 
 
 def dpo(model_dir, out, *extra):
-    return load_config(DPOConfig, None, [
+    return load_config(DPOConfig, None, pre_trl([
         f"model_name_or_path={model_dir}", f"output_dir={out}", "max_length=64", "max_prompt_length=48",
         "per_device_train_batch_size=4", "max_steps=3", "learning_rate=1e-3", "progress_bar=false",
-        "report_to=none", *extra])
+        "report_to=none", *extra]))
 
 
 @pytest.mark.parametrize("rows, keys", [
@@ -104,11 +105,11 @@ def test_a_hub_model_and_a_hub_dataset_run_offline_from_the_cli(tiny_model_dir, 
     save_to_hub_cache(repo, "tiny-org/h4-prefs", offline_hub, repo_type="dataset")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "preftune", "dpo", "model_name_or_path=tiny-org/tiny-llama",
-                           "dataset_name=tiny-org/h4-prefs", "dataset_train_split=train_prefs",
-                           "dataset_test_split=test_prefs", f"output_dir={out}", "max_steps=2", "max_length=64",
-                           "max_prompt_length=48", "per_device_train_batch_size=4", "progress_bar=false",
-                           "report_to=none"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "preftune", "dpo", *pre_trl([
+        "model_name_or_path=tiny-org/tiny-llama", "dataset_name=tiny-org/h4-prefs", "dataset_train_split=train_prefs",
+        "dataset_test_split=test_prefs", f"output_dir={out}", "max_steps=2", "max_length=64", "max_prompt_length=48",
+        "per_device_train_batch_size=4", "progress_bar=false", "report_to=none"], held_out=True)],
+        env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert env["HF_HUB_OFFLINE"] == "1"
     log = proc.stdout

@@ -11,11 +11,11 @@ from preftune.errors import ConfigError
 from preftune.stages.dpo import run_dpo
 from preftune.stages.sft import run_sft
 from preftune.testing import tiny_llama, tiny_tokenizer
-from tests.conftest import separable_rows
+from tests.conftest import PRE_TRL_EVAL, pre_trl, separable_rows
 
 datasets = pytest.importorskip("datasets")
-COMMON = ["max_length=48", "max_prompt_length=16", "per_device_train_batch_size=8", "logging_steps=1",
-          "progress_bar=false", "report_to=none", "seed=0", "learning_rate=1e-3"]
+COMMON = pre_trl(["max_length=48", "max_prompt_length=16", "per_device_train_batch_size=8", "logging_steps=1",
+                  "progress_bar=false", "report_to=none", "seed=0", "learning_rate=1e-3"])
 
 
 def config(cls, out, *extra):
@@ -73,8 +73,8 @@ def test_in_memory_rows_as_dataframe_and_datasetdict(tiny_model_dir, tmp_path, c
             train_data=frame)
     splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(separable_rows(16)),
                                    "test": datasets.Dataset.from_list(separable_rows(8, seed=3))})
-    result = run_dpo(config(DPOConfig, tmp_path / "dd", f"model_name_or_path={tiny_model_dir}", "max_steps=1"),
-                     train_data=splits)
+    result = run_dpo(config(DPOConfig, tmp_path / "dd", f"model_name_or_path={tiny_model_dir}", "max_steps=1",
+                            *PRE_TRL_EVAL), train_data=splits)
     out = capsys.readouterr().out
     assert "train data: dataset [train]: 16 examples" in out and "eval data: dataset [test]: 8 examples" in out
     assert result.eval_after  # the test split was evaluated
@@ -114,19 +114,3 @@ def test_objects_are_checked(tiny_model_dir, tmp_path):
         run_dpo(cfg, model="org/name", train_data=separable_rows(8))
     with pytest.raises(ConfigError, match="tokenizer= and processing_class= are the same thing"):
         run_dpo(cfg, tokenizer=tiny_tokenizer(), processing_class=tiny_tokenizer(), train_data=separable_rows(8))
-
-
-def test_a_peft_model_object_trains_its_own_adapter(tmp_path):
-    from peft import LoraConfig, get_peft_model
-
-    tokenizer = tiny_tokenizer()
-    model = get_peft_model(tiny_llama(len(tokenizer)), LoraConfig(r=2, lora_alpha=4, target_modules=["o_proj"],
-                                                                  task_type="CAUSAL_LM"))
-    result = run_dpo(config(DPOConfig, tmp_path / "peft", "max_steps=2"), model=model, tokenizer=tokenizer,
-                     train_data=separable_rows(16))
-    assert result.history[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)
-    trained = [k for k, v in model.state_dict().items() if "lora_B" in k and v.abs().sum() > 0]
-    assert trained and all("o_proj" in k for k in trained)
-    with pytest.raises(ConfigError, match="already a PeftModel and peft_config= is set too"):
-        run_dpo(config(DPOConfig, tmp_path / "twice", "max_steps=1"), model=model, tokenizer=tokenizer,
-                peft_config=LoraConfig(r=2), train_data=separable_rows(8))

@@ -115,7 +115,8 @@ def test_sync_ref_model_works_for_kto_too(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["sync_ref_model=true"], "sync_ref_model needs precompute_ref_log_probs=false"),
+    # Left unset, precompute_ref_log_probs follows sync_ref_model (a moving reference is computed live).
+    (["sync_ref_model=true", "precompute_ref_log_probs=true"], "sync_ref_model needs precompute_ref_log_probs=false"),
     (["sync_ref_model=true", "precompute_ref_log_probs=false", "use_peft=true"],
      "sync_ref_model cannot be used with use_peft"),
     (["sync_ref_model=true", "precompute_ref_log_probs=false", "loss_type=simpo"],

@@ -23,12 +23,12 @@ from preftune.testing import tiny_llama, tiny_tokenizer
 from preftune.train.checkpoint import verify_checkpoint
 from preftune.train.loop import TrainingDiverged
 from preftune.train.metrics import read_metrics
-from tests.conftest import separable_rows, write_jsonl
+from tests.conftest import pre_trl, separable_rows, write_jsonl
 
 # 48 examples, global batch 4 × 2 accumulation = 8: 6 steps per epoch, 2 epochs.
-SETTINGS = ["max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
-            "num_train_epochs=2", "learning_rate=1e-3", "logging_steps=1", "progress_bar=false", "report_to=none",
-            "threads=1", "seed=3"]
+SETTINGS = pre_trl(["max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4",
+                    "gradient_accumulation_steps=2", "num_train_epochs=2", "learning_rate=1e-3", "logging_steps=1",
+                    "progress_bar=false", "report_to=none", "threads=1", "seed=3"])
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,14 @@ from preftune.modeling.reward_model import RewardModelScorer, load_reward_model,
 from preftune.stages.reward_model import PAIR_KEYS, RANKING_KEYS, pair_loss, ranking_loss, run_rm
 from preftune.train.checkpoint import seed_everything
 from preftune.train.metrics import read_metrics
-from tests.conftest import separable_rows, write_jsonl
+from tests.conftest import pre_trl, separable_rows, write_jsonl
 
 
 def rm_config(model_dir, train, out, *extra):
-    return load_config(RMConfig, None, [
+    return load_config(RMConfig, None, pre_trl([
         f"model_name_or_path={model_dir}", f"train_file={train}", f"output_dir={out}",
         "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=8", "logging_steps=1",
-        "progress_bar=false", "report_to=none", "seed=0", *extra])
+        "progress_bar=false", "report_to=none", "seed=0", "learning_rate=1e-5", *extra]))
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +164,9 @@ def test_resume_continues_with_the_same_losses(tiny_model_dir, separable_files, 
 
 def test_cli_rm_trains_and_writes_the_final_folder(tiny_model_dir, separable_files, tmp_path):
     train, _ = separable_files
-    code = cli_main(["rm", f"model_name_or_path={tiny_model_dir}", f"train_file={train}", "eval_size=16",
-                     f"output_dir={tmp_path / 'out'}", "max_steps=2", "max_length=48", "max_prompt_length=16",
-                     "progress_bar=false", "report_to=none"])
+    code = cli_main(["rm", *pre_trl([f"model_name_or_path={tiny_model_dir}", f"train_file={train}", "eval_size=16",
+                                     f"output_dir={tmp_path / 'out'}", "max_steps=2", "max_length=48",
+                                     "max_prompt_length=16", "progress_bar=false", "report_to=none"])])
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {"accuracy", "margin", "loss"} <= set(summary["eval_after"])
@@ -197,10 +197,10 @@ def test_two_processes_match_one_process_with_double_accumulation(tiny_model_dir
     rows = separable_rows(48, 0) if loss_type == "bradley_terry" else ranking_rows(48, 0)
     train, held_out = write_jsonl(rows, tmp_path / "train.jsonl"), write_jsonl(rows[:9], tmp_path / "eval.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
-    common = ["rm", f"loss_type={loss_type}", f"model_name_or_path={tiny_model_dir}", f"train_file={train}",
-              f"eval_file={held_out}", "max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4",
-              "max_steps=4", "learning_rate=1e-3", "logging_steps=1", "progress_bar=false", "report_to=none",
-              "threads=1"]
+    common = ["rm", *pre_trl([f"loss_type={loss_type}", f"model_name_or_path={tiny_model_dir}", f"train_file={train}",
+                              f"eval_file={held_out}", "max_length=48", "max_prompt_length=16",
+                              "per_device_train_batch_size=4", "max_steps=4", "learning_rate=1e-3", "logging_steps=1",
+                              "progress_bar=false", "report_to=none", "threads=1"])]
     _run([*common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2"], 1, env)
     two = _run([*common, f"output_dir={tmp_path / 'two'}"], 2, env)
     assert "2 process(es)" in two.stdout

@@ -12,12 +12,14 @@ from preftune.assets.imdb import build_imdb_preferences
 from preftune.config import RMConfig, load_config
 from preftune.modeling.reward_model import RewardModelScorer
 from preftune.stages.reward_model import run_rm
+from tests.conftest import pre_trl
 
 pytestmark = pytest.mark.slow
 
 TRAIN_PAIRS, EVAL_PAIRS, MAX_WORDS = 160, 64, 48
-SETTINGS = ["use_chat_template=false", "max_length=128", "max_prompt_length=32", "learning_rate=1e-4",
-            "lr_scheduler_type=constant", "warmup_steps=4", "per_device_train_batch_size=8", "threads=2", "seed=42"]
+SETTINGS = pre_trl(["use_chat_template=false", "max_length=128", "max_prompt_length=32", "learning_rate=1e-4",
+                    "lr_scheduler_type=constant_with_warmup", "warmup_steps=4", "per_device_train_batch_size=8",
+                    "threads=2", "seed=42"], held_out=True)
 
 
 def test_reward_model_on_smollm2_learns_imdb_preferences(smollm2_dir, tmp_path):

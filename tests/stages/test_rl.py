@@ -9,16 +9,17 @@ from preftune.config import RLConfig, load_config
 from preftune.errors import ConfigError
 from preftune.rewards import load_reward, score
 from preftune.stages.rl import run_rl
+from tests.conftest import pre_trl
 
 PROMPTS = [{"prompt": f"Review number {i}:"} for i in range(96)]
 E_COUNT = "reward=tests.stages.rl_rewards:letter_e_count"
 
 
 def rl_config(model_dir, out, algorithm, *extra):
-    return load_config(RLConfig, None, [
+    return load_config(RLConfig, None, pre_trl([
         f"algorithm={algorithm}", f"model_name_or_path={model_dir}", f"output_dir={out}", "max_new_tokens=8",
         "max_prompt_length=16", "max_length=32", "per_device_train_batch_size=8", "eval_size=32",
-        "learning_rate=1e-2", "threads=1", "progress_bar=false", "report_to=none", "seed=0", E_COUNT, *extra])
+        "learning_rate=1e-2", "threads=1", "progress_bar=false", "report_to=none", "seed=0", E_COUNT, *extra]))
 
 
 @pytest.mark.parametrize("algorithm, extra", [

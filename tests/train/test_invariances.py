@@ -13,10 +13,10 @@ from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.stages.dpo import run_dpo
 from preftune.stages.sft import run_sft
 from preftune.train.metrics import read_metrics
-from tests.conftest import separable_rows, write_jsonl
+from tests.conftest import pre_trl, separable_rows, write_jsonl
 
-COMMON = ["max_length=48", "max_prompt_length=16", "max_steps=10", "learning_rate=1e-3", "logging_steps=1",
-          "progress_bar=false", "report_to=none", "threads=1", "seed=0"]
+COMMON = pre_trl(["max_length=48", "max_prompt_length=16", "max_steps=10", "learning_rate=1e-3", "logging_steps=1",
+                  "progress_bar=false", "report_to=none", "threads=1", "seed=0"])
 
 
 def weights(out):

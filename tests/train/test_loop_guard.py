@@ -24,7 +24,7 @@ def setup(tmp_path, poisoned: set[int], **overrides):
     cfg = TrainingConfig(model_name_or_path="unused", output_dir=str(tmp_path), learning_rate=0.1,
                          per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_steps=1,
                          progress_bar=False, report_to="none", **overrides)
-    optimizer = build_optimizer(model.parameters(), cfg)
+    optimizer = build_optimizer(model, cfg)
     sampler = StepSampler(32, 4, 2, seed=0)
     calls = {"n": 0}
 

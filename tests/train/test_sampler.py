@@ -1,6 +1,5 @@
 import pytest
 
-from preftune.train.optim import lr_at
 from preftune.train.sampler import StepSampler, total_steps
 
 
@@ -33,13 +32,8 @@ def test_partial_global_batch_is_reported_and_too_small_data_is_an_error():
 def test_total_steps():
     assert total_steps(10, 2.5, -1) == 25
     assert total_steps(10, 2.5, 7) == 7
-
-
-def test_linear_warmup_then_decay():
-    # peak 1, warm-up 2, total 6: steps 0,1 → 0.5, 1.0; then (6 − s)/4 for s = 2..5 → 1, .75, .5, .25
-    got = [lr_at(s, peak=1.0, warmup=2, total=6, kind="linear") for s in range(6)]
-    assert got == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
-    assert lr_at(4, peak=1.0, warmup=2, total=6, kind="constant") == 1.0
+    # Fractional epochs round up to whole optimizer steps, as transformers' ceil(epochs × steps per epoch).
+    assert total_steps(3, 2.5, -1) == 8 and total_steps(4, 0.3, -1) == 2 and total_steps(7, 1 / 7, -1) == 1
 
 
 def _padding(sampler, lengths, steps):
