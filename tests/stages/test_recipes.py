@@ -21,31 +21,15 @@ import torch
 
 from preftune.testing import save_to_hub_cache, write_dataset_repo
 from preftune.train.metrics import read_metrics
+from tests.stages.test_dpo_formats import h4_rows  # HuggingFaceH4/ultrafeedback_binarized's layout
 
 RECIPES = Path(__file__).parent / "recipes"
 MODEL, TINY_MODEL = "alignment-handbook/zephyr-7b-sft-{}", "tiny-org/tiny-zephyr-sft"
 DATA, TINY_DATA = "HuggingFaceH4/ultrafeedback_binarized", "tiny-org/ultrafeedback-binarized-tiny"
-GOOD = ["great film", "loved it", "wonderful acting", "a fine story"]
-BAD = ["awful film", "hated it", "poor acting", "a dull story"]
-
-
-def h4_rows(n: int, start: int = 0) -> list[dict]:
-    """HuggingFaceH4/ultrafeedback_binarized's columns: prompt, prompt_id, chosen/rejected conversations that
-    repeat the prompt, messages, score_chosen, score_rejected."""
-    rows = []
-    for i in range(start, start + n):
-        prompt = f"Review {i}:"
-        chosen = [{"role": "user", "content": prompt}, {"role": "assistant", "content": GOOD[i % 4]}]
-        rejected = [{"role": "user", "content": prompt}, {"role": "assistant", "content": BAD[i % 4]}]
-        rows.append({"prompt": prompt, "prompt_id": f"{i:064x}", "chosen": chosen, "rejected": rejected,
-                     "messages": chosen, "score_chosen": 8.0, "score_rejected": 3.0})
-    return rows
-
-
-def trl_lib_rows(n: int, start: int = 0) -> list[dict]:
+def trl_lib_rows(n: int) -> list[dict]:
     """trl-lib/ultrafeedback_binarized's columns: chosen/rejected conversations (the prompt is their shared
     first message), score_chosen, score_rejected."""
-    return [{k: r[k] for k in ("chosen", "rejected", "score_chosen", "score_rejected")} for r in h4_rows(n, start)]
+    return [{k: r[k] for k in ("chosen", "rejected", "score_chosen", "score_rejected")} for r in h4_rows(n)]
 
 
 def hub(tmp_path, offline_hub, model_dir, splits: dict[str, list[dict]], repo: str = TINY_DATA,
@@ -71,7 +55,7 @@ def recipe(name: str, size: str, tmp_path: Path) -> Path:
 def test_zephyr_dpo_full_recipe_runs_unchanged(tiny_model_dir, tmp_path, offline_hub):
     # The mixture puts train_prefs and test_prefs together and holds test_split_size = 2000 rows out: 2032 rows
     # leave 32 to train on, 2 steps of 8 × 2 accumulation.
-    hub(tmp_path, offline_hub, tiny_model_dir, {"train_prefs": h4_rows(2016), "test_prefs": h4_rows(16, 2016)})
+    hub(tmp_path, offline_hub, tiny_model_dir, {"train_prefs": h4_rows(2016), "test_prefs": h4_rows(16)})
     config = recipe("zephyr-7b-beta_dpo_config_full.yaml", "full", tmp_path)
     proc = preftune(["dpo", "--config", str(config), "--push_to_hub", "false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -90,7 +74,7 @@ def test_zephyr_dpo_full_recipe_runs_unchanged(tiny_model_dir, tmp_path, offline
 
 
 def test_zephyr_dpo_qlora_recipe_runs_unchanged_but_for_4bit_without_cuda(tiny_model_dir, tmp_path, offline_hub):
-    hub(tmp_path, offline_hub, tiny_model_dir, {"train_prefs": h4_rows(8), "test_prefs": h4_rows(8, 8)})
+    hub(tmp_path, offline_hub, tiny_model_dir, {"train_prefs": h4_rows(8), "test_prefs": h4_rows(8)})
     config = recipe("zephyr-7b-beta_dpo_config_qlora.yaml", "qlora", tmp_path)
     settings = ["dpo", "--config", str(config), "--push_to_hub", "false"]
     if torch.cuda.is_available():
@@ -120,7 +104,7 @@ TRL_DPO_LORA = [*TRL_DPO[:5], "5.0e-6", *TRL_DPO[6:], "--use_peft", "--lora_r", 
 @pytest.mark.slow   # 1000 steps each (the command's own max_steps): minutes on 2 cores
 @pytest.mark.parametrize("flags", [TRL_DPO, TRL_DPO_LORA], ids=["full", "lora"])
 def test_trl_dpo_command_lines_run_unchanged(tiny_model_dir, tmp_path, offline_hub, flags):
-    hub(tmp_path, offline_hub, tiny_model_dir, {"train": trl_lib_rows(16), "test": trl_lib_rows(4, 16)},
+    hub(tmp_path, offline_hub, tiny_model_dir, {"train": trl_lib_rows(16), "test": trl_lib_rows(4)},
         repo="tiny-org/trl-ultrafeedback-binarized-tiny")
     names = {"trl-lib/ultrafeedback_binarized": "tiny-org/trl-ultrafeedback-binarized-tiny",
              "Qwen/Qwen2-0.5B-Instruct": TINY_MODEL}
