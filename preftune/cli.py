@@ -43,13 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = sub.add_parser(
         "experiment", help="the paper's experiments end to end: `sentiment` = reward-vs-KL frontier of DPO, IPO, "
-                           "PPO and best-of-N on IMDb (CPU size < 60 min; --gpu for the larger one)",
+                           "PPO, RLOO and best-of-N on IMDb (CPU size ≈ 3 h, resumable in slices; --pilot sizes "
+                           "it, --gpu for the larger one)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"keys (type) = default (the CPU size):\n{describe(SentimentExperimentConfig)}", allow_abbrev=False)
     experiment.add_argument("name", choices=["sentiment"], help="which experiment")
     experiment.add_argument("--config", help="YAML file of key: value settings")
     experiment.add_argument("--gpu", action="store_true", help="the GPU size (size=gpu: more prompts, samples "
                                                                "and steps, bf16)")
+    experiment.add_argument("--pilot", action="store_true", help="the pilot (size=pilot, into <output_dir>/pilot): "
+                                                                 "measures r*'s noise and each stage's CPU cost")
+    experiment.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. sft, pairs, "
+                                                             "dpo_beta0.1); rerun to continue")
+    experiment.add_argument("--max-minutes", type=float, metavar="M", help="start no stage after M minutes; rerun "
+                                                                          "to continue")
     for name, (cls, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=f"settings (key=value or --key value) override the file; keys (type) = "
@@ -90,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             stage(args.config, args.overrides)
         elif args.stage == "experiment":
             from preftune.experiments.sentiment import main as experiment_main
-            experiment_main(args.config, args.overrides, gpu=args.gpu)
+            experiment_main(args.config, args.overrides, gpu=args.gpu, pilot=args.pilot, until=args.until,
+                            max_minutes=args.max_minutes)
         elif args.stage in ("ppo", "rloo", "reinforce"):
             from preftune.stages.rl import main as stage
             stage(args.config, [f"algorithm={args.stage}", *args.overrides])

@@ -1,12 +1,13 @@
 """``SentimentExperimentConfig``: every setting of ``preftune experiment sentiment``, typed and frozen.
 
 Same conventions as :mod:`preftune.config`: a YAML file plus ``key=value`` overrides, unknown keys and
-bad values are errors naming the key. The defaults are the **CPU size** (finishes in under an hour on
-2 cores); ``size: gpu`` (or ``--gpu``) starts from :data:`GPU_PRESET` instead, a size closer to the
-paper's, and any key set in the file or on the command line still wins over the preset.
+bad values are errors naming the key (all of them at once). The defaults are the **CPU size** (about 3 h
+on 2 cores, sized from the pilot: see the report's power section); ``size: gpu`` (or ``--gpu``) starts
+from :data:`GPU_PRESET` instead, a size closer to the paper's, and ``size: pilot`` (``--pilot``) from
+:data:`PILOT_PRESET`; any key set in the file or on the command line still wins over the preset.
 
-Each stage run by the experiment (SFT, DPO, reward model, PPO) is built from these keys; anything else a
-stage accepts can be passed through its ``*_extra`` list, e.g. ``dpo_extra=[optimizer=rmsprop]``.
+Each stage run by the experiment (SFT, DPO, reward model, PPO, RLOO, ...) is built from these keys; anything
+else a stage accepts can be passed through its ``*_extra`` list, e.g. ``dpo_extra=[optimizer=rmsprop]``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from preftune.config import from_dict, read_settings
 from preftune.errors import ConfigError
+from preftune.experiments.methods import METHODS as TRAINED
 
-METHODS = ("dpo", "ipo", "ppo_gt", "ppo_rm", "bon")
+METHODS = (*TRAINED, "bon")
 PAIR_MODES = ("best_vs_worst", "bradley_terry")
 
 
@@ -33,14 +35,17 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class SentimentExperimentConfig:
     """Controlled sentiment generation (DPO paper §6.1, Fig. 2 left) at small scale."""
 
-    size: str = _f("cpu", "cpu (defaults: < 60 min on 2 cores) or gpu (GPU_PRESET: more prompts, samples and "
-                          "steps); keys you set win over the preset.", choices=("cpu", "gpu"))
+    size: str = _f("cpu", "cpu (the defaults: about 3 h on 2 cores, resumable in slices), gpu (GPU_PRESET: more "
+                          "prompts, samples and steps) or pilot (PILOT_PRESET: a small run that measures r*'s "
+                          "noise and each stage's CPU cost, to size the others); keys you set win over the preset.",
+                   choices=("cpu", "gpu", "pilot"))
     output_dir: str = _f("runs/experiment_sentiment", "Folder of every stage's output, points.csv, frontier.png "
                                                       "and report.md. A rerun skips the stages already done.")
     model_name_or_path: str = _f("smollm2", "The base model π_SFT is fine-tuned from ('smollm2' = the embedded "
                                             "SmolLM2-135M-Instruct, or a Hugging Face folder).")
-    methods: list[str] = _f(list(METHODS), "Which methods to run: dpo, ipo, ppo_gt (PPO on r*), ppo_rm (PPO on a "
-                                           "reward model trained on the pairs), bon (best-of-N from π_SFT).")
+    methods: list[str] = _f(list(METHODS), "Which methods to run: dpo, ipo (offline, on the π_SFT pairs), ppo_gt "
+                                           "(PPO on r*), ppo_rm (PPO on a reward model trained on the pairs), rloo "
+                                           "(on r*), bon (best-of-N from π_SFT).")
     seed: int = _f(0, "Seed of the data split, sampling and every training stage.")
     threads: int | None = _f(2, "torch.set_num_threads for every stage (null = torch's default).")
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
@@ -79,15 +84,16 @@ class SentimentExperimentConfig:
 
     # Preference pairs from π_SFT samples, labelled by r*
     samples_per_prompt: int = _f(4, "Completions sampled from π_SFT per training prompt.")
-    pair_mode: str = _f("best_vs_worst", "best_vs_worst (one pair per prompt: highest vs lowest r*) or "
-                                         "bradley_terry (random pairs, label drawn with P(a > b) = "
-                                         "σ(scale · (r*(a) − r*(b))).", choices=PAIR_MODES)
-    pairs_per_prompt: int = _f(2, "bradley_terry: distinct pairs drawn per prompt.")
+    pair_mode: str = _f("best_vs_worst", "best_vs_worst (pairs_per_prompt disjoint pairs: highest vs lowest r*, "
+                                         "then second highest vs second lowest, ...) or bradley_terry (random "
+                                         "pairs, label drawn with P(a > b) = σ(scale · (r*(a) − r*(b))).",
+                        choices=PAIR_MODES)
+    pairs_per_prompt: int = _f(1, "Pairs per prompt (best_vs_worst: at most samples_per_prompt / 2; ties skipped).")
     bradley_terry_scale: float = _f(10.0, "bradley_terry: scale of the r* difference inside σ (r* = P(positive) "
                                           "is in [0, 1], so scale 1 would make nearly coin-flip labels).")
 
     # DPO and IPO
-    dpo_betas: list[float] = _f([0.05, 0.1, 0.5], "One DPO run per β.")
+    dpo_betas: list[float] = _f([0.05, 0.1, 0.5, 1.0], "One DPO run per β.")
     ipo_betas: list[float] = _f([0.1], "One IPO run per β (IPO's τ: target log-ratio margin 1/(2τ) on summed "
                                 "log-probs, loss ipo_sum).")
     dpo_epochs: float = _f(1.0, "Epochs over the pairs (DPO and IPO).")
@@ -103,66 +109,99 @@ class SentimentExperimentConfig:
     rm_extra: list[str] = _f([], "More RMConfig key=value settings.")
 
     # PPO
-    ppo_kl_coefs: list[float] = _f([0.05], "One PPO run per KL coefficient β (each for ppo_gt and ppo_rm).")
-    ppo_max_steps: int = _f(12, "Rollouts per PPO run.")
+    rl_sequences: int | None = _f(None, "Gradient sequences every run trains on (completions entering a gradient "
+                                        "step, once per pass; null = one DPO run's: 2 × pairs × dpo_epochs).")
+    ppo_kl_coefs: list[float] = _f([0.01, 0.03, 0.1, 0.3, 1.0], "One PPO run per KL coefficient β (each for ppo_gt "
+                                                               "and ppo_rm).")
+    ppo_max_steps: int | None = _f(None, "Rollouts per PPO run (null = rl_sequences / (ppo_batch_size × "
+                                         "ppo_epochs)).")
     ppo_batch_size: int = _f(16, "Prompts per rollout.")
     ppo_epochs: int = _f(2, "PPO passes over each rollout.")
     ppo_num_mini_batches: int = _f(2, "PPO minibatches per pass.")
     ppo_learning_rate: float = _f(2e-5, "PPO peak learning rate (constant after warm-up).")
     ppo_extra: list[str] = _f([], "More RLConfig key=value settings (both PPO runs).")
 
+    # RLOO (on r*)
+    rloo_kl_coefs: list[float] = _f([0.03, 0.3], "One RLOO run per KL coefficient (k1 per token, in the reward).")
+    rloo_num_generations: int = _f(4, "Completions per prompt (the leave-one-out baseline is the others').")
+    rloo_batch_size: int = _f(8, "Prompts per rollout.")
+    rloo_learning_rate: float = _f(2e-5, "RLOO learning rate (constant after warm-up).")
+    rloo_extra: list[str] = _f([], "More RLConfig key=value settings (RLOO runs).")
+
     # Evaluation
     points_per_run: int = _f(3, "Checkpoints evaluated per training run (evenly spaced; the last is the end).")
     eval_samples_per_prompt: int = _f(2, "Completions sampled per held-out prompt for each point.")
     best_of_n: list[int] = _f([1, 4, 16], "best-of-N reference points (N completions from π_SFT, keep the "
                                           "highest r*; KL = log N − (N − 1)/N).")
+    bon_prompts: int | None = _f(None, "Held-out prompts best-of-N samples (the first ones; null = all).")
+    bootstrap: int = _f(2000, "Resamples of the held-out prompts behind every verdict's standard error.")
     keep_checkpoints: bool = _f(False, "Keep every evaluated checkpoint (false: delete them once their point "
                                        "is measured; final/ is kept).")
 
     def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems[0] if len(problems) == 1 else
+                              f"{len(problems)} problems in the experiment's settings:\n" +
+                              "\n".join(f"  - {p}" for p in problems))
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings, each naming its key (all reported at once)."""
+        out = []
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
+                out.append(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
         if not self.model_name_or_path:
-            raise ConfigError("model_name_or_path is required")
+            out.append("model_name_or_path is required")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ConfigError(f"methods: unknown {unknown[0]!r}" if unknown else "methods: name at least one; "
-                              f"known: {', '.join(METHODS)}")
+            out.append((f"methods: unknown {unknown[0]!r}" if unknown else "methods: name at least one") +
+                       f"; known: {', '.join(METHODS)}")
         for key in ("num_train_prompts", "num_eval_prompts", "prompt_min_words", "max_prompt_length",
                     "max_new_tokens", "generation_batch_size", "classifier_window_words", "sft_num_reviews",
                     "sft_max_words", "sft_epochs", "sft_learning_rate", "sft_batch_size", "samples_per_prompt",
                     "pairs_per_prompt", "bradley_terry_scale", "dpo_epochs", "dpo_learning_rate", "dpo_batch_size",
                     "rm_epochs", "rm_learning_rate", "rm_batch_size", "ppo_max_steps", "ppo_batch_size",
-                    "ppo_epochs", "ppo_num_mini_batches", "ppo_learning_rate", "points_per_run",
-                    "eval_samples_per_prompt"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+                    "ppo_epochs", "ppo_num_mini_batches", "ppo_learning_rate", "rloo_num_generations",
+                    "rloo_batch_size", "rloo_learning_rate", "points_per_run", "eval_samples_per_prompt",
+                    "rl_sequences", "bon_prompts", "bootstrap"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                out.append(f"{key} must be > 0, got {value}")
         if self.prompt_max_words < self.prompt_min_words:
-            raise ConfigError(f"prompt_max_words ({self.prompt_max_words}) must be >= prompt_min_words "
-                              f"({self.prompt_min_words})")
+            out.append(f"prompt_max_words ({self.prompt_max_words}) must be >= prompt_min_words "
+                       f"({self.prompt_min_words})")
         if self.samples_per_prompt < 2:
-            raise ConfigError("samples_per_prompt must be >= 2: a pair needs two completions of one prompt")
-        for key in ("dpo_betas", "ipo_betas", "ppo_kl_coefs"):
+            out.append("samples_per_prompt must be >= 2: a pair needs two completions of one prompt")
+        if self.pair_mode == "best_vs_worst" and 2 * self.pairs_per_prompt > self.samples_per_prompt:
+            out.append(f"pairs_per_prompt ({self.pairs_per_prompt}) must be <= samples_per_prompt / 2 with "
+                       "best_vs_worst (disjoint pairs)")
+        if self.rloo_num_generations < 2:
+            out.append("rloo_num_generations must be >= 2: the leave-one-out baseline needs another sample")
+        for key in dict.fromkeys(m.sweep_key for m in TRAINED.values()):
             if any(v <= 0 for v in getattr(self, key)):
-                raise ConfigError(f"{key}: every value must be > 0, got {getattr(self, key)}")
+                out.append(f"{key}: every value must be > 0, got {getattr(self, key)}")
+        for m in TRAINED.values():
+            if m.name in self.methods and not getattr(self, m.sweep_key):
+                out.append(f"methods includes {m.name} but {m.sweep_key} is empty")
         if any(n < 1 for n in self.best_of_n):
-            raise ConfigError(f"best_of_n: every N must be >= 1, got {self.best_of_n}")
+            out.append(f"best_of_n: every N must be >= 1, got {self.best_of_n}")
         if "bon" in self.methods and not self.best_of_n:
-            raise ConfigError("methods includes bon but best_of_n is empty")
+            out.append("methods includes bon but best_of_n is empty")
         if self.classifier_max_reviews is not None and self.classifier_max_reviews < 20:
-            raise ConfigError(f"classifier_max_reviews must be >= 20 or null, got {self.classifier_max_reviews}")
+            out.append(f"classifier_max_reviews must be >= 20 or null, got {self.classifier_max_reviews}")
         if self.reward != "classifier" and ":" not in self.reward:
-            raise ConfigError(f"reward must be 'classifier' or 'module:function', got {self.reward!r}")
+            out.append(f"reward must be 'classifier' or 'module:function', got {self.reward!r}")
         if self.reward != "classifier":
             defaults = {f.name: f.default for f in dataclasses.fields(SentimentExperimentConfig)}
             for key in ("reward_includes_prompt", "classifier_max_reviews", "classifier_window_words"):
                 if getattr(self, key) != defaults[key]:
-                    raise ConfigError(f"{key} is set but reward is {self.reward!r}, not the classifier")
+                    out.append(f"{key} is set but reward is {self.reward!r}, not the classifier")
         if self.ppo_batch_size % self.ppo_num_mini_batches:
-            raise ConfigError(f"ppo_num_mini_batches ({self.ppo_num_mini_batches}) must divide ppo_batch_size "
-                              f"({self.ppo_batch_size})")
+            out.append(f"ppo_num_mini_batches ({self.ppo_num_mini_batches}) must divide ppo_batch_size "
+                       f"({self.ppo_batch_size})")
+        return out
 
 
 # The GPU size: closer to the paper (GPT-2 large, 25k prompts, several β / KL targets), still one GPU
@@ -200,15 +239,43 @@ GPU_PRESET: dict[str, Any] = {
 }
 
 
+# The pilot: small enough for minutes, big enough to measure what the CPU size is chosen from — the spread
+# of r* over held-out prompts and samples, and each stage's CPU seconds per unit of work. Written into
+# <output_dir>/pilot/ (its own settings), where the full run's report finds it.
+PILOT_PRESET: dict[str, Any] = {
+    "methods": ["dpo", "ppo_gt", "rloo", "bon"],  # IPO and PPO-RM cost what DPO and PPO-GT cost per sequence
+    "num_train_prompts": 48,
+    "num_eval_prompts": 96,
+    "eval_samples_per_prompt": 2,
+    "sft_num_reviews": 128,
+    "samples_per_prompt": 8,
+    "pairs_per_prompt": 2,
+    "dpo_betas": [0.1],
+    "ppo_kl_coefs": [0.1],
+    "rloo_kl_coefs": [0.1],
+    "points_per_run": 1,
+    "best_of_n": [1, 4],
+    "bon_prompts": 32,
+    "bootstrap": 500,
+}
+
+
 def load_experiment_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                           *, gpu: bool = False, **values: Any) -> SentimentExperimentConfig:
+                           *, gpu: bool = False, pilot: bool = False, **values: Any) -> SentimentExperimentConfig:
     """YAML file, then ``key=value`` overrides, then keyword values; with ``size: gpu`` (or ``gpu=True``)
-    every key none of those sets comes from :data:`GPU_PRESET`."""
+    every key none of those sets comes from :data:`GPU_PRESET`, with ``size: pilot`` (``pilot=True``) from
+    :data:`PILOT_PRESET`, and the output goes to ``<output_dir>/pilot``."""
     raw = read_settings(path, overrides, **values)
-    if gpu:
-        if raw.get("size", "gpu") != "gpu":
-            raise ConfigError(f"--gpu given but the config says size: {raw['size']}")
-        raw["size"] = "gpu"
+    if gpu and pilot:
+        raise ConfigError("--gpu and --pilot: choose one (the pilot is sized for the CPU)")
+    for flag, size in ((gpu, "gpu"), (pilot, "pilot")):
+        if flag:
+            if raw.get("size", size) != size:
+                raise ConfigError(f"--{size} given but the config says size: {raw['size']}")
+            raw["size"] = size
     if raw.get("size") == "gpu":
         raw = {**GPU_PRESET, **raw}
+    elif raw.get("size") == "pilot":
+        base = raw.get("output_dir", SentimentExperimentConfig.__dataclass_fields__["output_dir"].default)
+        raw = {**PILOT_PRESET, **raw, "output_dir": str(Path(base) / "pilot")}
     return from_dict(SentimentExperimentConfig, raw)

@@ -90,9 +90,10 @@ def split_reviews(n_train: int, n_eval: int, n_sft: int, *, min_words: int, max_
 
 
 def make_pairs(samples: list[dict], mode: str, per_prompt: int, scale: float, seed: int) -> list[dict]:
-    """Preference pairs from scored samples. ``best_vs_worst``: the highest- vs the lowest-r* completion of
-    each prompt (skipped when they tie). ``bradley_terry``: ``per_prompt`` distinct random pairs (a, b),
-    a preferred with probability σ(scale · (r*(a) − r*(b))). Empty and duplicate completions are skipped."""
+    """Preference pairs from scored samples. ``best_vs_worst``: up to ``per_prompt`` disjoint pairs per prompt,
+    the highest- vs the lowest-r* completion, then the second highest vs the second lowest, ... (a pair
+    whose two rewards tie is skipped). ``bradley_terry``: ``per_prompt`` distinct random pairs (a, b), a
+    preferred with probability σ(scale · (r*(a) − r*(b))). Empty and duplicate completions are skipped."""
     rng = random.Random(seed)
     out = []
     for row in samples:
@@ -104,8 +105,9 @@ def make_pairs(samples: list[dict], mode: str, per_prompt: int, scale: float, se
         if len(cands) < 2:
             continue
         if mode == "best_vs_worst":
-            best, worst = max(cands, key=lambda c: c[1]), min(cands, key=lambda c: c[1])
-            chosen_rejected = [(best, worst)] if best[1] > worst[1] else []
+            ranked = sorted(cands, key=lambda c: -c[1])  # stable: equal rewards keep their sampled order
+            outer = zip(ranked[:min(per_prompt, len(ranked) // 2)], reversed(ranked))
+            chosen_rejected = [(best, worst) for best, worst in outer if best[1] > worst[1]]
         else:
             all_pairs = [(a, b) for i, a in enumerate(cands) for b in cands[i + 1:]]
             chosen_rejected = []

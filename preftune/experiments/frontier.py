@@ -1,9 +1,10 @@
-"""Points on the reward-vs-KL plane: the CSV, the verdict on dominance, and the plot.
+"""Points on the reward-vs-KL plane: the CSV, each method's frontier, and dominance counted point by point.
 
 A point is one policy measured on the held-out prompts: mean r* and KL(π ‖ π_SFT) (one per checkpoint per
-run; best-of-N points have the analytic KL). The paper's claim (SPEC §6): DPO's frontier dominates
-PPO's — at the KL of every PPO point, DPO reaches at least its reward. A method's frontier is the upper
-concave envelope of its points and π_SFT: every point on it is attainable by mixing two of its policies.
+run; best-of-N points have the analytic KL). The paper's claim (DPO paper §6.1): DPO's frontier dominates
+PPO's. A method's frontier is the upper concave envelope of its points and π_SFT: every point on it is
+attainable by mixing two of its policies. This module counts points under frontiers; the verdict per KL
+bin with its standard errors is :mod:`preftune.experiments.stats`, the plots :mod:`preftune.experiments.plots`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-LABELS = {"sft": "π_SFT", "dpo": "DPO", "ipo": "IPO", "ppo_gt": "PPO-GT (r*)", "ppo_rm": "PPO-RM (reward model)",
-          "bon": "best-of-N"}
-COLORS = {"sft": "black", "dpo": "tab:blue", "ipo": "tab:cyan", "ppo_gt": "tab:red", "ppo_rm": "tab:orange",
-          "bon": "tab:gray"}
+from preftune.experiments.methods import METHODS
+
+LABELS = {"sft": "π_SFT", **{m.name: m.label for m in METHODS.values()}, "bon": "best-of-N"}
+COLORS = {"sft": "black", **{m.name: m.color for m in METHODS.values()}, "bon": "tab:gray"}
 PPO = ("ppo_gt", "ppo_rm")
 PHRASES = {"dominates": "dominates", "does not dominate": "does not dominate",
            "mixed": "partly dominates (mixed)", "no data": "cannot be compared with"}
@@ -33,6 +34,8 @@ class Point:
     kl: float
     kl_sem: float
     n: int             # completions behind the point
+    win_rate: float = float("nan")      # P(r*(its sample) > r*(π_SFT's sample of the same prompt)), ties ½
+    win_rate_sem: float = float("nan")
 
 
 def write_csv(points: list[Point], path: Path) -> Path:
@@ -50,7 +53,8 @@ def read_csv(path: Path) -> list[Point]:
         for row in csv.DictReader(f):
             out.append(Point(row["method"], row["run"], float(row["beta"] or "nan"), int(row["step"]),
                              float(row["reward"]), float(row["reward_sem"] or "nan"), float(row["kl"]),
-                             float(row["kl_sem"] or "nan"), int(row["n"])))
+                             float(row["kl_sem"] or "nan"), int(row["n"]), float(row.get("win_rate") or "nan"),
+                             float(row.get("win_rate_sem") or "nan")))
     return out
 
 
@@ -152,54 +156,3 @@ def verdict(points: list[Point], challenger: tuple[str, ...] = ("dpo",), baselin
             f"the {names[0]} frontier ({significant} of them by more than 2 standard errors in reward); "
             f"{reverse} of {len(chal)} {names[0]} points lie on or under the {names[1]} frontier.")
     return Verdict(label, *names, dominated, len(base), reverse, len(chal), significant, rows, text)
-
-
-def plot(points: list[Point], path: Path, title: str) -> Path:
-    """Every point with ±1 SE bars, each run's checkpoints joined in step order (thin), each method's
-    frontier (:func:`envelope`, thick), best-of-N labelled with N."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    sft = [p for p in points if p.method == "sft"]
-    markers = "osD^vP*Xh"
-    for method in ("dpo", "ipo", "ppo_gt", "ppo_rm"):
-        mine = [p for p in points if p.method == method]
-        if not mine:
-            continue
-        color = COLORS[method]
-        for i, run in enumerate(sorted({p.run for p in mine})):
-            pts = sorted((p for p in mine if p.run == run), key=lambda p: p.step)
-            line = sft + pts
-            ax.plot([p.kl for p in line], [p.reward for p in line], color=color, lw=0.6, alpha=0.45)
-            beta = pts[0].beta
-            label = f"{LABELS[method]} {'β' if method in ('dpo', 'ipo') else 'KL coef'}={beta:g}"
-            ax.errorbar([p.kl for p in pts], [p.reward for p in pts],
-                        xerr=[0 if math.isnan(p.kl_sem) else p.kl_sem for p in pts],
-                        yerr=[0 if math.isnan(p.reward_sem) else p.reward_sem for p in pts],
-                        fmt=markers[i % len(markers)], color=color, ms=5, lw=0.8, capsize=2, label=label)
-        front = envelope(mine + sft)
-        ax.plot([p.kl for p in front], [p.reward for p in front], color=color, lw=2.2, alpha=0.9)
-    bon = sorted((p for p in points if p.method == "bon"), key=lambda p: p.step)
-    if bon:
-        ax.errorbar([p.kl for p in bon], [p.reward for p in bon],
-                    yerr=[0 if math.isnan(p.reward_sem) else p.reward_sem for p in bon], fmt="--s",
-                    color=COLORS["bon"], ms=4, lw=1.2, capsize=2, label=LABELS["bon"] + " (analytic KL)")
-        for p in bon:
-            ax.annotate(f"N={p.step}", (p.kl, p.reward), textcoords="offset points", xytext=(4, -10), fontsize=7,
-                        color=COLORS["bon"])
-    for p in sft:
-        ax.plot([p.kl], [p.reward], marker="*", color="black", ms=13, ls="none", label="π_SFT (reference)")
-    ax.set_xlabel("KL(π ‖ π_SFT), nats per completion (sampled, held-out prompts)")
-    ax.set_ylabel("mean r* = P(positive), held-out prompts")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -1,5 +1,6 @@
-"""The experiment's outputs: ``points.csv``, ``frontier.png`` and ``report.md`` (config, runtime per stage,
-r*'s accuracy, every point, and the verdict computed by :func:`preftune.experiments.frontier.verdict`)."""
+"""The experiment's outputs: ``points.csv``, ``frontier.png``, ``training.png`` and ``report.md`` (the verdict
+per KL bin with paired bootstrap standard errors, the other methods against DPO, win rates against π_SFT,
+the power calculation and the pilot's cost model, every point, runtime, configuration)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from preftune.config import to_dict
-from preftune.experiments import frontier
+from preftune.config import from_dict, to_dict
+from preftune.experiments import frontier, plots, power, stats
+from preftune.experiments.methods import METHODS, budget, run_specs
+from preftune.experiments.sampling import PromptValues
 
 if TYPE_CHECKING:
     from preftune.experiments.sentiment import SentimentExperiment
+
+CHALLENGER, BASELINE = ("dpo",), ("ppo_gt",)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -27,50 +32,128 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _fmt(v: float, digits: int = 4) -> str:
+def _fmt(v: float | None, digits: int = 4) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def stage_folders(exp: SentimentExperiment) -> list[tuple[str, Path]]:
-    from preftune.experiments.sentiment import run_specs
-
-    out = exp.out
-    names = [("prompts", out / "prompts"), ("rstar", out / "rstar"), ("sft", out / "sft"), ("pairs", out / "pairs"),
-             ("point_sft", out / "point_sft")]
-    if "bon" in exp.cfg.methods:
-        names.append(("bon", out / "bon"))
-    if "ppo_rm" in exp.cfg.methods:
-        names.append(("rm", out / "rm"))
-    names += [(s.name, out / "runs" / s.name) for s in run_specs(exp.cfg)]
-    return names
+    return [(name, folder) for name, folder, _ in exp.plan()]
 
 
-def write_outputs(exp: SentimentExperiment, points: list[frontier.Point], wall_seconds: float) -> None:
-    out = exp.out
+def write_outputs(exp: SentimentExperiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
+                  wall_seconds: float) -> None:
+    out, cfg = exp.out, exp.cfg
     frontier.write_csv(points, out / "points.csv")
-    cfg = exp.cfg
-    title = (f"Controlled sentiment ({cfg.size} size): {cfg.num_train_prompts} train / {cfg.num_eval_prompts} "
-             f"held-out IMDb prefixes, {cfg.eval_samples_per_prompt} samples each")
-    frontier.plot(points, out / "frontier.png", title)
-    (out / "report.md").write_text(render(exp, points, wall_seconds))
+    size = (f"{cfg.size} size: {cfg.num_train_prompts} train / {cfg.num_eval_prompts} held-out IMDb prefixes × "
+            f"{cfg.eval_samples_per_prompt} sample(s)")
+    plots.plot_frontier(points, out / "frontier.png", f"Controlled sentiment ({size})")
+    plots.plot_training(points, out / "training.png", f"Reward vs KL along training ({size}); labels: last step")
+    (out / "report.md").write_text(render(exp, points, values, wall_seconds))
 
 
-def render(exp: SentimentExperiment, points: list[frontier.Point], wall_seconds: float) -> str:
+def render(exp: SentimentExperiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
+           wall_seconds: float) -> str:
     cfg = exp.cfg
-    out = exp.out
+    main = stats.binned_verdict(points, values, CHALLENGER, BASELINE, resamples=cfg.bootstrap, seed=cfg.seed)
+    missing = [name for name, folder in stage_folders(exp) if not (folder / "done.json").is_file()]
     lines = ["# Controlled sentiment generation: reward vs KL (DPO paper §6.1, offline)", ""]
-    main = frontier.verdict(points, ("dpo",), frontier.PPO)
-    lines += [f"**Verdict: DPO's frontier {frontier.PHRASES[main.label]} PPO's here{main.qualifier}.** {main.text}", ""]
-    lines += ["![reward vs KL frontier](frontier.png)", ""]
-    lines += ["## Setup", "",
-              f"Base model `{cfg.model_name_or_path}` → π_SFT (fine-tuned on {cfg.sft_num_reviews} IMDb reviews). "
-              f"Prompts: IMDb review prefixes of {cfg.prompt_min_words}–{cfg.prompt_max_words} words "
-              f"({cfg.num_train_prompts} train, {cfg.num_eval_prompts} held out; prompt, SFT and classifier reviews "
-              f"disjoint). Completions: up to {cfg.max_new_tokens} tokens, temperature 1, no top-k/top-p. "
-              f"Pairs: {cfg.samples_per_prompt} samples of π_SFT per prompt, {cfg.pair_mode.replace('_', ' ')}. "
-              "Each point: mean r* and KL(π ‖ π_SFT) = E[log π(y|x) − log π_SFT(y|x)] from the same "
-              f"{cfg.eval_samples_per_prompt} samples per held-out prompt (±: standard error over prompts); "
-              "best-of-N uses KL = log N − (N − 1)/N.", ""]
+    if missing:
+        lines += [f"**Partial: {len(missing)} stage(s) not done yet ({', '.join(missing)}).** Rerun the same command "
+                  "to continue; this report covers what is done.", ""]
+    if cfg.size == "pilot":
+        lines += ["**This is the pilot**: a small run whose purpose is the power and cost section below; its verdict "
+                  "is not a result.", ""]
+    lines += [f"**Does DPO's frontier dominate PPO-GT's?** {_headline(main)}", "",
+              "![reward vs KL frontier](frontier.png)", ""]
+    lines += _verdict_section(main)
+    lines += _comparisons(points, values, cfg)
+    lines += ["## Reward vs KL along training", "",
+              "Each run from π_SFT through its checkpoints (in training order, the last labelled with its step), "
+              "±1 standard error; dashed: the method's frontier.", "", "![reward vs KL along training](training.png)",
+              ""]
+    lines += _win_rates(points, values)
+    lines += _setup(exp)
+    lines += _power(exp, main, values)
+    lines += _scale(exp, points, main)
+    lines += _points(points)
+    lines += _runtime(exp, wall_seconds)
+    lines += ["## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _headline(v: stats.BinnedVerdict) -> str:
+    if not v.bins:
+        return f"Not answerable from this run: {v.text}."
+    answer = {"dominates": "Yes on the sign of every margin", "is dominated by": "No: PPO-GT's is above at every bin",
+              "crosses": "Neither dominates: the margins change sign"}[v.label]
+    sig = (f"significant (beyond 2 standard errors) at {v.count('higher')} bin(s) for DPO and "
+           f"{v.count('lower')} for PPO-GT, within the noise at {v.count('within noise')}")
+    return f"{answer} — {sig}. {v.text}"
+
+
+def _verdict_section(v: stats.BinnedVerdict) -> list[str]:
+    lines = ["## Verdict per KL bin: DPO − PPO-GT", "",
+             "Frontier = the upper concave envelope of a method's measured points and π_SFT (attainable by mixing "
+             "two of its policies), interpolated at each KL; compared only up to the smaller of the two methods' "
+             "largest measured KL. ±: standard error from a paired bootstrap over the held-out prompts (every point "
+             "resampled with the same prompts, envelopes and margins recomputed each time: reward noise, KL noise "
+             "and the choice of vertices all included). *z* = margin / SE; |z| > 2 is called significant.", "",
+             "| KL (nats) | DPO frontier | PPO-GT frontier | margin | z | at this KL |", "|---|---|---|---|---|---|"]
+    for b in v.bins:
+        call = {"higher": "DPO higher", "lower": "PPO-GT higher", "within noise": "within noise"}[b.call]
+        lines.append(f"| {b.kl:g} | {_fmt(b.challenger)} ± {_fmt(b.challenger_se)} | {_fmt(b.baseline)} ± "
+                     f"{_fmt(b.baseline_se)} | {b.margin:+.4f} ± {_fmt(b.margin_se)} | {b.z:+.1f} | {call} |")
+    lines += ["", "The bins are not independent (neighbouring bins share vertices), so read the table as one curve "
+              "of margins with its error band, not as separate tests. An envelope is a maximum over noisy points, "
+              "biased upwards by the noise, more so for the method with more points near a bin.", ""]
+    return lines
+
+
+def _comparisons(points: list[frontier.Point], values: dict[tuple[str, int], PromptValues], cfg) -> list[str]:
+    others = [m for m in METHODS if m not in CHALLENGER + BASELINE and any(p.method == m for p in points)]
+    lines = ["## Every other method against DPO", "",
+             "The same procedure (frontiers, bins, paired bootstrap) with DPO as the challenger. Online methods "
+             "sample their own completions from the same train prompts and optimise the same r*.", "",
+             "| method | bins | DPO higher | within noise | method higher | margins (DPO − method) ± SE |",
+             "|---|---|---|---|---|---|"]
+    for m in others + list(BASELINE):
+        v = stats.binned_verdict(points, values, CHALLENGER, (m,), resamples=cfg.bootstrap, seed=cfg.seed)
+        margins = ", ".join(f"{b.kl:g}: {b.margin:+.3f}±{b.margin_se:.3f}" for b in v.bins) or "no common KL"
+        lines.append(f"| {frontier.LABELS[m]} | {len(v.bins)} | {v.count('higher')} | {v.count('within noise')} | "
+                     f"{v.count('lower')} | {margins} |")
+    return lines + [""]
+
+
+def _win_rates(points: list[frontier.Point], values: dict[tuple[str, int], PromptValues]) -> list[str]:
+    lines = ["## Win rate against π_SFT", "",
+             "How often a policy's sample beats π_SFT's sample of the same held-out prompt (same sample index, so "
+             "the same random numbers), judged by r*; ties count ½; ± over prompts. Per run: its last checkpoint; "
+             "per method: its point with the highest r*.", "",
+             "| method | run | step | r* | KL | win rate vs π_SFT |", "|---|---|---|---|---|---|"]
+    for m in METHODS:
+        mine = [p for p in points if p.method == m]
+        if not mine:
+            continue
+        last = [max((p for p in mine if p.run == run), key=lambda p: p.step) for run in dict.fromkeys(p.run for p in mine)]
+        best = max(mine, key=lambda p: p.reward)
+        for p, tag in [*((p, "") for p in last), (best, " (best r*)")]:
+            lines.append(f"| {frontier.LABELS[m]}{tag} | {p.run} | {p.step} | {_fmt(p.reward)} | {_fmt(p.kl, 3)} | "
+                         f"{_fmt(p.win_rate, 3)} ± {_fmt(p.win_rate_sem, 3)} |")
+    return lines + [""]
+
+
+def _setup(exp: SentimentExperiment) -> list[str]:
+    cfg, out = exp.cfg, exp.out
+    lines = ["## Setup", "",
+             f"Base model `{cfg.model_name_or_path}` → π_SFT (fine-tuned on {cfg.sft_num_reviews} IMDb reviews). "
+             f"Prompts: IMDb review prefixes of {cfg.prompt_min_words}–{cfg.prompt_max_words} words "
+             f"({cfg.num_train_prompts} train, {cfg.num_eval_prompts} held out; prompt, SFT and classifier reviews "
+             f"disjoint). Completions: up to {cfg.max_new_tokens} tokens, temperature 1, no top-k/top-p. "
+             f"Pairs: {cfg.samples_per_prompt} samples of π_SFT per train prompt, {cfg.pair_mode.replace('_', ' ')}, "
+             f"up to {cfg.pairs_per_prompt} per prompt. Each point: mean r* and KL(π ‖ π_SFT) = E[log π(y|x) − "
+             f"log π_SFT(y|x)] (summed over the completion's tokens) from the same {cfg.eval_samples_per_prompt} "
+             "sample(s) per held-out prompt, identical for every method (±: standard error over prompts); best-of-N "
+             "uses KL = log N − (N − 1)/N.", ""]
     rs = _read(out / "rstar" / "done.json") or {}
     if rs.get("reward") == "classifier":
         lines += [f"**r\\*** = P(positive) of TF-IDF (1–2-grams) + logistic regression trained on "
@@ -88,50 +171,127 @@ def render(exp: SentimentExperiment, points: list[frontier.Point], wall_seconds:
     if pairs:
         facts.append(f"{pairs['pairs']} pairs from {pairs['samples']} π_SFT samples (mean r* "
                      f"{pairs['mean_sample_reward']:.3f}, mean chosen − rejected gap {pairs['mean_gap']:+.3f})")
+        facts.append(f"**Equal budgets**: every run trains on {budget(cfg, pairs['pairs'])} gradient sequences "
+                     "(completions entering a gradient step, counted once per pass: DPO 2 × pairs × epochs; PPO "
+                     "rollout completions × ppo_epochs; RLOO, GRPO and online DPO their completions, one pass)")
     rm = _read(out / "rm" / "done.json") or {}
     if rm.get("eval_after"):
         facts.append(f"reward model held-out pair accuracy {rm['eval_before'].get('accuracy', float('nan')):.3f} → "
                      f"{rm['eval_after'].get('accuracy', float('nan')):.3f} ({rm['eval_pairs']} pairs)")
-    lines += [f"- {f}" for f in facts] + ([""] if facts else [])
+    facts.append("the KL of every point is measured the same way (sequence-level, on fresh held-out samples); in "
+                 "training PPO and RLOO subtract β·Σ_t (log π − log π_SFT) from the reward (k1 per token), GRPO adds "
+                 "its own KL term to the loss and DPO's β is its implicit KL strength")
+    return lines + [f"- {f}" for f in facts] + [""]
 
-    lines += ["## Verdicts", ""]
-    for chal, base in ((("dpo",), frontier.PPO), (("dpo",), ("ppo_gt",)), (("dpo",), ("ppo_rm",)),
-                       (("ipo",), frontier.PPO), (("dpo", "ipo"), frontier.PPO)):
-        v = frontier.verdict(points, chal, base)
-        if v.label != "no data":
-            lines.append(f"- {v.text}")
-    lines += ["", "A method's frontier: the upper concave envelope of its points and π_SFT (attainable by mixing "
-              "two of its policies, since KL is convex). Each PPO point against DPO's frontier at its KL:", "",
-              "| PPO point | r* | KL | DPO frontier at that KL | gap | verdict |", "|---|---|---|---|---|---|"]
-    for p, f, f_se in main.rows:
-        if f is None:
-            lines.append(f"| {p.run} @ {p.step} | {_fmt(p.reward)} ± {_fmt(p.reward_sem)} | {_fmt(p.kl, 3)} | "
-                         "no DPO point at so little KL | | not dominated |")
-            continue
-        gap = f - p.reward
-        lines.append(f"| {p.run} @ {p.step} | {_fmt(p.reward)} ± {_fmt(p.reward_sem)} | {_fmt(p.kl, 3)} | "
-                     f"{_fmt(f)} ± {_fmt(f_se)} | {gap:+.4f} | {'dominated' if gap >= 0 else 'not dominated'} |")
-    lines += ["", "Small runs, noisy points: read the verdict with the standard errors next to it. With more "
-              "prompts, samples and steps (`--gpu`) the points tighten and the runs move further.", ""]
 
-    lines += ["## Points", "", "Also in `points.csv`. `step`: optimizer step (DPO/IPO) or rollout (PPO) of the "
-              "checkpoint; N for best-of-N.", "",
-              "| method | run | β / KL coef | step | r* | ± | KL | ± | samples |", "|---|---|---|---|---|---|---|---|---|"]
+def _pilot(exp: SentimentExperiment) -> tuple[Path, Any] | None:
+    folder = exp.out if exp.cfg.size == "pilot" else exp.out / "pilot"
+    saved = _read(folder / "config.json")
+    if saved is None or not (folder / "point_sft" / "done.json").is_file():
+        return None
+    return folder, from_dict(type(exp.cfg), saved)
+
+
+def _power(exp: SentimentExperiment, main: stats.BinnedVerdict, values: dict[tuple[str, int], PromptValues]
+           ) -> list[str]:
+    from preftune.experiments.config import load_experiment_config
+
+    cfg = exp.cfg
+    lines = ["## Power and cost", ""]
+    pilot = _pilot(exp)
+    if pilot is None:
+        return lines + ["No pilot in this output folder (`preftune experiment sentiment --pilot` writes one into "
+                        "`<output_dir>/pilot/`, and this section then shows the sizes it implies).", ""]
+    folder, pcfg = pilot
+    rewards = (_read(folder / "point_sft" / "done.json") or {}).get("rewards") or []
+    if pcfg.eval_samples_per_prompt < 2:
+        return lines + ["The pilot measured one sample per prompt: its noise cannot be split (set "
+                        "eval_samples_per_prompt >= 2 in the pilot).", ""]
+    nz = power.noise(rewards)
+    target = cfg if cfg.size != "pilot" else load_experiment_config()
+    k, prompts = target.eval_samples_per_prompt, target.num_eval_prompts
+    lines += [f"From the pilot (`{folder.name}/`, {nz.prompts} held-out prompts × {nz.k} samples of its π_SFT): "
+              f"per-sample standard deviation of r* **σ = {nz.sd:.3f}**, of which between prompts τ = "
+              f"{math.sqrt(nz.between):.3f} and within a prompt s_w = {math.sqrt(nz.within):.3f}.", "",
+              f"A margin of {power.MARGIN} in r* is {power.Z:g} standard errors when the margin's SE ≤ "
+              f"{power.MARGIN / power.Z:.3f}. Two points measured independently on P prompts × k samples: SE = "
+              "√(2 (τ² + s_w²/k) / P), so P ≥ 2 (τ² + s_w²/k) (2 / 0.03)² = "
+              + ", ".join(f"**{nz.prompts_needed(kk)}** prompts at k = {kk}" for kk in (1, 2, 4)) +
+              f" (k = 1 is the cheapest per sample: each extra prompt also averages out τ). "
+              f"{'The CPU size' if cfg.size == 'pilot' else 'This run'} uses P = {prompts}, k = {k}: predicted "
+              f"margin SE {nz.margin_se(prompts, k):.4f} without pairing.", ""]
+    if main.bins and cfg.size != "pilot":
+        ses = sorted(b.margin_se for b in main.bins)
+        lines += [f"Measured here (paired bootstrap, DPO − PPO-GT): margin SE {ses[0]:.4f}–{ses[-1]:.4f} (median "
+                  f"{ses[len(ses) // 2]:.4f}) — the pairing (same prompts and random numbers for every point) "
+                  "removes the prompts' share.", ""]
+    costs = power.unit_costs(folder, pcfg)
+    ppp = power.pairs_per_prompt(folder, pcfg) or float(target.pairs_per_prompt)
+    predicted = power.predict(target, costs, ppp)
+    total = sum(v for v in predicted.values() if not math.isnan(v))
+    names = power.describe_units()
+    lines += ["Pilot CPU cost per unit of work (CPU seconds of the process, all its threads; on a shared machine "
+              "the wall clock would measure the neighbours too):", "", "| work | CPU s per unit |", "|---|---|"]
+    lines += [f"| {names.get(kind, kind)} | {v:.3g} |" for kind, v in sorted(costs.items())]
+    lines += ["", f"Predicted for {'the CPU size' if cfg.size == 'pilot' else 'this run'}: **{total / 3600:.2f} CPU-hours** "
+              f"(≈ {total / 3600 / max(1, target.threads or 2):.2f} h on {target.threads or 2} quiet cores), "
+              f"{pcfg.num_train_prompts and round(ppp * target.num_train_prompts)} pairs expected.", ""]
+    if cfg.size == "pilot":
+        lines += ["| stage | predicted CPU s |", "|---|---|"]
+        lines += [f"| {stage} | {_fmt(v, 0)} |" for stage, v in predicted.items()] + [""]
+    return lines
+
+
+def _scale(exp: SentimentExperiment, points: list[frontier.Point], main: stats.BinnedVerdict) -> list[str]:
+    cfg = exp.cfg
+    kl_top = max((p.kl for p in points if p.step > 0 and p.method != "bon"), default=float("nan"))
+    reach = (f"KL up to {main.bins[-1].kl:g} nats where DPO and PPO-GT are compared" if main.bins else
+             "no KL range shared by DPO and PPO-GT")
+    return ["## What this scale can and cannot say", "",
+            f"The paper's Fig. 2 (left) trains GPT-2 large (774M parameters) on IMDb prefixes with a large "
+            f"pre-trained sentiment classifier as r*, over a much wider KL range. Here: `{cfg.model_name_or_path}`"
+            f", {cfg.num_train_prompts} train prompts, r* a TF-IDF classifier, {cfg.max_new_tokens}-token completions, "
+            f"a training budget of minutes per run on a CPU, {reach} (largest measured KL {_fmt(kl_top, 2)}). What it "
+            "can say: on the same prompts, reward and sample-level KL estimator, with equal gradient budgets and "
+            "error bars that include the noise of both axes, which frontier is higher at the KLs reached here, and "
+            "whether the difference is larger than the noise. What it cannot say: whether the ordering holds for a "
+            "larger model, a stronger r*, longer training or the large-KL end of the paper's plot; hyperparameters "
+            "(learning rates, PPO's clipping and value loss, batch sizes) were not tuned per method, which tends to "
+            "favour the simpler objective at small budgets; and a CPU-sized PPO is far from converged, so a margin "
+            "here measures sample efficiency at this budget as much as the attainable frontier.", ""]
+
+
+def _points(points: list[frontier.Point]) -> list[str]:
+    lines = ["## Points", "", "Also in `points.csv`. `step`: optimizer step (DPO/IPO/GRPO/online DPO) or rollout "
+             "(PPO/RLOO) of the checkpoint; N for best-of-N.", "",
+             "| method | run | β / KL coef | step | r* | ± | KL | ± | win vs π_SFT | samples |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         lines.append(f"| {frontier.LABELS.get(p.method, p.method)} | {p.run} | {'' if math.isnan(p.beta) else f'{p.beta:g}'}"
                      f" | {p.step} | {_fmt(p.reward)} | {_fmt(p.reward_sem)} | {_fmt(p.kl, 3)} | {_fmt(p.kl_sem, 3)} "
-                     f"| {p.n} |")
-    lines += ["", "## Runtime", "", "| stage | seconds | this invocation |", "|---|---|---|"]
-    total = 0.0
+                     f"| {_fmt(p.win_rate, 3)} | {p.n} |")
+    return lines + [""]
+
+
+def _runtime(exp: SentimentExperiment, wall_seconds: float) -> list[str]:
+    lines = ["## Runtime", "", "| stage | wall s | CPU s | this invocation |", "|---|---|---|---|"]
+    wall = cpu = 0.0
     for name, folder in stage_folders(exp):
-        done = _read(folder / "done.json") or {}
-        seconds = float(done.get("seconds", 0.0))
-        total += seconds
+        done = _read(folder / "done.json")
+        if done is None:
+            lines.append(f"| {name} | – | – | not done |")
+            continue
+        wall += float(done.get("seconds", 0.0))
+        cpu += float(done.get("cpu_seconds", 0.0))
         skipped = exp.timings.get(name, {}).get("skipped", True)
-        lines.append(f"| {name} | {seconds:.1f} | {'skipped (done before)' if skipped else 'ran'} |")
-    lines += [f"| **all stages** | **{total:.1f}** ({total / 60:.1f} min) | |", "",
-              f"This invocation: {wall_seconds:.1f} s wall. Device: {exp.device}, {torch.get_num_threads()} torch "
-              f"thread(s), {platform.processor() or platform.machine()}; torch {torch.__version__}; written "
-              f"{dt.datetime.now().isoformat(timespec='seconds')}.", ""]
-    lines += ["## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
-    return "\n".join(lines)
+        lines.append(f"| {name} | {done.get('seconds', 0.0):.0f} | {_fmt(done.get('cpu_seconds'), 0)} | "
+                     f"{'done before' if skipped else 'ran'} |")
+    threads = exp.cfg.threads or torch.get_num_threads()
+    lines += [f"| **all stages** | **{wall:.0f}** ({wall / 3600:.2f} h) | **{cpu:.0f}** ({cpu / 3600:.2f} h) | |", "",
+              f"CPU seconds / {threads} threads ≈ {cpu / threads / 3600:.2f} h: the wall time on quiet cores (the "
+              f"wall column also counts other jobs sharing the machine). This invocation: {wall_seconds:.0f} s wall. "
+              f"Device: {exp.device}, {torch.get_num_threads()} torch thread(s), "
+              f"{platform.processor() or platform.machine()}; torch {torch.__version__}; written "
+              f"{dt.datetime.now().isoformat(timespec='seconds')}. Runs: {', '.join(s.name for s in run_specs(exp.cfg))}.",
+              ""]
+    return lines

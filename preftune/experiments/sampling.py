@@ -102,6 +102,23 @@ def sample(policy: nn.Module, tokenizer: Any, prompts: list[TokenizedPrompt], k:
                    group(lengths), group(ended))
 
 
+@dataclass(frozen=True)
+class PromptValues:
+    """One point's samples on the held-out prompts: ``rewards[i][j]``, ``kls[i][j]`` of prompt i, sample j
+    (sample j of prompt i drew the same random numbers at every point: common random numbers)."""
+
+    rewards: list[list[float]]
+    kls: list[list[float]]
+
+
+def win_rate(rewards: list[list[float]], baseline: list[list[float]]) -> tuple[float, float]:
+    """How often a sample beats the baseline's sample of the same prompt and index (a tie counts ½), and the
+    standard error over prompts."""
+    if [len(g) for g in rewards] != [len(g) for g in baseline]:
+        raise ValueError("win_rate: the two points were measured on different prompts or sample counts")
+    return mean_sem([[float(a > b) + 0.5 * float(a == b) for a, b in zip(g, h)] for g, h in zip(rewards, baseline)])
+
+
 def point_metrics(s: Samples) -> dict[str, float]:
     """reward, reward_sem, kl, kl_sem, n (samples), length, eos_fraction."""
     reward, reward_sem = mean_sem(s.rewards)

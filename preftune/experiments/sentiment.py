@@ -7,21 +7,24 @@
     point_sft π_SFT measured on the held-out prompts (the origin of every curve)
     bon       best-of-N from π_SFT for each N (analytic KL)
     rm        a reward model trained on the pairs (for PPO-RM)
-    runs/*    DPO per β, IPO per β, PPO with r* (PPO-GT) and with the reward model (PPO-RM) per KL
-              coefficient; every checkpoint is measured on the held-out prompts: mean r* and
-              KL(π ‖ π_SFT) from the same samples (:mod:`preftune.experiments.sampling`)
-    outputs   points.csv, frontier.png, report.md (with the verdict: does DPO's frontier dominate PPO's?)
+    <runs>    one run per method and swept value (:mod:`preftune.experiments.methods`: DPO and IPO per β,
+              PPO with r* and with the reward model and RLOO per KL coefficient, ...), all on the same
+              budget of gradient sequences; every checkpoint is measured on the held-out prompts: r* and
+              KL(π ‖ π_SFT) of the same samples, kept per prompt (:mod:`preftune.experiments.sampling`)
+    outputs   points.csv, frontier.png, training.png, report.md (the verdict per KL bin with paired
+              bootstrap standard errors, win rates, the power calculation: :mod:`preftune.experiments.report`)
 
-Each stage writes into ``<output_dir>/<stage>/`` and, last, a ``done.json``; a rerun skips stages whose
-marker exists (an interrupted training run resumes from its latest checkpoint; interrupted sampling
-continues from its last finished batch; each measured checkpoint is kept as its own JSON).
+Each stage writes into ``<output_dir>/<stage>/`` and, last, a ``done.json`` (with its wall and CPU
+seconds); a rerun skips stages whose marker exists (an interrupted training run resumes from its latest
+checkpoint; interrupted sampling continues from its last finished batch; each measured checkpoint is
+kept as its own JSON). ``until`` / ``max_minutes`` stop after a given stage or once a time is spent, so
+the run can be done in slices; every invocation rewrites the outputs from whatever is done.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -32,13 +35,14 @@ from typing import Any
 import torch
 
 from preftune.assets.imdb import write_jsonl
-from preftune.config import DPOConfig, RLConfig, RMConfig, SFTConfig, load_config, to_dict
+from preftune.config import RMConfig, SFTConfig, load_config, to_dict
 from preftune.data.dataset import DataSettings
 from preftune.data.prompts import build_prompt_dataset
 from preftune.errors import ConfigError
 from preftune.experiments import frontier, report, rstar, sampling
 from preftune.experiments.config import SentimentExperimentConfig, load_experiment_config
 from preftune.experiments.data import make_pairs, split_reviews
+from preftune.experiments.methods import METHODS, RunSpec, budget, run_specs
 from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer, pick_device
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.rewards import load_reward
@@ -53,8 +57,8 @@ EVALUATE = {"eval_on_start": True, "eval_strategy": "epoch"}
 RESERVED = ("output_dir", "model_name_or_path", "train_file", "eval_file", "resume", "save_steps",
             "save_total_limit", "max_steps", "num_train_epochs", "reward", "ref_model_name_or_path")
 # Keys a rerun may change without invalidating finished stages (they add runs or change nothing measured).
-ADDITIVE = ("methods", "dpo_betas", "ipo_betas", "ppo_kl_coefs", "best_of_n", "threads", "progress_bar",
-            "report_to", "keep_checkpoints", "device", "output_dir", "size")
+ADDITIVE = ("methods", *{m.sweep_key for m in METHODS.values()}, "best_of_n", "threads", "progress_bar",
+            "report_to", "keep_checkpoints", "device", "output_dir", "size", "bootstrap")
 EVAL_SEED = 7919
 BON_SEED = 4243
 
@@ -69,23 +73,6 @@ def write_json(path: Path, payload: Any) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
     return path
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    name: str
-    method: str  # dpo, ipo, ppo_gt, ppo_rm
-    beta: float  # DPO/IPO β or PPO KL coefficient
-
-
-def run_specs(cfg: SentimentExperimentConfig) -> list[RunSpec]:
-    out = []
-    for method, values in (("dpo", cfg.dpo_betas), ("ipo", cfg.ipo_betas), ("ppo_gt", cfg.ppo_kl_coefs),
-                           ("ppo_rm", cfg.ppo_kl_coefs)):
-        if method in cfg.methods:
-            key = "kl" if method.startswith("ppo") else "beta"
-            out += [RunSpec(f"{method}_{key}{v:g}", method, v) for v in values]
-    return out
 
 
 class SentimentExperiment:
@@ -112,13 +99,15 @@ class SentimentExperiment:
             self.log(f"↷ {name}: done before ({payload.get('seconds', 0.0):.1f}s), skipped")
             return payload
         self.log(f"▶ {name}")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         folder.mkdir(parents=True, exist_ok=True)
         payload = body()
-        payload["seconds"] = time.perf_counter() - started
+        # CPU seconds of this process (all its threads): on a shared machine the wall clock measures the
+        # neighbours too; CPU time / threads is what the stage would take on quiet cores.
+        payload.update(seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu)
         write_json(marker, payload)
         self.timings[name] = {"seconds": payload["seconds"], "skipped": False}
-        self.log(f"✓ {name} ({payload['seconds']:.1f}s)")
+        self.log(f"✓ {name} ({payload['seconds']:.1f}s, {payload['cpu_seconds']:.0f} CPU s)")
         return payload
 
     def check_settings(self) -> None:
@@ -146,6 +135,11 @@ class SentimentExperiment:
                   "max_prompt_length": cfg.max_prompt_length, "save_total_limit": None, **STAGE_SETTINGS}
         merged = {**common, **values}
         return load_config(cls, None, extra, **{k: v for k, v in merged.items() if k not in given})
+
+    @staticmethod
+    def with_steps(stage_cfg: Any, max_steps: int, save_steps: int) -> Any:
+        """A stage config that stops after ``max_steps`` and saves (a point to measure) every ``save_steps``."""
+        return dataclasses.replace(stage_cfg, max_steps=max_steps, save_steps=save_steps)
 
     def prune(self, folder: Path) -> None:
         """Checkpoints (weights + optimizer state) are only needed to resume or measure: once a stage is
@@ -197,41 +191,63 @@ class SentimentExperiment:
                                    seed=seed, device=self.device, bf16=self.cfg.bf16,
                                    reference=self.reference() if with_kl else None, progress=bar)
 
-    def measure(self, model_dir: Path, desc: str) -> dict[str, float]:
-        """A point: sample the held-out prompts with the policy at ``model_dir``; mean r*, KL to π_SFT."""
+    def measure(self, model_dir: Path, desc: str) -> dict[str, Any]:
+        """A point: sample the held-out prompts with the policy at ``model_dir``; mean r*, KL to π_SFT, and
+        both per prompt and sample (``rewards``, ``kls``: what the paired verdicts and win rates use)."""
         model = sampling.load_policy_folder(model_dir, self.sft_dir, self.device)
         s = self.sample(model, self.prompts("eval"), self.cfg.eval_samples_per_prompt, EVAL_SEED + self.cfg.seed, desc,
                         True)
         del model
-        return sampling.point_metrics(s)
+        return {**sampling.point_metrics(s), "rewards": s.rewards, "kls": s.kl}
 
     # -- the stages ------------------------------------------------------------------------------------
 
-    def run(self) -> list[frontier.Point]:
+    def plan(self) -> list[tuple[str, Path, Callable[[], dict]]]:
+        """Every stage of this configuration, in order: (name, folder, body)."""
+        cfg, out = self.cfg, self.out
+        stages = [("prompts", out / "prompts", self.make_prompts), ("rstar", out / "rstar", self.make_rstar),
+                  ("sft", out / "sft", self.make_sft), ("pairs", out / "pairs", self.make_pairs),
+                  ("point_sft", out / "point_sft", lambda: self.measure(self.sft_dir, "π_SFT"))]
+        if "bon" in cfg.methods:
+            stages.append(("bon", out / "bon", self.make_best_of_n))
+        if "ppo_rm" in cfg.methods:
+            stages.append(("rm", out / "rm", self.make_reward_model))
+        stages += [(spec.name, out / "runs" / spec.name, lambda s=spec: self.make_run(s)) for spec in run_specs(cfg)]
+        return stages
+
+    def run(self, until: str | None = None, max_minutes: float | None = None) -> list[frontier.Point]:
+        """Every stage not done yet (up to and including ``until``; none started after ``max_minutes``),
+        then the outputs from whatever is done."""
         cfg = self.cfg
         started = time.perf_counter()
+        stages = self.plan()
+        if until is not None and until not in [name for name, _, _ in stages]:
+            raise ConfigError(f"until: no stage {until!r} in this configuration; its stages: "
+                              f"{', '.join(name for name, _, _ in stages)}")
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.out.mkdir(parents=True, exist_ok=True)
         self.check_settings()
+        write_json(self.out / "config.json", to_dict(cfg))  # this invocation's full settings (the report reads it)
         self.log(f"controlled sentiment ({cfg.size} size) · methods {', '.join(cfg.methods)} · output {self.out}")
-        self.stage("prompts", self.out / "prompts", self.make_prompts)
-        self.stage("rstar", self.out / "rstar", self.make_rstar)
-        self.stage("sft", self.out / "sft", self.make_sft)
-        pairs = self.stage("pairs", self.out / "pairs", self.make_pairs)
-        self.stage("point_sft", self.out / "point_sft", lambda: self.measure(self.sft_dir, "π_SFT"))
-        if "bon" in cfg.methods:
-            bon = self.out / "bon"
-            if (bon / "done.json").is_file() and read_json(bon / "done.json")["samples"] < max(cfg.best_of_n):
-                (bon / "done.json").unlink()  # more samples needed for a larger N
-            self.stage("bon", bon, self.make_best_of_n)
-        if "ppo_rm" in cfg.methods:
-            self.stage("rm", self.out / "rm", self.make_reward_model)
-        for spec in run_specs(cfg):
-            self.stage(spec.name, self.out / "runs" / spec.name, lambda s=spec: self.make_run(s, pairs["pairs"]))
-        points = self.collect_points()
-        report.write_outputs(self, points, time.perf_counter() - started)
-        self.log(f"done: {self.out / 'report.md'} · {self.out / 'frontier.png'} · {self.out / 'points.csv'}")
+        bon = self.out / "bon" / "done.json"
+        if bon.is_file() and read_json(bon)["samples"] < max(cfg.best_of_n, default=1):
+            bon.unlink()  # more samples needed for a larger N
+        for name, folder, body in stages:
+            spent = (time.perf_counter() - started) / 60
+            if max_minutes is not None and spent >= max_minutes and not (folder / "done.json").is_file():
+                self.log(f"stopping before {name}: {spent:.1f} of max {max_minutes:g} minutes spent; rerun the same "
+                         "command to continue")
+                break
+            self.stage(name, folder, body)
+            if name == until:
+                break
+        if not (self.out / "point_sft" / "done.json").is_file():
+            self.log("no outputs yet: π_SFT's point (stage point_sft) is not measured")
+            return []
+        points, values = self.collect_points()
+        report.write_outputs(self, points, values, time.perf_counter() - started)
+        self.log(f"outputs: {self.out / 'report.md'} · {self.out / 'frontier.png'} · {self.out / 'points.csv'}")
         return points
 
     def make_prompts(self) -> dict:
@@ -328,12 +344,14 @@ class SentimentExperiment:
     def make_best_of_n(self) -> dict:
         cfg = self.cfg
         k = max(cfg.best_of_n)
+        prompts = self.prompts("eval")[:cfg.bon_prompts]
         model = sampling.load_policy_folder(self.sft_dir, self.sft_dir, self.device)
-        s = self.sample(model, self.prompts("eval"), k, BON_SEED + cfg.seed, f"best-of-{k} samples", False)
+        s = self.sample(model, prompts, k, BON_SEED + cfg.seed, f"best-of-{k} samples", False)
         write_jsonl([{"prompt": p, "completions": c, "rewards": r} for p, c, r in zip(s.prompts, s.completions,
                                                                                      s.rewards)],
                     self.out / "bon" / "samples.jsonl")
-        return {"samples": k, "points": {str(n): sampling.best_of_n(s.rewards, n) for n in sorted(cfg.best_of_n)}}
+        return {"samples": k, "prompts": len(prompts),
+                "points": {str(n): sampling.best_of_n(s.rewards, n) for n in sorted(cfg.best_of_n)}}
 
     def make_reward_model(self) -> dict:
         cfg = self.cfg
@@ -350,23 +368,28 @@ class SentimentExperiment:
         rm_cfg = self.stage_config(RMConfig, values, cfg.rm_extra)
         result = run_rm(rm_cfg, train_data=str(self.out / "pairs" / "pairs.jsonl"))
         self.prune(self.out / "rm")
-        return {"eval_before": result.eval_before, "eval_after": result.eval_after, "eval_pairs": eval_size}
+        return {"eval_before": result.eval_before, "eval_after": result.eval_after, "eval_pairs": eval_size,
+                "trained_sequences": 2 * (n - eval_size) * cfg.rm_epochs}
 
-    def make_run(self, spec: RunSpec, num_pairs: int) -> dict:
-        """Train (resuming if interrupted), then measure every checkpoint; each point is cached on its own."""
+    def make_run(self, spec: RunSpec) -> dict:
+        """Train (resuming if interrupted) on the common budget, then measure every checkpoint; each point is
+        cached on its own."""
         folder = self.out / "runs" / spec.name
         trained = folder / "trained.json"
         if not trained.is_file():
-            self.train(spec, folder, num_pairs)
+            started, cpu = time.perf_counter(), time.process_time()
+            sequences = METHODS[spec.method].train(self, spec, folder, budget(self.cfg, self.num_pairs()))
             steps = [int(p.name.split("-")[1]) for p in list_checkpoints(folder)]
-            write_json(trained, {"steps": steps})
-        steps = read_json(trained)["steps"]
+            write_json(trained, {"steps": steps, "gradient_sequences": sequences,
+                                 "train_seconds": time.perf_counter() - started,
+                                 "train_cpu_seconds": time.process_time() - cpu})
+        info = read_json(trained)
         points = {}
-        for step in steps:
+        for step in info["steps"]:
             cached = folder / "points" / f"step-{step}.json"
             if not cached.is_file():
                 model_dir = folder / f"checkpoint-{step}" / "model"
-                if not model_dir.is_dir() and step == steps[-1]:
+                if not model_dir.is_dir() and step == info["steps"][-1]:
                     model_dir = folder / "final"  # the last checkpoint's weights
                 if not model_dir.is_dir():
                     raise FileNotFoundError(f"{model_dir} is gone (checkpoints are deleted once measured; "
@@ -375,68 +398,47 @@ class SentimentExperiment:
                 write_json(cached, metrics)
                 self.log(f"point {spec.name} @ step {step}: r* {metrics['reward']:.4f} ± {metrics['reward_sem']:.4f}"
                          f" · KL {metrics['kl']:.3f} ± {metrics['kl_sem']:.3f}")
-            points[str(step)] = read_json(cached)
+            points[str(step)] = {k: v for k, v in read_json(cached).items() if k not in ("rewards", "kls")}
         self.prune(folder)
-        return {"method": spec.method, "beta": spec.beta, "points": points}
+        return {"method": spec.method, "beta": spec.beta, "points": points, **info}
 
-    def train(self, spec: RunSpec, folder: Path, num_pairs: int) -> None:
-        cfg = self.cfg
-        resume = "latest" if list_checkpoints(folder) else None
-        base = {"model_name_or_path": str(self.sft_dir), "output_dir": str(folder), "resume": resume}
-        if spec.method in ("dpo", "ipo"):
-            from preftune.stages.dpo import run_dpo
-
-            # IPO in the paper's summed form (ipo_sum), as the recorded runs used: TRL's per-token "ipo" reads β
-            # on another scale.
-            values = {**base, "beta": spec.beta, "loss_type": ["sigmoid" if spec.method == "dpo" else "ipo_sum"],
-                      "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8,
-                      "learning_rate": cfg.dpo_learning_rate, "per_device_train_batch_size": cfg.dpo_batch_size,
-                      "per_device_eval_batch_size": cfg.dpo_batch_size, "lr_scheduler_type": "constant_with_warmup",
-                      "warmup_ratio": 0.1}
-            dpo_cfg = self.stage_config(DPOConfig, values, cfg.dpo_extra)
-            per_epoch = num_pairs // (dpo_cfg.per_device_train_batch_size * dpo_cfg.gradient_accumulation_steps)
-            steps = max(1, int(per_epoch * cfg.dpo_epochs))
-            dpo_cfg = dataclasses.replace(dpo_cfg, max_steps=steps, save_steps=math.ceil(steps / cfg.points_per_run))
-            run_dpo(dpo_cfg, train_data=str(self.out / "pairs" / "pairs.jsonl"))
-            return
-        from preftune.stages.rl import run_rl
-
-        reward = self.reward_spec() if spec.method == "ppo_gt" else str(self.out / "rm" / "final")
-        values = {**base, "algorithm": "ppo", "reward": reward, "kl_coef": spec.beta,
-                  "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8,
-                  "max_new_tokens": cfg.max_new_tokens, "learning_rate": cfg.ppo_learning_rate,
-                  "lr_scheduler_type": "constant", "per_device_train_batch_size": cfg.ppo_batch_size,
-                  "per_device_eval_batch_size": cfg.ppo_batch_size, "ppo_epochs": cfg.ppo_epochs,
-                  "num_mini_batches": cfg.ppo_num_mini_batches, "max_steps": cfg.ppo_max_steps,
-                  "save_steps": math.ceil(cfg.ppo_max_steps / cfg.points_per_run)}
-        rl_cfg = self.stage_config(RLConfig, values, cfg.ppo_extra)
-        prompts = [{"prompt": json.loads(line)["prompt"]} for line in read_lines(self.out / "prompts" / "train.jsonl")]
-        run_rl(rl_cfg, train_data=prompts)
+    def num_pairs(self) -> int:
+        return int(read_json(self.out / "pairs" / "done.json")["pairs"])
 
     # -- points ----------------------------------------------------------------------------------------
 
-    def collect_points(self) -> list[frontier.Point]:
+    def collect_points(self) -> tuple[list[frontier.Point], dict[tuple[str, int], sampling.PromptValues]]:
+        """Every measured point (finished stages only) and, per (run, step), its per-prompt samples."""
         nan = float("nan")
         sft = read_json(self.out / "point_sft" / "done.json")
+        base = sampling.PromptValues(sft["rewards"], sft["kls"])
+        values = {("sft", 0): base}
         points = [frontier.Point("sft", "sft", nan, 0, sft["reward"], sft["reward_sem"], sft["kl"], sft["kl_sem"],
-                                 sft["n"])]
-        if "bon" in self.cfg.methods:
-            for n, m in read_json(self.out / "bon" / "done.json")["points"].items():
+                                 sft["n"], 0.5, 0.0)]
+        bon = self.out / "bon" / "done.json"
+        if "bon" in self.cfg.methods and bon.is_file():
+            for n, m in read_json(bon)["points"].items():
                 if int(n) in self.cfg.best_of_n:
                     points.append(frontier.Point("bon", "bon", nan, int(n), m["reward"], m["reward_sem"], m["kl"],
                                                  m["kl_sem"], m["n"]))
         for spec in run_specs(self.cfg):
-            done = read_json(self.out / "runs" / spec.name / "done.json")
-            for step, m in sorted(done["points"].items(), key=lambda kv: int(kv[0])):
+            folder = self.out / "runs" / spec.name
+            if not (folder / "done.json").is_file():
+                continue
+            for step, m in sorted(read_json(folder / "done.json")["points"].items(), key=lambda kv: int(kv[0])):
+                full = read_json(folder / "points" / f"step-{step}.json")
+                v = values[(spec.name, int(step))] = sampling.PromptValues(full["rewards"], full["kls"])
+                win, win_sem = sampling.win_rate(v.rewards, base.rewards)
                 points.append(frontier.Point(spec.method, spec.name, spec.beta, int(step), m["reward"],
-                                             m["reward_sem"], m["kl"], m["kl_sem"], m["n"]))
-        return points
+                                             m["reward_sem"], m["kl"], m["kl_sem"], m["n"], win, win_sem))
+        return points, values
 
 
 def read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), *, gpu: bool = False
-         ) -> list[frontier.Point]:
-    return SentimentExperiment(load_experiment_config(config_path, overrides, gpu=gpu)).run()
+def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), *, gpu: bool = False,
+         pilot: bool = False, until: str | None = None, max_minutes: float | None = None) -> list[frontier.Point]:
+    cfg = load_experiment_config(config_path, overrides, gpu=gpu, pilot=pilot)
+    return SentimentExperiment(cfg).run(until=until, max_minutes=max_minutes)

@@ -1,8 +1,10 @@
-"""A miniature of `preftune experiment sentiment`, every stage end to end: a tiny random Llama, a handful of
-IMDb prompts, a small r* classifier, 2–4 steps per method; then a rerun that skips everything done."""
+"""A miniature of `preftune experiment sentiment`, every stage and every method end to end: a tiny random Llama,
+a handful of IMDb prompts, a small r* classifier, 2–4 steps per method; then reruns that skip everything
+done, slices (until / max_minutes), and the pilot's power and cost section."""
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -21,13 +23,37 @@ def miniature(model_dir, out, *extra):
         "sft_batch_size=4", "sft_learning_rate=1e-3", "samples_per_prompt=4", "pair_mode=bradley_terry",
         "pairs_per_prompt=2", "dpo_betas=[0.1]", "ipo_betas=[0.5]", "dpo_epochs=1", "dpo_batch_size=4",
         "dpo_learning_rate=1e-3", "rm_batch_size=4", "rm_eval_size=4", "rm_learning_rate=1e-3",
-        "ppo_max_steps=2", "ppo_batch_size=4", "ppo_epochs=1", "ppo_num_mini_batches=1", "ppo_learning_rate=1e-3",
-        "points_per_run=2", "eval_samples_per_prompt=2", "best_of_n=[1,2,4]", *extra])
+        "rl_sequences=16", "ppo_kl_coefs=[0.05]", "ppo_batch_size=4", "ppo_epochs=1", "ppo_num_mini_batches=1",
+        "ppo_learning_rate=1e-3", "rloo_kl_coefs=[0.1]", "rloo_num_generations=2", "rloo_batch_size=2",
+        "rloo_learning_rate=1e-3", "points_per_run=2", "eval_samples_per_prompt=2", "best_of_n=[1,2,4]",
+        "bootstrap=50", *extra])
 
 
-def test_miniature_pipeline_end_to_end_then_resumes(tiny_model_dir, tmp_path):
+RUNS = ("dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05", "rloo_kl0.1")
+
+
+def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "exp"
     logs: list[str] = []
+
+    # Slices: up to the pairs, then an invocation with no time left starts nothing; neither writes outputs.
+    assert SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run(until="pairs") == []
+    assert [line for line in logs if line.startswith("▶")] == ["▶ prompts", "▶ rstar", "▶ sft", "▶ pairs"]
+    logs.clear()
+    assert SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run(max_minutes=0) == []
+    assert not [line for line in logs if line.startswith("▶")]
+    assert any(line.startswith("stopping before point_sft") for line in logs)
+    assert not (out / "report.md").exists()
+    with pytest.raises(ConfigError, match="until: no stage 'dpo_beta9'"):
+        SentimentExperiment(miniature(tiny_model_dir, out)).run(until="dpo_beta9")
+
+    # One slice with the first run: the outputs are written, marked partial.
+    logs.clear()
+    SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run(until="dpo_beta0.1")
+    assert "**Partial: 4 stage(s) not done yet (ipo_beta0.5, ppo_gt_kl0.05, ppo_rm_kl0.05, rloo_kl0.1)" in (
+        out / "report.md").read_text()
+
+    logs.clear()
     points = SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run()
 
     # Every method has points; runs have one per checkpoint (2 per run), π_SFT sits at KL 0.
@@ -35,47 +61,64 @@ def test_miniature_pipeline_end_to_end_then_resumes(tiny_model_dir, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(points)
     assert {r["method"] for r in rows} == {"sft", *METHODS}
-    assert {r["run"] for r in rows} >= {"dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05", "bon"}
-    for run in ("dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05"):
+    assert {r["run"] for r in rows} >= {*RUNS, "bon"}
+    for run in RUNS:
         assert len([r for r in rows if r["run"] == run]) == 2, run
+        done = json.loads((out / "runs" / run / "done.json").read_text())
+        assert done["gradient_sequences"] == 16 and done["train_cpu_seconds"] > 0, run  # the common budget
     sft = next(r for r in rows if r["method"] == "sft")
-    assert float(sft["kl"]) == 0.0 and int(sft["n"]) == 12
+    assert float(sft["kl"]) == 0.0 and int(sft["n"]) == 12 and float(sft["win_rate"]) == 0.5
     assert [int(r["step"]) for r in rows if r["method"] == "bon"] == [1, 2, 4]
     for r in rows:
         assert 0.0 <= float(r["reward"]) <= 1.0
         assert float(r["kl"]) == float(r["kl"])  # not NaN
+        if r["method"] not in ("sft", "bon"):
+            assert 0.0 <= float(r["win_rate"]) <= 1.0
+    point = json.loads((out / "runs" / "rloo_kl0.1" / "points" / "step-4.json").read_text())
+    assert [len(g) for g in point["rewards"]] == [2] * 6 and [len(g) for g in point["kls"]] == [2] * 6
 
-    assert (out / "frontier.png").read_bytes()[:8] == PNG_MAGIC
+    for png in ("frontier.png", "training.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
     report = (out / "report.md").read_text()
-    assert "**Verdict: DPO's frontier" in report and "Rotten Tomatoes rows" in report
-    assert "| dpo_beta0.1 |" in report and "## Runtime" in report
+    assert "**Does DPO's frontier dominate PPO-GT's?**" in report and "Rotten Tomatoes rows" in report
+    for section in ("## Verdict per KL bin: DPO − PPO-GT", "## Every other method against DPO", "| RLOO (r*) |",
+                    "## Win rate against π_SFT", "## Power and cost", "## What this scale can and cannot say",
+                    "| dpo_beta0.1 |", "## Runtime", "every run trains on 16 gradient sequences"):
+        assert section in report, section
+    assert "Partial" not in report
     rstar = json.loads((out / "rstar" / "done.json").read_text())
     assert rstar["rotten_tomatoes_rows"] == 8530 and 0 <= rstar["rotten_tomatoes_accuracy"] <= 1
     assert not list((out / "runs" / "dpo_beta0.1").glob("checkpoint-*"))  # measured, then removed
     assert (out / "runs" / "dpo_beta0.1" / "final").is_dir()
-    assert any(line.startswith("▶ ppo_rm_kl0.05") for line in logs)
+    assert any(line.startswith("▶ rloo_kl0.1") for line in logs)
 
     # A rerun does nothing again: every stage is skipped, the outputs are rebuilt from the markers.
     before = (out / "points.csv").read_text()
     logs.clear()
     SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run()
     assert not [line for line in logs if line.startswith("▶")]
-    assert len([line for line in logs if line.startswith("↷")]) == 11
+    assert len([line for line in logs if line.startswith("↷")]) == 12
     assert (out / "points.csv").read_text() == before
 
-    # A lost point is measured again, alone; a new β adds one run; other settings are refused.
+    # A lost point is measured again, alone; the same noise and model give the same point.
     (out / "runs" / "ppo_gt_kl0.05" / "done.json").unlink()
-    (out / "runs" / "ppo_gt_kl0.05" / "points" / "step-2.json").unlink()
+    (out / "runs" / "ppo_gt_kl0.05" / "points" / "step-4.json").unlink()
     logs.clear()
     SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run()
     assert [line for line in logs if line.startswith("▶")] == ["▶ ppo_gt_kl0.05"]
-    assert [line for line in logs if line.startswith("point ")] == [line for line in logs if "ppo_gt_kl0.05 @ step 2" in line]
-    assert (out / "points.csv").read_text() == before  # same noise, same model: the same point
+    assert [line for line in logs if line.startswith("point ")] == [line for line in logs if "ppo_gt_kl0.05 @ step 4" in line]
+    assert (out / "points.csv").read_text() == before
+
+    # A pilot next to it (here: a copy of this run) gives the power and cost section its numbers.
+    shutil.copytree(out, out / "pilot", ignore=shutil.ignore_patterns("pilot"))
+    SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run()
+    report = (out / "report.md").read_text()
+    assert "From the pilot (`pilot/`, 6 held-out prompts × 2 samples" in report and "CPU-hours" in report
 
     # A new β adds one run and nothing else; a setting that changes measured results is refused.
     logs.clear()
     SentimentExperiment(miniature(tiny_model_dir, out, "dpo_betas=[0.1,0.5]"), log=logs.append).run()
     assert [line for line in logs if line.startswith("▶")] == ["▶ dpo_beta0.5"]
     assert len((out / "points.csv").read_text().splitlines()) == len(before.splitlines()) + 2
-    with pytest.raises(ConfigError, match="other settings \\(ppo_max_steps: 2 -> 3\\)"):
+    with pytest.raises(ConfigError, match="other settings \\(ppo_max_steps: None -> 3\\)"):
         SentimentExperiment(miniature(tiny_model_dir, out, "ppo_max_steps=3"), log=logs.append).run()

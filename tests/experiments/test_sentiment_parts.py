@@ -140,6 +140,15 @@ def test_pairs_best_vs_worst_and_bradley_terry():
                {"prompt": "c", "completions": [" u", " v"], "rewards": [0.4, 0.4]}]          # tie: no pair
     pairs = make_pairs(samples, "best_vs_worst", 1, 1.0, 0)
     assert pairs == [{"prompt": "a", "chosen": " y", "rejected": " x", "chosen_reward": 0.9, "rejected_reward": 0.2}]
+    # Several disjoint pairs, outside in: ranked .9 .7 .6 .5 .3 .1 -> (.9, .1), (.7, .3), then (.6, .5)
+    six = [{"prompt": "d", "completions": [" a", " b", " c", " d", " e", " f"],
+            "rewards": [0.1, 0.9, 0.5, 0.7, 0.3, 0.6]}]
+    assert [(p["chosen"], p["rejected"]) for p in make_pairs(six, "best_vs_worst", 2, 1.0, 0)] == [(" b", " a"),
+                                                                                                   (" d", " e")]
+    assert [(p["chosen_reward"], p["rejected_reward"]) for p in make_pairs(six, "best_vs_worst", 9, 1.0, 0)] == [
+        (0.9, 0.1), (0.7, 0.3), (0.6, 0.5)]
+    tied = [{"prompt": "t", "completions": [" a", " b", " c", " d"], "rewards": [0.5, 0.5, 0.9, 0.1]}]
+    assert len(make_pairs(tied, "best_vs_worst", 2, 1.0, 0)) == 1  # the middle pair ties: skipped
     bt = make_pairs(samples[:1] * 50, "bradley_terry", 3, 1000.0, 0)  # huge scale: labels follow r*
     assert len(bt) == 150 and all(p["chosen_reward"] > p["rejected_reward"] for p in bt)
     noisy = make_pairs(samples[:1] * 400, "bradley_terry", 1, 1.0, 0)
@@ -172,10 +181,29 @@ def test_config_files_match_the_built_in_sizes():
     assert load_experiment_config(None, ["size=gpu", "ppo_max_steps=7"]).ppo_max_steps == 7  # yours win
 
 
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_experiment_config(None, ["samples_per_prompt=1", "rloo_num_generations=1", "ppo_kl_coefs=[-1]",
+                                      "num_eval_prompts=0"])
+    text = str(e.value)
+    assert text.startswith("5 problems")  # pairs_per_prompt 1 > 1/2 too
+    for part in ("samples_per_prompt must be >= 2", "rloo_num_generations must be >= 2", "ppo_kl_coefs: every value",
+                 "num_eval_prompts must be > 0", "pairs_per_prompt (1) must be <= samples_per_prompt / 2"):
+        assert part in text, part
+
+
+def test_pilot_size_writes_next_to_the_run():
+    cfg = load_experiment_config(None, ["output_dir=out/x"], pilot=True)
+    assert cfg.size == "pilot" and cfg.output_dir == "out/x/pilot" and cfg.eval_samples_per_prompt >= 2
+    assert load_experiment_config(None, ["size=pilot"]).output_dir == "runs/experiment_sentiment/pilot"
+    with pytest.raises(ConfigError, match="choose one"):
+        load_experiment_config(None, [], gpu=True, pilot=True)
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown config key 'dpo_beta'"):
         load_experiment_config(None, ["dpo_beta=0.1"])
-    with pytest.raises(ConfigError, match="methods: unknown 'ppo'"):
+    with pytest.raises(ConfigError, match="methods: unknown 'ppo'; known: dpo, ipo, ppo_gt, ppo_rm, rloo"):
         load_experiment_config(None, ["methods=[dpo,ppo]"])
     with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
         load_experiment_config(None, ["samples_per_prompt=1"])
@@ -192,3 +220,5 @@ def test_cli_has_the_experiment_subcommand(capsys):
         main(["experiment", "sentiment", "--help"])
     assert "dpo_betas" in capsys.readouterr().out
     assert main(["experiment", "sentiment", "no_such_key=1"]) == 2
+    assert main(["experiment", "sentiment", "--until", "no_such_stage", "output_dir=/nonexistent/x"]) == 2
+    assert "until: no stage 'no_such_stage'" in capsys.readouterr().err
