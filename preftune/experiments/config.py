@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preftune.config import from_dict, read_settings
+from preftune.config import from_dict, read_settings, to_dict
 from preftune.errors import ConfigError
 from preftune.experiments.methods import METHODS as TRAINED
 
@@ -135,6 +135,8 @@ class SentimentExperimentConfig:
                                           "highest r*; KL = log N − (N − 1)/N).")
     bon_prompts: int | None = _f(None, "Held-out prompts best-of-N samples (the first ones; null = all).")
     bootstrap: int = _f(2000, "Resamples of the held-out prompts behind every verdict's standard error.")
+    run_pilot: bool = _f(True, "Run the pilot (PILOT_PRESET over these settings, into <output_dir>/pilot) as the "
+                               "first stage: the report's power and cost section comes from it.")
     keep_checkpoints: bool = _f(False, "Keep every evaluated checkpoint (false: delete them once their point "
                                        "is measured; final/ is kept).")
 
@@ -208,6 +210,7 @@ class SentimentExperimentConfig:
 # in a few hours at SmolLM2's size. Set a bigger model with model_name_or_path=<folder>.
 GPU_PRESET: dict[str, Any] = {
     "output_dir": "runs/experiment_sentiment_gpu",
+    "run_pilot": False,
     "threads": None,
     "bf16": True,
     "num_train_prompts": 4096,
@@ -257,6 +260,7 @@ PILOT_PRESET: dict[str, Any] = {
     "best_of_n": [1, 4],
     "bon_prompts": 32,
     "bootstrap": 500,
+    "run_pilot": False,
 }
 
 
@@ -279,3 +283,9 @@ def load_experiment_config(path: str | Path | None = None, overrides: list[str] 
         base = raw.get("output_dir", SentimentExperimentConfig.__dataclass_fields__["output_dir"].default)
         raw = {**PILOT_PRESET, **raw, "output_dir": str(Path(base) / "pilot")}
     return from_dict(SentimentExperimentConfig, raw)
+
+
+def pilot_of(cfg: SentimentExperimentConfig) -> SentimentExperimentConfig:
+    """The pilot of a run: its settings with :data:`PILOT_PRESET` over them, into ``<output_dir>/pilot``."""
+    return from_dict(SentimentExperimentConfig, {**to_dict(cfg), **PILOT_PRESET, "size": "pilot",
+                                                 "output_dir": str(Path(cfg.output_dir) / "pilot")})

@@ -200,8 +200,9 @@ def _power(exp: SentimentExperiment, main: stats.BinnedVerdict, values: dict[tup
     lines = ["## Power and cost", ""]
     pilot = _pilot(exp)
     if pilot is None:
-        return lines + ["No pilot in this output folder (`preftune experiment sentiment --pilot` writes one into "
-                        "`<output_dir>/pilot/`, and this section then shows the sizes it implies).", ""]
+        return lines + ["No pilot in this output folder (run_pilot=true runs it as the first stage, `preftune "
+                        "experiment sentiment --pilot` alone; either writes `<output_dir>/pilot/`, and this section "
+                        "then shows the sizes it implies).", ""]
     folder, pcfg = pilot
     rewards = (_read(folder / "point_sft" / "done.json") or {}).get("rewards") or []
     if pcfg.eval_samples_per_prompt < 2:

@@ -34,14 +34,13 @@ from typing import Any
 
 import torch
 
-from preftune.assets.imdb import write_jsonl
-from preftune.config import RMConfig, SFTConfig, load_config, to_dict
+from preftune.config import load_config, to_dict
 from preftune.data.dataset import DataSettings
 from preftune.data.prompts import build_prompt_dataset
 from preftune.errors import ConfigError
-from preftune.experiments import frontier, report, rstar, sampling
-from preftune.experiments.config import SentimentExperimentConfig, load_experiment_config
-from preftune.experiments.data import make_pairs, split_reviews
+from preftune.experiments import frontier, groundwork, report, rstar, sampling
+from preftune.experiments.config import SentimentExperimentConfig, load_experiment_config, pilot_of
+from preftune.experiments.io import read_json, write_json
 from preftune.experiments.methods import METHODS, RunSpec, budget, run_specs
 from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer, pick_device
 from preftune.modeling.logprobs import SequenceLogprobModel
@@ -52,27 +51,16 @@ RSTAR_SPEC = "preftune.experiments.rstar:positive_probability"
 # The stages' settings this experiment was designed with (preftune's defaults before TRL's became them).
 STAGE_SETTINGS = {"max_grad_norm": 10.0, "logging_steps": 1, "gradient_checkpointing": False, "optim": "adamw_torch",
                   "disable_dropout": False}
-# The stages with held-out data evaluate it before training and after every epoch.
-EVALUATE = {"eval_on_start": True, "eval_strategy": "epoch"}
 RESERVED = ("output_dir", "model_name_or_path", "train_file", "eval_file", "resume", "save_steps",
             "save_total_limit", "max_steps", "num_train_epochs", "reward", "ref_model_name_or_path")
 # Keys a rerun may change without invalidating finished stages (they add runs or change nothing measured).
 ADDITIVE = ("methods", *{m.sweep_key for m in METHODS.values()}, "best_of_n", "threads", "progress_bar",
-            "report_to", "keep_checkpoints", "device", "output_dir", "size", "bootstrap")
+            "report_to", "keep_checkpoints", "device", "output_dir", "size", "bootstrap", "run_pilot")
 EVAL_SEED = 7919
-BON_SEED = 4243
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
-    return path
+class Stopped(Exception):
+    """A stage stopped at the run's deadline (``max_minutes``) before it was done."""
 
 
 class SentimentExperiment:
@@ -84,6 +72,7 @@ class SentimentExperiment:
         self.log = log or (lambda m: print(f"[experiment] {m}", flush=True))
         self.device = pick_device(cfg.device)
         self.timings: dict[str, dict[str, Any]] = {}
+        self.deadline: float | None = None
         self._reference: SequenceLogprobModel | None = None
         self._tokenizer: Any = None
         self._reward_fn: Any = None
@@ -115,7 +104,9 @@ class SentimentExperiment:
         now = {k: v for k, v in to_dict(self.cfg).items() if k not in ADDITIVE}
         path = self.out / "experiment.json"
         if path.is_file():
-            before = read_json(path)["settings"]
+            # A key newer than the folder's results compares as its default: new keys keep the old behaviour.
+            defaults = to_dict(SentimentExperimentConfig())
+            before = {**{k: defaults[k] for k in now}, **read_json(path)["settings"]}
             changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
             if changed:
                 k = changed[0]
@@ -205,13 +196,15 @@ class SentimentExperiment:
     def plan(self) -> list[tuple[str, Path, Callable[[], dict]]]:
         """Every stage of this configuration, in order: (name, folder, body)."""
         cfg, out = self.cfg, self.out
-        stages = [("prompts", out / "prompts", self.make_prompts), ("rstar", out / "rstar", self.make_rstar),
-                  ("sft", out / "sft", self.make_sft), ("pairs", out / "pairs", self.make_pairs),
-                  ("point_sft", out / "point_sft", lambda: self.measure(self.sft_dir, "π_SFT"))]
+        stages = [("pilot", out / "pilot", self.make_pilot)] if cfg.run_pilot else []
+        stages += [(name, out / name, lambda f=body: f(self)) for name, body in (
+            ("prompts", groundwork.make_prompts), ("rstar", groundwork.make_rstar), ("sft", groundwork.make_sft),
+            ("pairs", groundwork.make_pairs))]
+        stages.append(("point_sft", out / "point_sft", lambda: self.measure(self.sft_dir, "π_SFT")))
         if "bon" in cfg.methods:
-            stages.append(("bon", out / "bon", self.make_best_of_n))
+            stages.append(("bon", out / "bon", lambda: groundwork.make_best_of_n(self)))
         if "ppo_rm" in cfg.methods:
-            stages.append(("rm", out / "rm", self.make_reward_model))
+            stages.append(("rm", out / "rm", lambda: groundwork.make_reward_model(self)))
         stages += [(spec.name, out / "runs" / spec.name, lambda s=spec: self.make_run(s)) for spec in run_specs(cfg)]
         return stages
 
@@ -233,13 +226,17 @@ class SentimentExperiment:
         bon = self.out / "bon" / "done.json"
         if bon.is_file() and read_json(bon)["samples"] < max(cfg.best_of_n, default=1):
             bon.unlink()  # more samples needed for a larger N
+        self.deadline = None if max_minutes is None else started + 60 * max_minutes
         for name, folder, body in stages:
             spent = (time.perf_counter() - started) / 60
             if max_minutes is not None and spent >= max_minutes and not (folder / "done.json").is_file():
                 self.log(f"stopping before {name}: {spent:.1f} of max {max_minutes:g} minutes spent; rerun the same "
                          "command to continue")
                 break
-            self.stage(name, folder, body)
+            try:
+                self.stage(name, folder, body)
+            except Stopped:
+                break
             if name == until:
                 break
         if not (self.out / "point_sft" / "done.json").is_file():
@@ -250,126 +247,16 @@ class SentimentExperiment:
         self.log(f"outputs: {self.out / 'report.md'} · {self.out / 'frontier.png'} · {self.out / 'points.csv'}")
         return points
 
-    def make_prompts(self) -> dict:
-        cfg = self.cfg
-        split = split_reviews(cfg.num_train_prompts, cfg.num_eval_prompts, cfg.sft_num_reviews,
-                              min_words=cfg.prompt_min_words, max_words=cfg.prompt_max_words,
-                              sft_max_words=cfg.sft_max_words, seed=cfg.seed)
-        folder = self.out / "prompts"
-        write_jsonl(split.train_prompts, folder / "train.jsonl")
-        write_jsonl(split.eval_prompts, folder / "eval.jsonl")
-        write_jsonl(split.sft_rows, folder / "sft.jsonl")
-        write_json(folder / "classifier_rows.json", split.classifier_rows)
-        words = [len(r["prompt"].split()) for r in split.train_prompts + split.eval_prompts]
-        self.log(f"prompts: {len(split.train_prompts)} train, {len(split.eval_prompts)} held out, "
-                 f"{sum(words) / len(words):.1f} words on average; {len(split.sft_rows)} SFT reviews; "
-                 f"{len(split.classifier_rows)} reviews left for r*")
-        return {"train": len(split.train_prompts), "eval": len(split.eval_prompts), "sft": len(split.sft_rows),
-                "classifier_reviews": len(split.classifier_rows), "mean_prompt_words": sum(words) / len(words)}
-
-    def make_rstar(self) -> dict:
-        cfg = self.cfg
-        if cfg.reward != "classifier":
-            self.log(f"r* = {cfg.reward} (no classifier to train)")
-            return {"reward": cfg.reward}
-        rows = read_json(self.out / "prompts" / "classifier_rows.json")
-        pipeline, metrics = rstar.train_classifier(rows, window_words=cfg.classifier_window_words,
-                                                   max_reviews=cfg.classifier_max_reviews, seed=cfg.seed,
-                                                   log=self.log)
-        rstar.save(pipeline, self.out / "rstar" / "classifier.joblib", cfg.reward_includes_prompt)
-        return {"reward": "classifier", **metrics}
-
-    def make_sft(self) -> dict:
-        cfg = self.cfg
-        rows = [json.loads(line) for line in (self.out / "prompts" / "sft.jsonl").read_text().splitlines()]
-        from preftune.stages.sft import run_sft
-
-        sft_cfg = self.stage_config(SFTConfig, {
-            "model_name_or_path": cfg.model_name_or_path, "output_dir": str(self.out / "sft"),
-            "max_length": cfg.max_prompt_length + 2 * cfg.sft_max_words, "learning_rate": cfg.sft_learning_rate,
-            "per_device_train_batch_size": cfg.sft_batch_size, "per_device_eval_batch_size": cfg.sft_batch_size,
-            "num_train_epochs": cfg.sft_epochs, "eval_size": max(1, min(32, len(rows) // 8)), **EVALUATE,
-            "save_total_limit": 1, "resume": "latest" if list_checkpoints(self.out / "sft") else None,
-        }, cfg.sft_extra)
-        result = run_sft(sft_cfg, train_data=rows)
-        self.prune(self.out / "sft")
-        return {"eval_before": result.eval_before, "eval_after": result.eval_after, "steps": len(result.history)}
-
-    def make_pairs(self) -> dict:
-        cfg = self.cfg
-        folder = self.out / "pairs"
-        prompts = self.prompts("train")
-        per_shard = max(1, cfg.generation_batch_size // cfg.samples_per_prompt)
-        partial = folder / "samples.partial.jsonl"
-        done: dict[int, list[dict]] = {}
-        if partial.is_file():
-            for line in partial.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by an interruption
-                done.setdefault(row["shard"], []).append(row)
-        shards = [prompts[i:i + per_shard] for i in range(0, len(prompts), per_shard)]
-        done = {s: rows for s, rows in done.items() if s < len(shards) and len(rows) == len(shards[s])}
-        if done:
-            self.log(f"pairs: {len(done)} of {len(shards)} sample batches done before, continuing")
-        model = sampling.load_policy_folder(self.sft_dir, self.sft_dir, self.device)
-        with open(partial, "w") as f:  # rewrite the complete shards, then append new ones
-            for s in sorted(done):
-                f.writelines(json.dumps(r) + "\n" for r in done[s])
-            for s, shard in enumerate(shards):
-                if s in done:
-                    continue
-                got = self.sample(model, shard, cfg.samples_per_prompt, cfg.seed * 100_003 + s,
-                                  f"π_SFT samples {s + 1}/{len(shards)}", False)
-                rows = [{"shard": s, "prompt": p, "completions": c, "rewards": r}
-                        for p, c, r in zip(got.prompts, got.completions, got.rewards)]
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-                f.flush()
-                done[s] = rows
-        samples = [r for s in sorted(done) for r in done[s]]
-        write_jsonl(samples, folder / "samples.jsonl")
-        partial.unlink()
-        pairs = make_pairs(samples, cfg.pair_mode, cfg.pairs_per_prompt, cfg.bradley_terry_scale, cfg.seed)
-        write_jsonl(pairs, folder / "pairs.jsonl")
-        all_r = [x for r in samples for x in r["rewards"]]
-        gap = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
-        self.log(f"pairs: {len(pairs)} from {len(all_r)} samples (mean r* {sum(all_r) / len(all_r):.3f}); "
-                 f"mean r* gap chosen − rejected {sum(gap) / max(len(gap), 1):+.3f}")
-        if not pairs:
-            raise ValueError("no preference pairs: every prompt's samples tied or were empty")
-        return {"pairs": len(pairs), "samples": len(all_r), "mean_sample_reward": sum(all_r) / len(all_r),
-                "mean_gap": sum(gap) / len(gap), "wrong_way": sum(1 for g in gap if g < 0)}
-
-    def make_best_of_n(self) -> dict:
-        cfg = self.cfg
-        k = max(cfg.best_of_n)
-        prompts = self.prompts("eval")[:cfg.bon_prompts]
-        model = sampling.load_policy_folder(self.sft_dir, self.sft_dir, self.device)
-        s = self.sample(model, prompts, k, BON_SEED + cfg.seed, f"best-of-{k} samples", False)
-        write_jsonl([{"prompt": p, "completions": c, "rewards": r} for p, c, r in zip(s.prompts, s.completions,
-                                                                                     s.rewards)],
-                    self.out / "bon" / "samples.jsonl")
-        return {"samples": k, "prompts": len(prompts),
-                "points": {str(n): sampling.best_of_n(s.rewards, n) for n in sorted(cfg.best_of_n)}}
-
-    def make_reward_model(self) -> dict:
-        cfg = self.cfg
-        from preftune.stages.reward_model import run_rm
-
-        n = len(read_lines(self.out / "pairs" / "pairs.jsonl"))
-        eval_size = min(cfg.rm_eval_size, n // 4)
-        values = {"model_name_or_path": str(self.sft_dir), "output_dir": str(self.out / "rm"),
-                  "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8, "learning_rate": cfg.rm_learning_rate,
-                  "per_device_train_batch_size": cfg.rm_batch_size, "per_device_eval_batch_size": cfg.rm_batch_size,
-                  "num_train_epochs": cfg.rm_epochs, "eval_size": eval_size, "save_total_limit": 1, **EVALUATE,
-                  "lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.1,
-                  "resume": "latest" if list_checkpoints(self.out / "rm") else None}
-        rm_cfg = self.stage_config(RMConfig, values, cfg.rm_extra)
-        result = run_rm(rm_cfg, train_data=str(self.out / "pairs" / "pairs.jsonl"))
-        self.prune(self.out / "rm")
-        return {"eval_before": result.eval_before, "eval_after": result.eval_after, "eval_pairs": eval_size,
-                "trained_sequences": 2 * (n - eval_size) * cfg.rm_epochs}
+    def make_pilot(self) -> dict:
+        """The pilot, as a nested experiment in ``pilot/`` (resumable like this one); it stops with this run's
+        deadline, and then this stage is not done."""
+        left = None if self.deadline is None else max(0.0, (self.deadline - time.perf_counter()) / 60)
+        pilot = SentimentExperiment(pilot_of(self.cfg), log=lambda m: self.log(f"pilot: {m}"))
+        pilot.run(max_minutes=left)
+        missing = [name for name, folder, _ in pilot.plan() if not (folder / "done.json").is_file()]
+        if missing:
+            raise Stopped
+        return {"stages": len(pilot.plan())}
 
     def make_run(self, spec: RunSpec) -> dict:
         """Train (resuming if interrupted) on the common budget, then measure every checkpoint; each point is
@@ -432,10 +319,6 @@ class SentimentExperiment:
                 points.append(frontier.Point(spec.method, spec.name, spec.beta, int(step), m["reward"],
                                              m["reward_sem"], m["kl"], m["kl_sem"], m["n"], win, win_sem))
         return points, values
-
-
-def read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), *, gpu: bool = False,

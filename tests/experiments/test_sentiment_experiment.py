@@ -4,7 +4,6 @@ done, slices (until / max_minutes), and the pilot's power and cost section."""
 
 import csv
 import json
-import shutil
 
 import pytest
 
@@ -26,13 +25,19 @@ def miniature(model_dir, out, *extra):
         "rl_sequences=16", "ppo_kl_coefs=[0.05]", "ppo_batch_size=4", "ppo_epochs=1", "ppo_num_mini_batches=1",
         "ppo_learning_rate=1e-3", "rloo_kl_coefs=[0.1]", "rloo_num_generations=2", "rloo_batch_size=2",
         "rloo_learning_rate=1e-3", "points_per_run=2", "eval_samples_per_prompt=2", "best_of_n=[1,2,4]",
-        "bootstrap=50", *extra])
+        "bootstrap=50", "run_pilot=false", *extra])
 
 
 RUNS = ("dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05", "rloo_kl0.1")
 
 
-def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tmp_path):
+SMALL_PILOT = {"methods": ["dpo", "ppo_gt", "bon"], "num_train_prompts": 8, "num_eval_prompts": 6,
+               "eval_samples_per_prompt": 2, "sft_num_reviews": 8, "samples_per_prompt": 4, "pairs_per_prompt": 1,
+               "dpo_betas": [0.1], "ppo_kl_coefs": [0.1], "points_per_run": 1, "best_of_n": [1, 2], "bon_prompts": 4,
+               "bootstrap": 20, "run_pilot": False}
+
+
+def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "exp"
     logs: list[str] = []
 
@@ -109,11 +114,17 @@ def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tm
     assert [line for line in logs if line.startswith("point ")] == [line for line in logs if "ppo_gt_kl0.05 @ step 4" in line]
     assert (out / "points.csv").read_text() == before
 
-    # A pilot next to it (here: a copy of this run) gives the power and cost section its numbers.
-    shutil.copytree(out, out / "pilot", ignore=shutil.ignore_patterns("pilot"))
-    SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run()
+    # The pilot (its sizes over these settings, in pilot/; here even smaller) gives the power and cost section
+    # its numbers.
+    monkeypatch.setattr("preftune.experiments.config.PILOT_PRESET", SMALL_PILOT)
+    logs.clear()
+    SentimentExperiment(miniature(tiny_model_dir, out, "run_pilot=true"), log=logs.append).run()
+    assert [line for line in logs if line.startswith("▶")] == ["▶ pilot"]
+    pilot = json.loads((out / "pilot" / "config.json").read_text())
+    assert pilot["size"] == "pilot" and pilot["num_eval_prompts"] == 6 and pilot["max_new_tokens"] == 6
     report = (out / "report.md").read_text()
     assert "From the pilot (`pilot/`, 6 held-out prompts × 2 samples" in report and "CPU-hours" in report
+    assert "| pilot |" in report
 
     # A new β adds one run and nothing else; a setting that changes measured results is refused.
     logs.clear()

@@ -222,3 +222,20 @@ def test_cli_has_the_experiment_subcommand(capsys):
     assert main(["experiment", "sentiment", "no_such_key=1"]) == 2
     assert main(["experiment", "sentiment", "--until", "no_such_stage", "output_dir=/nonexistent/x"]) == 2
     assert "until: no stage 'no_such_stage'" in capsys.readouterr().err
+
+
+def test_a_folder_made_before_a_key_existed_resumes_while_the_key_keeps_its_default(tmp_path):
+    import json
+
+    from preftune.experiments.sentiment import SentimentExperiment
+
+    cfg = load_experiment_config(None, [f"output_dir={tmp_path}"])
+    SentimentExperiment(cfg).check_settings()
+    saved = json.loads((tmp_path / "experiment.json").read_text())
+    del saved["settings"]["rloo_batch_size"]  # as written by a version without the key
+    (tmp_path / "experiment.json").write_text(json.dumps(saved))
+    SentimentExperiment(cfg).check_settings()
+    SentimentExperiment(load_experiment_config(None, [f"output_dir={tmp_path}", "dpo_betas=[2.0]"])).check_settings()
+    with pytest.raises(ConfigError, match="rloo_batch_size: 8 -> 3"):
+        SentimentExperiment(load_experiment_config(None, [f"output_dir={tmp_path}", "rloo_batch_size=3"])
+                            ).check_settings()
