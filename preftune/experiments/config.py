@@ -259,6 +259,7 @@ PILOT_PRESET: dict[str, Any] = {
     "points_per_run": 1,
     "best_of_n": [1, 4],
     "bon_prompts": 32,
+    "rl_sequences": 96,  # enough steps to price a gradient sequence; the noise needs no training
     "bootstrap": 500,
     "run_pilot": False,
 }
