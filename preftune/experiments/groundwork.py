@@ -84,6 +84,7 @@ def make_pairs(exp: SentimentExperiment) -> dict:
             done.setdefault(row["shard"], []).append(row)
     shards = [prompts[i:i + per_shard] for i in range(0, len(prompts), per_shard)]
     done = {s: rows for s, rows in done.items() if s < len(shards) and len(rows) == len(shards[s])}
+    before = set(done)
     if done:
         exp.log(f"pairs: {len(done)} of {len(shards)} sample batches done before, continuing")
     model = sampling.load_policy_folder(exp.sft_dir, exp.sft_dir, exp.device)
@@ -94,7 +95,7 @@ def make_pairs(exp: SentimentExperiment) -> dict:
             if s in done:
                 continue
             got = exp.sample(model, shard, cfg.samples_per_prompt, cfg.seed * 100_003 + s,
-                              f"π_SFT samples {s + 1}/{len(shards)}", False)
+                             f"π_SFT samples {s + 1}/{len(shards)}", False)
             rows = [{"shard": s, "prompt": p, "completions": c, "rewards": r}
                     for p, c, r in zip(got.prompts, got.completions, got.rewards)]
             f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -108,10 +109,13 @@ def make_pairs(exp: SentimentExperiment) -> dict:
     all_r = [x for r in samples for x in r["rewards"]]
     gap = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
     exp.log(f"pairs: {len(pairs)} from {len(all_r)} samples (mean r* {sum(all_r) / len(all_r):.3f}); "
-             f"mean r* gap chosen − rejected {sum(gap) / max(len(gap), 1):+.3f}")
+            f"mean r* gap chosen − rejected {sum(gap) / max(len(gap), 1):+.3f}")
     if not pairs:
         raise ValueError("no preference pairs: every prompt's samples tied or were empty")
-    return {"pairs": len(pairs), "samples": len(all_r), "mean_sample_reward": sum(all_r) / len(all_r),
+    # Samples drawn by this invocation (a resumed stage's CPU time covers only those).
+    sampled_now = sum(len(shard) for s, shard in enumerate(shards) if s not in before) * cfg.samples_per_prompt
+    return {"pairs": len(pairs), "samples": len(all_r), "sampled_now": sampled_now,
+            "mean_sample_reward": sum(all_r) / len(all_r),
             "mean_gap": sum(gap) / len(gap), "wrong_way": sum(1 for g in gap if g < 0)}
 
 def make_best_of_n(exp: SentimentExperiment) -> dict:

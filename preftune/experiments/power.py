@@ -121,9 +121,13 @@ def unit_costs(out: Path, cfg: SentimentExperimentConfig) -> dict[str, float]:
         if done is None or "cpu_seconds" not in done:
             continue
         if kind.startswith("train_"):
-            add(kind, done["train_cpu_seconds"], done["gradient_sequences"])
+            last = max(done["steps"], default=0)
+            trained_now = 1 - done.get("resumed_at", 0) / last if last else 1.0
+            add(kind, done["train_cpu_seconds"], done["gradient_sequences"] * trained_now)
             add("scored_sample", done["cpu_seconds"] - done["train_cpu_seconds"],
                 len(done["points"]) * cfg.num_eval_prompts * cfg.eval_samples_per_prompt)
+        elif stage == "pairs":
+            add(kind, done["cpu_seconds"], done.get("sampled_now", n))
         elif kind == "rm_sequence":
             add(kind, done["cpu_seconds"], done.get("trained_sequences", n))
         else:

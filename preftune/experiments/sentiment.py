@@ -59,6 +59,10 @@ ADDITIVE = ("methods", *{m.sweep_key for m in METHODS.values()}, "best_of_n", "t
 EVAL_SEED = 7919
 
 
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
 class Stopped(Exception):
     """A stage stopped at the run's deadline (``max_minutes``) before it was done."""
 
@@ -265,9 +269,11 @@ class SentimentExperiment:
         trained = folder / "trained.json"
         if not trained.is_file():
             started, cpu = time.perf_counter(), time.process_time()
+            resumed_at = max((step_of(p) for p in list_checkpoints(folder)), default=0)
             sequences = METHODS[spec.method].train(self, spec, folder, budget(self.cfg, self.num_pairs()))
-            steps = [int(p.name.split("-")[1]) for p in list_checkpoints(folder)]
-            write_json(trained, {"steps": steps, "gradient_sequences": sequences,
+            steps = [step_of(p) for p in list_checkpoints(folder)]
+            # This invocation's time covers the steps after resumed_at only (the cost model scales by it).
+            write_json(trained, {"steps": steps, "gradient_sequences": sequences, "resumed_at": resumed_at,
                                  "train_seconds": time.perf_counter() - started,
                                  "train_cpu_seconds": time.process_time() - cpu})
         info = read_json(trained)

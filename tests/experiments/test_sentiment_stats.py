@@ -144,14 +144,19 @@ def test_unit_costs_and_prediction_by_hand(tmp_path):
     write(tmp_path / "pairs", {"cpu_seconds": 40.0, "pairs": 15})          # 10 × 4 = 40 samples: 1 s each
     write(tmp_path / "point_sft", {"cpu_seconds": 80.0})                   # 20 × 2 = 40 scored: 2 s each
     write(tmp_path / "bon", {"cpu_seconds": 20.0, "samples": 4, "prompts": 5})  # 20 samples: 1 s each
-    for run, method, train, total, seqs in (("dpo_beta0.1", "dpo", 60.0, 220.0, 30), ("ppo_gt_kl0.1", "ppo_gt",
-                                                                                      90.0, 250.0, 30)):
+    # The DPO run was resumed from step 2 of 4: its training time covers 15 of its 30 sequences.
+    for run, method, train, total, seqs, resumed in (("dpo_beta0.1", "dpo", 60.0, 220.0, 30, 2),
+                                                     ("ppo_gt_kl0.1", "ppo_gt", 90.0, 250.0, 30, 0)):
         write(tmp_path / "runs" / run, {"method": method, "cpu_seconds": total, "train_cpu_seconds": train,
-                                        "gradient_sequences": seqs, "points": {"1": {}, "2": {}}})
+                                        "gradient_sequences": seqs, "steps": [2, 4], "resumed_at": resumed,
+                                        "points": {"2": {}, "4": {}}})
     costs = power.unit_costs(tmp_path, cfg)
     # scored samples: point_sft 80 s / 40, dpo 160 s / 80, ppo 160 s / 80 -> 400 / 200 = 2 s
     assert costs == pytest.approx({"stage_prompts": 1.0, "stage_rstar": 30.0, "sft_sequence": 2.0, "sample": 1.0,
-                                   "scored_sample": 2.0, "train_dpo": 2.0, "train_ppo_gt": 3.0})
+                                   "scored_sample": 2.0, "train_dpo": 4.0, "train_ppo_gt": 3.0})
+    # pairs resumed with 30 of its 40 samples drawn before: 10 s for the last 10 -> with bon's 20 s / 20: 1 s
+    write(tmp_path / "pairs", {"cpu_seconds": 10.0, "pairs": 15, "sampled_now": 10})
+    assert power.unit_costs(tmp_path, cfg)["sample"] == pytest.approx(1.0)
     assert power.pairs_per_prompt(tmp_path, cfg) == 1.5
     big = load_experiment_config(None, ["methods=[dpo,ipo,ppo_gt,bon]", "dpo_betas=[0.1]", "ipo_betas=[0.5]",
                                         "ppo_kl_coefs=[0.1,1]", "num_train_prompts=100", "num_eval_prompts=50",
@@ -159,5 +164,5 @@ def test_unit_costs_and_prediction_by_hand(tmp_path):
                                         "pairs_per_prompt=1", "best_of_n=[1,2]", "points_per_run=3"])
     got = power.predict(big, costs, 1.5)  # 150 pairs -> 300 gradient sequences per run
     assert got["sft"] == 20.0 and got["pairs"] == 200.0 and got["point_sft"] == 100.0 and got["bon"] == 100.0
-    assert got["dpo_beta0.1"] == 600.0 and got["ipo_beta0.5"] == 600.0  # IPO priced as DPO
+    assert got["dpo_beta0.1"] == 1200.0 and got["ipo_beta0.5"] == 1200.0  # IPO priced as DPO
     assert got["ppo_gt_kl1"] == 900.0 and got["ppo_gt_kl1 (points)"] == 3 * 50 * 2.0
