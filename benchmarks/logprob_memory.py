@@ -98,8 +98,11 @@ class _GivenHiddenLM(nn.Module):
     def __init__(self, x: Inputs) -> None:
         super().__init__()
         self._x = x
-        self.config = types.SimpleNamespace(final_logit_softcapping=None)
-        self._head = types.SimpleNamespace(weight=x.weight, bias=None)
+        self.config = types.SimpleNamespace()
+        # A real linear layer whose weight is the given tensor itself (gradients land on x.weight).
+        self._head = nn.Linear(x.weight.shape[1], x.weight.shape[0], bias=False, device="meta")
+        del self._head.weight
+        self._head.weight = x.weight
 
     def get_decoder(self):
         return lambda **_: types.SimpleNamespace(last_hidden_state=self._x.hidden)
@@ -110,8 +113,11 @@ class _GivenHiddenLM(nn.Module):
 
 def logps_chunked(x: Inputs, chunk: int) -> Tensor:
     from preftune.modeling.logprobs import SequenceLogprobModel
+    from preftune.modeling.output_transform import OutputTransform
 
-    return SequenceLogprobModel(_GivenHiddenLM(x), chunk)(x.input_ids, x.attention_mask, x.loss_mask).logps
+    # No forward to probe: the transform is the identity by construction.
+    wrapped = SequenceLogprobModel(_GivenHiddenLM(x), chunk, output_transform=OutputTransform())
+    return wrapped(x.input_ids, x.attention_mask, x.loss_mask).logps
 
 
 def logps_checkpointed(x: Inputs, chunk: int) -> Tensor:

@@ -164,6 +164,7 @@ OUT_OF_RANGE = [
                                         "steps in (0, 1), got -5"),
     (TrainingConfig, ["save_total_limit=0"], "save_total_limit must be > 0 or null, got 0"),
     (TrainingConfig, ["threads=0"], "threads must be > 0 or null, got 0"),
+    (TrainingConfig, ["router_aux_loss_coef=-0.01"], "router_aux_loss_coef must be >= 0 or null, got -0.01"),
     (TrainingConfig, ["adam_beta1=1"], "adam_beta1 must be in [0, 1), got 1.0"),
     (TrainingConfig, ["adam_beta2=-0.5"], "adam_beta2 must be in [0, 1), got -0.5"),
     (TrainingConfig, ["max_steps=0"], "max_steps must be -1 (no limit) or > 0, got 0"),

@@ -60,8 +60,11 @@ class ModelGroup:
     model_init_kwargs: dict[str, Any] | None = setting(None, "More from_pretrained arguments, as TRL's "
                                                              "model_init_kwargs (a dtype or attn_implementation "
                                                              "there counts as the key of that name).")
-    padding_free: bool = setting(True, "Pack each batch's sequences end to end (positions restart per sequence) "
-                                       "instead of computing on padding; checked against padded rows on first use.")
+    padding_free: bool | str = setting("auto", "Pack each batch's sequences end to end (positions restart per "
+                                               "sequence) instead of computing on padding, checked against padded "
+                                               "rows on a probe. auto = where the model keeps packed sequences apart "
+                                               "(OPT, BLOOM, Mamba, ... run padded, said once in the log); true = an "
+                                               "error on such a model.")
     prefix_sharing: bool | str = setting("auto", "Within the packed rows, compute a prompt once for all of its "
                                                  "completions (pairs, rankings, KL partners, RL groups): auto = where "
                                                  "a probe on first use shows it exact for this model (else sequences "
@@ -69,6 +72,7 @@ class ModelGroup:
                                                  "Needs padding_free; auto is off under torch_compile.")
 
     def check(self, p: Problems) -> None:
+        true_false_or_auto(self, p, "padding_free")
         kwargs = getattr(self, "model_init_kwargs", None) or {}
         for key in ("device_map", "quantization_config"):
             if key in kwargs:
@@ -104,14 +108,37 @@ class TrainModelGroup:
                                                  "default; false is faster).")
     gradient_checkpointing_kwargs: dict[str, Any] | None = setting(None, "Arguments of gradient checkpointing, e.g. "
                                                                          "{use_reentrant: false} (null = that).")
-    lean_activations: bool = setting(True, "RMSNorm, SwiGLU MLPs and (on CPU) grouped-query attention through "
-                                           "functions that keep fewer activations for backward (same math; modules "
-                                           "with another formula keep their own forward): SmolLM2 saves 40 % less.")
+    lean_activations: bool | str = setting("auto", "RMSNorm, SwiGLU MLPs and (on CPU) grouped-query attention "
+                                                   "through functions that keep fewer activations for backward (same "
+                                                   "math, each checked on a probe; modules of another formula keep "
+                                                   "their own forward): SmolLM2 saves 40 % less. auto = where it "
+                                                   "applies (a model with none of these runs as it is, said once in "
+                                                   "the log); true = an error on such a model.")
+    fp32_master_weights: bool = setting(False, "With 16-bit weights (dtype bfloat16 / float16): the optimizer updates "
+                                               "float32 copies of the trained weights (its state float32 too) and "
+                                               "the model computes with their rounding, so updates below bf16's "
+                                               "resolution are not lost; 4 bytes more per trained weight. No "
+                                               "effect on float32 weights.")
+    router_aux_loss_coef: float | None = setting(None, "Mixture-of-experts models: weight of the router "
+                                                       "load-balancing loss added to the training loss (logged as "
+                                                       "aux_loss); null = the model config's own, 0 = off (as TRL). "
+                                                       "An error on a dense model.")
 
     def check(self, p: Problems) -> None:
         if not self.gradient_checkpointing:
             for key in changed(self, "gradient_checkpointing_kwargs"):
                 p.add(f"{key} is set but gradient_checkpointing is false, so it would be ignored", key)
+        true_false_or_auto(self, p, "lean_activations")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            p.add(f"router_aux_loss_coef must be >= 0 or null, got {self.router_aux_loss_coef}",
+                  "router_aux_loss_coef")
+
+
+def true_false_or_auto(config: object, p: Problems, *keys: str) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if value not in (True, False, "auto"):
+            p.add(f"{key} must be true, false or auto, got {value!r}", key)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ def _no_fsdp_with_peft(cfg, p: Problems) -> None:
               "to replicate; use plain torchrun data parallelism)")
     if cfg.fsdp and cfg.save_only_model:
         p.add("save_only_model must be false with fsdp: a sharded checkpoint holds model and optimizer together")
+    if cfg.fsdp and cfg.fp32_master_weights:
+        p.add("fp32_master_weights must be false with fsdp (sharded checkpoints save a plain optimizer)")
 
 
 TrainingConfig = compose(

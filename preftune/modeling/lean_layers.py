@@ -147,8 +147,9 @@ def _same_output(module: nn.Module, lean_forward, width: int) -> bool:
 
 def make_lean(model: nn.Module) -> dict[str, int]:
     """Swap the lean forward into every RMSNorm and SwiGLU MLP of ``model`` that computes the same
-    thing (checked per module class on a probe), and grouped-query SDPA into an ``sdpa`` model; returns
-    counts {"norms", "mlps", "kept" (modules of another formula), "attention" (1 if switched)}."""
+    thing (checked per module class on a probe), and grouped-query SDPA into an ``sdpa`` model on CPU
+    (checked on a probe too); returns counts {"norms", "mlps", "kept" (modules of another formula),
+    "attention" (1 if switched)}."""
     verdict: dict[type, bool] = {}
     counts = {"norms": 0, "mlps": 0, "kept": 0,
               "attention": int(hasattr(model, "config") and use_grouped_sdpa(model))}
@@ -192,14 +193,59 @@ def _sdpa_grouped(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, 
     return out.transpose(1, 2).contiguous(), None
 
 
+@torch.no_grad()
+def _probe_output(model: nn.Module) -> Tensor:
+    """The decoder's hidden states on two random rows, one right-padded (so a mask is given)."""
+    from preftune.modeling.layers import decoder_of
+
+    decoder = decoder_of(model)
+    vocab = model.config.get_text_config().vocab_size
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)
+    attention = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], device=device)
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        with torch.autocast(device.type, enabled=False):
+            hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+    finally:
+        decoder.train(was_training)
+    return hidden[attention.bool()].float()
+
+
 def use_grouped_sdpa(model: nn.Module) -> bool:
-    """Switch a model that uses transformers' ``sdpa`` attention to :func:`_sdpa_grouped`; True if switched."""
+    """Switch an ``sdpa`` model on CPU with grouped-query heads to :func:`_sdpa_grouped`; True if switched.
+
+    Only where it is checked to work: transformers may refuse the switch (Falcon keeps its own attention
+    code), or a model may not route attention through the interface; so the switch must take, the new
+    function must be called on a probe, and the probe's hidden states must equal the ``sdpa`` ones
+    (relative 1e-6). Otherwise the model is switched back and keeps transformers' SDPA."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or next(model.parameters()).device.type != "cpu":
         return False
-    AttentionInterface.register(ATTENTION, _sdpa_grouped)
+    if not any(getattr(m, "num_key_value_groups", 1) > 1 for m in model.modules()):
+        return False   # no grouped heads: the switch would change nothing
+    expected = _probe_output(model)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return _sdpa_grouped(*args, **kwargs)
+
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)
-    model.set_attn_implementation(ATTENTION)
-    return True
+    AttentionInterface.register(ATTENTION, counted)
+    try:
+        model.set_attn_implementation(ATTENTION)
+        switched = getattr(model.config, "_attn_implementation", None) == ATTENTION
+        got = _probe_output(model) if switched else expected
+    finally:
+        AttentionInterface.register(ATTENTION, _sdpa_grouped)
+    same = bool((got - expected).abs().max() <= 1e-6 * expected.abs().max().clamp(min=1e-12))
+    if switched and calls and same:
+        return True
+    if switched:
+        model.set_attn_implementation("sdpa")
+    return False

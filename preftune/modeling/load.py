@@ -214,20 +214,3 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is available")
     return torch.device(name)
-
-
-def compile_decoder_layers(model: nn.Module) -> int:
-    """``torch.compile`` each decoder layer in place (regional compilation); returns how many.
-
-    Compiling the repeated layer rather than the whole model compiles one graph that every layer reuses
-    (seconds, not minutes), and keeps the parts that change shape per batch — the gather of completion
-    positions and the chunked output layer — out of the graph. ``dynamic=True`` because sequence length
-    changes from batch to batch: without it every new padded length would recompile.
-    """
-    from preftune.modeling.logprobs import unwrap_causal_lm
-    from preftune.train.fsdp import decoder_layers
-
-    layers = decoder_layers(unwrap_causal_lm(model))
-    for layer in layers:
-        layer.compile(dynamic=True)
-    return len(layers)

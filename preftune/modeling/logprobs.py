@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from preftune.modeling.moe import recorded_router_logits, router_aux, token_weights
 from preftune.modeling.output_layer import ChunkedTokenLogprobs
+from preftune.modeling.output_transform import OutputTransform, derive_output_transform, output_head
 from preftune.modeling.prefix_sharing import packed_decoder_states
 
 
@@ -29,7 +31,8 @@ class SequenceLogps:
     (aligned with ``loss_mask``, 0 elsewhere), and, when the model has a value head, ``values`` [N, T]:
     V of the prefix x_<t at the same positions (the state in which token t is chosen). With
     ``log_sum_sq=True`` also ``log_sum_sq`` [N]: Σ_t log Σ_v p(v | x_<t)² over the completion positions,
-    without gradient (WPO's weights).
+    without gradient (WPO's weights). ``aux_loss``: the router load-balancing loss of an MoE model that
+    has one switched on (``moe.py``), not weighted.
     """
 
     logps: Tensor
@@ -37,6 +40,7 @@ class SequenceLogps:
     tokens: Tensor | None = None
     values: Tensor | None = None
     log_sum_sq: Tensor | None = None
+    aux_loss: Tensor | None = None   # an MoE router's load-balancing loss (under autograd, when switched on)
 
     @property
     def mean(self) -> Tensor:
@@ -45,16 +49,17 @@ class SequenceLogps:
 
 
 def chunked_token_logps(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_size: int,
-                        softcap: float | None = None, temperature: float = 1.0, log_sum_sq: bool = False
-                        ) -> Tensor | tuple[Tensor, Tensor]:
-    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head``; returns [M] float32
-    (with ``log_sum_sq``: also log Σ_v p_v² [M], no gradient).
+                        transform: OutputTransform = OutputTransform(), temperature: float = 1.0,
+                        log_sum_sq: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """log p(target_i | hidden_i) for rows of ``hidden`` [M, H] through ``head`` and then ``transform``
+    (the model's own logit scale / soft-cap), at ``temperature``; returns [M] float32 (with
+    ``log_sum_sq``: also log Σ_v p_v² [M], no gradient).
 
     No more than ``chunk_size`` × vocab logits exist at once, in forward or backward
     (:class:`~preftune.modeling.output_layer.ChunkedTokenLogprobs`).
     """
-    return ChunkedTokenLogprobs.apply(hidden, head.weight, head.bias, targets, chunk_size, softcap, temperature,
-                                      log_sum_sq)
+    return ChunkedTokenLogprobs.apply(hidden, head.weight, head.bias, targets, chunk_size, transform.scale,
+                                      transform.softcap, temperature, log_sum_sq)
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -72,10 +77,17 @@ class SequenceLogprobModel(nn.Module):
 
     def __init__(self, model: nn.Module, chunk_size: int = 512, value_head: nn.Module | None = None,
                  temperature: float = 1.0, padding_free: bool = False, prefix_sharing: str = "auto",
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, output_transform: OutputTransform | None = None) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        # What the model's forward does after its output layer (logit scale, soft-cap), found on a probe of
+        # that forward (``output_transform.py``) unless given; the chunked path applies the same.
+        self.output_transform = (output_transform if output_transform is not None
+                                 else derive_output_transform(unwrap_causal_lm(model)))
+        # An MoE model's router load-balancing loss, when its config switches it on (``moe.py``): returned
+        # as ``aux_loss`` for the stage to add, × ``router_aux_coef``, to its training loss.
+        self.router_aux = router_aux(unwrap_causal_lm(model))
         # Pack the rows' real tokens end to end instead of computing on padding (``packing.py``);
         # checked against the padded computation on the first forward.
         self.padding_free = padding_free
@@ -102,17 +114,18 @@ class SequenceLogprobModel(nn.Module):
         decoder = lm.get_decoder()
         # Token t is predicted from position t-1: shift the mask left by one.
         predict = loss_mask[:, 1:]
-        if self.padding_free:
-            flat, where = packed_decoder_states(lm, decoder, input_ids, attention_mask, loss_mask,
-                                                self.prefix_sharing, self.log)
-            hidden_sel = flat[where[:, :-1][predict]]   # [M, H]
-        else:
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-            hidden_sel = hidden[:, :-1][predict]        # [M, H]
-        targets = input_ids[:, 1:][predict]             # [M]
-        softcap = getattr(lm.config, "final_logit_softcapping", None)
-        token_logps = chunked_token_logps(hidden_sel, lm.get_output_embeddings(), targets, self.chunk_size,
-                                          softcap, self.temperature, log_sum_sq)
+        with recorded_router_logits(decoder, self.router_aux is not None and torch.is_grad_enabled()) as router:
+            if self.padding_free:
+                flat, where = packed_decoder_states(lm, decoder, input_ids, attention_mask, loss_mask,
+                                                    self.prefix_sharing, self.log)
+            else:
+                hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                where = torch.arange(input_ids.numel(), device=input_ids.device).view_as(input_ids)
+        hidden_sel = flat[where[:, :-1][predict]]   # [M, H]
+        targets = input_ids[:, 1:][predict]         # [M]
+        token_logps = chunked_token_logps(hidden_sel, output_head(lm), targets, self.chunk_size,
+                                          self.output_transform, self.temperature, log_sum_sq)
         token_logps, token_sq = token_logps if log_sum_sq else (token_logps, None)
         seq_ids = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
 
@@ -124,11 +137,18 @@ class SequenceLogprobModel(nn.Module):
 
         out = SequenceLogps(logps=per_sequence(token_logps), lengths=predict.sum(1).to(torch.float32),
                             log_sum_sq=None if token_sq is None else per_sequence(token_sq))
+        if router:   # the MoE router's loss over the batch's tokens, each as often as rows hold it (``moe.py``)
+            out.aux_loss = self.router_aux(router[-1], token_weights(where, attention_mask, flat.shape[0]))
         if per_token:
             out.tokens = _scatter_positions(token_logps.float(), predict)
             if self.value_head is not None:
                 out.values = _scatter_positions(self.value_head(hidden_sel).squeeze(-1).float(), predict)
         return out
+
+    @property
+    def router_aux_coef(self) -> float:
+        """The weight of ``aux_loss`` in a training loss (0 when the model has none)."""
+        return self.router_aux.coef if self.router_aux is not None else 0.0
 
 
 def _scatter_positions(flat: Tensor, predict: Tensor) -> Tensor:

@@ -2,13 +2,14 @@
 
 For M completion positions with hidden states h [M, H], an output layer W [V, H] (bias b) and targets t:
 
-    z_i   = g(h_i Wᵀ + b)                     g: optional soft-capping c·tanh(·/c), then division by T
+    z_i   = g(s · (h_i Wᵀ + b))               s: the model's logit scale; g: optional soft-capping
+                                              c·tanh(·/c), then division by the temperature T
     out_i = z_i[t_i] − logsumexp(z_i)         (log p(t_i | h_i))
 
 Gradient, for an upstream gradient γ_i of out_i and p_i = softmax(z_i):
 
     ∂out_i/∂z_i = e_{t_i} − p_i
-    ∂/∂a_i      = γ_i (e_{t_i} − p_i) · (1/T) · (1 − tanh²(a_i/c))   for a_i = h_i Wᵀ + b
+    ∂/∂a_i      = γ_i (e_{t_i} − p_i) · (s/T) · (1 − tanh²(s·a_i/c))   for a_i = h_i Wᵀ + b
     ∂h_i = (∂/∂a_i) W,   ∂W = Σ_i (∂/∂a_i)ᵀ h_i,   ∂b = Σ_i ∂/∂a_i
 
 Forward keeps only h, W, b, t and logsumexp [M]; backward recomputes one chunk's logits at a time, turns
@@ -42,8 +43,10 @@ def _raw_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-def _capped(raw: Tensor, softcap: float | None, temperature: float) -> tuple[Tensor, Tensor | None]:
-    """z = g(raw) in place where possible; also tanh(raw / c) when soft-capping (needed for its derivative)."""
+def _capped(raw: Tensor, scale: float, softcap: float | None, temperature: float) -> tuple[Tensor, Tensor | None]:
+    """z = g(s · raw) in place where possible; also tanh(s · raw / c) when soft-capping (for its derivative)."""
+    if scale != 1.0:
+        raw = raw.mul_(scale)
     squashed = None
     if softcap is not None:
         squashed = torch.tanh(raw / softcap)
@@ -54,13 +57,15 @@ def _capped(raw: Tensor, softcap: float | None, temperature: float) -> tuple[Ten
 
 
 class ChunkedTokenLogprobs(torch.autograd.Function):
-    """``apply(hidden [M, H], weight [V, H], bias [V] | None, targets [M] long, chunk_size, softcap, temperature,
-    log_sum_sq=False)`` → log p(targets) [M], float32 (float64 for float64 inputs); with ``log_sum_sq`` the
-    pair (log p(targets), log Σ_v p_v²), the second without gradient. Not twice differentiable."""
+    """``apply(hidden [M, H], weight [V, H], bias [V] | None, targets [M] long, chunk_size, scale, softcap,
+    temperature, log_sum_sq=False)`` → log p(targets) [M], float32 (float64 for float64 inputs); with
+    ``log_sum_sq`` the pair (log p(targets), log Σ_v p_v²), the second without gradient. Not twice
+    differentiable."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
-                softcap: float | None, temperature: float, log_sum_sq: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                scale: float, softcap: float | None, temperature: float, log_sum_sq: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
@@ -69,14 +74,14 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
             sq = torch.empty_like(out) if log_sum_sq else None
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
-                z, _ = _capped(_raw_logits(hidden[rows].to(dtype), w, bias), softcap, temperature)
+                z, _ = _capped(_raw_logits(hidden[rows].to(dtype), w, bias), scale, softcap, temperature)
                 lse[rows] = torch.logsumexp(z, dim=-1)
                 out[rows] = z.gather(1, targets[rows].unsqueeze(1)).squeeze(1) - lse[rows]
                 if sq is not None:  # in place: log p, then 2 log p, in the chunk's own buffer
                     sq[rows] = torch.logsumexp(z.sub_(lse[rows].unsqueeze(1)).mul_(2.0), dim=-1)
                 del z
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.settings = (chunk_size, softcap, temperature, dtype)
+        ctx.settings = (chunk_size, scale, softcap, temperature, dtype)
         if sq is None:
             return out
         ctx.mark_non_differentiable(sq)
@@ -86,7 +91,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor, *_constant_outputs: Tensor):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        chunk_size, softcap, temperature, dtype = ctx.settings
+        chunk_size, scale, softcap, temperature, dtype = ctx.settings
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
@@ -97,12 +102,12 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 h = hidden[rows].to(dtype)
-                z, squashed = _capped(_raw_logits(h, w, bias), softcap, temperature)
+                z, squashed = _capped(_raw_logits(h, w, bias), scale, softcap, temperature)
                 # z → softmax → γ(e_t − p), all in the one buffer.
                 g = z.sub_(lse[rows].unsqueeze(1)).exp_().mul_(-grad_out[rows].unsqueeze(1))
                 g.scatter_add_(1, targets[rows].unsqueeze(1), grad_out[rows].unsqueeze(1))
-                if temperature != 1.0:
-                    g.div_(temperature)
+                if temperature != 1.0 or scale != 1.0:
+                    g.mul_(scale / temperature)
                 if squashed is not None:
                     g.mul_(squashed.square_().neg_().add_(1))
                     del squashed
@@ -117,4 +122,4 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
                 if need_b:
                     grad_b.add_(g.sum(0).to(grad_b.dtype))
                 del z, g, g_mm
-        return grad_h, grad_w, grad_b, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None

@@ -6,7 +6,9 @@
   base weights in memory serves as both policy and reference.
 - ``NoReference``: none at all, for reference-free losses (SimPO, ORPO).
 - ``PrecomputedReference``: log-probs computed once before training, looked up by example index,
-  and cached on disk under a key of (reference weights, tokenized data, precision). A frozen
+  and cached on disk under a key of everything that changes them (:func:`cache_key`: the reference
+  model's weights, full config and attention implementation, the tokenizer, the tokenized data, the
+  precision). A frozen
   reference gives the same numbers every epoch, so recomputing it each step is pure waste.
 """
 
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from preftune.data.collate import Rows
 from preftune.modeling.logprobs import SequenceLogprobModel, SequenceLogps
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 # How a forward over rows (run per token) reduces to the per-row value a loss reads, when that is not the
 # plain sum (LD-DPO's weighted sum); supplied by the objective, applied alike to π_θ and π_ref.
@@ -113,8 +115,37 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_fingerprint: str, data_fingerprint: str, precision: str) -> str:
-    payload = json.dumps({"format": CACHE_FORMAT, "model": model_fingerprint, "data": data_fingerprint,
+# Config entries that record where or when a model was saved, or how it is run, but change no number.
+_BOOKKEEPING = ("_name_or_path", "transformers_version", "use_cache", "output_router_logits")
+
+
+def model_fingerprint(lm: nn.Module) -> dict[str, str]:
+    """Everything about a loaded model that decides its log-probs: the weights (their bytes, hence their
+    dtype), the full config (every architecture field: rope, windows, scales, ...; not where or when it was
+    saved), the attention implementation and the transformers version that runs it. ``lm``: the causal LM
+    (unwrapped from peft; an FSDP-sharded one is gathered, a collective)."""
+    import transformers
+
+    from preftune.modeling.lean_layers import ATTENTION
+
+    config = {k: v for k, v in lm.config.to_dict().items() if k not in _BOOKKEEPING}
+    # Prefix sharing wraps the implementation it found (its layout is checked against it on a probe).
+    attention = str(getattr(lm.config, "_attn_implementation", None)).removeprefix("preftune_shared_")
+    return {
+        "weights": weights_fingerprint(lm),
+        "config": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+        # The lean layers' grouped-query SDPA computes transformers' SDPA (checked on a probe).
+        "attention": "sdpa" if attention == ATTENTION else attention,
+        "transformers": transformers.__version__,
+    }
+
+
+def cache_key(model: dict[str, str], tokenizer: str, data: str, precision: str) -> str:
+    """The reference cache's key: a cached table is reused only when every input that changes a reference
+    log-prob is the same — the model (:func:`model_fingerprint`), the tokenizer (vocabulary, special tokens,
+    chat template), the tokenized data and its settings (``BuiltDataset.fingerprint``), and the precision
+    (bf16 autocast or not). Chunking, packing and lean layers compute the same numbers and are left out."""
+    payload = json.dumps({"format": CACHE_FORMAT, "model": model, "tokenizer": tokenizer, "data": data,
                           "precision": precision}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 

@@ -1,12 +1,15 @@
 """Reward models: a causal LM with a scalar head r_φ(x, y) (SPEC §3 step 2), and a scorer for RL.
 
-The model is a plain Hugging Face ``AutoModelForSequenceClassification`` with one label, built from
-a causal-LM folder: the decoder keeps its pretrained weights, the language-model head is dropped and
-a new ``score`` head (hidden → 1, no bias) is initialised by transformers (normal, std
+Where transformers has a sequence-classification class for the model type (Llama, Qwen, Mistral,
+GPT-2, ...), the model is a plain Hugging Face ``AutoModelForSequenceClassification`` with one label,
+built from a causal-LM folder: the decoder keeps its pretrained weights, the language-model head is
+dropped and a new ``score`` head (hidden → 1, no bias) is initialised by transformers (normal, std
 ``config.initializer_range``, from torch's global RNG, so a seeded run is reproducible). A trained
-reward model is therefore an ordinary folder that ``AutoModelForSequenceClassification.from_pretrained``
+reward model is then an ordinary folder that ``AutoModelForSequenceClassification.from_pretrained``
 loads; its ``config.pad_token_id`` is set from the tokenizer so that plain transformers finds each
-row's last real token.
+row's last real token. For every other causal LM (Cohere, Granite, Gemma 4, Mamba, ...) it is the same
+thing built by preftune (``reward_head.py``): the decoder, which plain ``AutoModel`` loads, and the
+head in ``reward_head.safetensors``, which :func:`load_reward_model` and the scorer load.
 
 r_φ(x, y) is the head applied to the decoder's hidden state at the LAST completion token of the
 sequence prompt + completion (the EOS token, unless the completion was cut by ``max_length``).
@@ -36,8 +39,16 @@ from preftune.data.collate import collate_completions
 from preftune.data.load import Record
 from preftune.data.render import CompletionText, render_completion
 from preftune.data.tokenize import tokenize_completion
-from preftune.modeling.load import load_tokenizer, pick_device, resolve_model_path
+from preftune.modeling.load import (
+    check_attn_implementation,
+    load_tokenizer,
+    pick_device,
+    resolve_dtype,
+    resolve_model_path,
+)
+from preftune.modeling.moe import recorded_router_logits, router_aux, token_weights
 from preftune.modeling.prefix_sharing import packed_decoder_states
+from preftune.modeling.reward_head import ScalarHeadModel, has_sequence_classification, is_head_folder
 
 __all__ = [
     "REWARD_SETTINGS_FILE",
@@ -56,23 +67,34 @@ _HEAD_NAMES = ("score", "classifier")  # what transformers' decoder-LM classific
 
 
 def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labels: int = 1,
-                      tokenizer: Any = None) -> nn.Module:
-    """``AutoModelForSequenceClassification`` (fp32) from a causal-LM or reward-model folder, or 'smollm2'.
+                      tokenizer: Any = None, dtype: str | torch.dtype | None = "float32",
+                      attn_implementation: str | None = None, **model_init_kwargs: Any) -> nn.Module:
+    """A reward model from a causal-LM or reward-model folder, or 'smollm2': transformers'
+    ``AutoModelForSequenceClassification`` where it has a class for the model type, else preftune's
+    :class:`~preftune.modeling.reward_head.ScalarHeadModel` (the decoder + a scalar head), which is also
+    what a folder holding ``reward_head.safetensors`` loads as.
 
-    From a causal LM the ``score`` head is new and initialised by transformers (module docstring);
-    from a saved reward model it is loaded. ``config.pad_token_id`` is set from the tokenizer (the
-    one in ``path`` unless given) so the folder this model is saved to works with plain transformers.
+    From a causal LM the head is new and initialised as transformers does (module docstring); from a
+    saved reward model it is loaded. ``config.pad_token_id`` is set from the tokenizer (the one in ``path``
+    unless given) so the folder this model is saved to works with plain transformers. ``dtype``,
+    ``attn_implementation``, ``model_init_kwargs``: as in ``load.load_causal_lm``.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     folder = resolve_model_path(path)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    check_attn_implementation(attn_implementation, device)
+    kwargs = {**model_init_kwargs, "dtype": resolve_dtype(dtype)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "score.weight newly initialised / lm_head unused" is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels,
-                                                                   dtype=torch.float32)
+        if is_head_folder(folder) or not has_sequence_classification(AutoConfig.from_pretrained(folder)):
+            model = ScalarHeadModel.from_folder(folder, num_labels, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -102,30 +124,38 @@ def score_head(model: nn.Module) -> nn.Module:
 
 def sequence_rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
                      padding_free: bool = False, prefix_sharing: str = "auto",
-                     log: Callable[[str], None] | None = None) -> Tensor:
+                     log: Callable[[str], None] | None = None, aux_losses: list[Tensor] | None = None) -> Tensor:
     """r_φ of each row: the head at the row's last completion token (``loss_mask`` marks completion
     tokens; every row needs at least one). ``[N, T]`` inputs → float32 ``[N]``; with gradient when enabled.
     ``padding_free``: run the decoder on the rows packed end to end (``packing.py``), a prompt shared by
-    several rows (a pair's) once where ``prefix_sharing`` allows (``prefix_sharing.py``).
+    several rows (a pair's) once where ``prefix_sharing`` allows (``prefix_sharing.py``). ``aux_losses``:
+    where an MoE model's router load-balancing loss is appended, under autograd, when its config has it on.
     """
     hf = _unwrap(model)
     decoder = getattr(hf, hf.base_model_prefix)
-    if padding_free:
-        flat, where = packed_decoder_states(hf, decoder, input_ids, attention_mask, loss_mask, prefix_sharing, log)
-    else:
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    aux = router_aux(hf) if aux_losses is not None and torch.is_grad_enabled() else None
+    with recorded_router_logits(decoder, aux is not None) as router:
+        if padding_free:
+            flat, where = packed_decoder_states(hf, decoder, input_ids, attention_mask, loss_mask, prefix_sharing,
+                                                log)
+        else:
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            where = torch.arange(input_ids.numel(), device=input_ids.device).view_as(input_ids)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(loss_mask)
     last = torch.where(loss_mask.bool(), positions, -1).amax(1)
     if bool((last < 0).any()):
         raise ValueError("sequence_rewards: a row has no completion token (loss_mask is all False)")
+    if router:
+        aux_losses.append(aux(router[-1], token_weights(where, attention_mask, flat.shape[0])))
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    at_last = flat[where[rows, last]] if padding_free else hidden[rows, last]
-    return score_head(model)(at_last).squeeze(-1).float()
+    return score_head(model)(flat[where[rows, last]]).squeeze(-1).float()
 
 
 class RewardHeadModel(nn.Module):
     """``forward(input_ids, attention_mask, loss_mask) -> rewards [N]``: :func:`sequence_rewards` as a
-    module, so DistributedDataParallel wraps the module whose forward produces the loss inputs."""
+    module, so DistributedDataParallel wraps the module whose forward produces the loss inputs. An MoE
+    model's router losses of the forwards since the last :meth:`take_aux_losses` are kept for the stage."""
 
     def __init__(self, model: nn.Module, padding_free: bool = False, prefix_sharing: str = "auto",
                  log: Callable[[str], None] | None = None) -> None:
@@ -134,10 +164,17 @@ class RewardHeadModel(nn.Module):
         self.padding_free = padding_free
         self.prefix_sharing = prefix_sharing
         self.log = log
+        self.aux_losses: list[Tensor] = []
+        aux = router_aux(_unwrap(model))
+        self.router_aux_coef = aux.coef if aux is not None else 0.0
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
         return sequence_rewards(self.model, input_ids, attention_mask, loss_mask, self.padding_free,
-                                self.prefix_sharing, self.log)
+                                self.prefix_sharing, self.log, self.aux_losses)
+
+    def take_aux_losses(self) -> list[Tensor]:
+        taken, self.aux_losses = self.aux_losses, []
+        return taken
 
 
 def apply_reward_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> nn.Module:

@@ -22,14 +22,16 @@ from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError, PreftuneError
+from preftune.modeling.layers import compile_decoder_layers
 from preftune.modeling.lean_layers import make_lean
 from preftune.modeling.load import (
-    compile_decoder_layers,
     ensure_pad_token,
     freeze,
     load_causal_lm,
     load_tokenizer,
 )
+from preftune.modeling.moe import configure_router_aux
+from preftune.modeling.packing import resolve_padding_free
 from preftune.modeling.prefix_sharing import sharing_mode
 from preftune.stages.inputs import (
     Objects,
@@ -74,10 +76,17 @@ class Run:
     reference_model: nn.Module | None = None                # a frozen reference object (ref_model=, or a copy)
     publisher: Any = None                                   # push_to_hub (stages/publish.py), checked at start
     reporters: list[Any] = field(default_factory=list)      # report_to (train/reporters.py), opened at start
+    _noted: set[str] = field(default_factory=set)
 
     def log(self, message: str) -> None:
         if self.info.is_main:
             print(f"[preftune] {message}", flush=True)
+
+    def note(self, message: str) -> None:
+        """Log ``message`` the first time only (a fallback that policy and reference both take)."""
+        if message not in self._noted:
+            self._noted.add(message)
+            self.log(message)
 
 
 @dataclass
@@ -130,15 +139,21 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def packing(run: Run) -> dict[str, Any]:
-    """The packed-layout options of SequenceLogprobModel / RewardHeadModel: ``padding_free``, ``prefix_sharing``
-    (auto is off under torch_compile, whose compiled layers would recompile for every batch's layout) and the
-    run's log for the one line per model that says whether sharing is on."""
+def packing(run: Run, model: nn.Module) -> dict[str, Any]:
+    """The packed-layout options of SequenceLogprobModel / RewardHeadModel for ``model``: ``padding_free``
+    (resolved for the model, ``packing.resolve_padding_free``: auto packs where a probe shows it exact, else
+    one log line; call before sharding), ``prefix_sharing`` (auto is off under torch_compile, whose compiled
+    layers would recompile for every batch's layout, and without packing) and the run's log for the one line
+    per model that says whether sharing is on."""
     cfg = run.cfg
+    padding_free = resolve_padding_free(model, cfg.padding_free, run.note)
     mode = sharing_mode(cfg.prefix_sharing)
-    if mode == "auto" and (getattr(cfg, "torch_compile", False) or not cfg.padding_free):
+    if mode == "true" and not padding_free:
+        raise ConfigError(f"prefix_sharing=true needs packed rows, which model type {model.config.model_type!r} "
+                          f"cannot use (padding_free=auto chose padded rows); set prefix_sharing=auto or false")
+    if mode == "auto" and (getattr(cfg, "torch_compile", False) or not padding_free):
         mode = "false"
-    return {"padding_free": cfg.padding_free, "prefix_sharing": mode, "log": run.log}
+    return {"padding_free": padding_free, "prefix_sharing": mode, "log": run.note}
 
 
 def data_settings(cfg: Any) -> DataSettings:
@@ -247,6 +262,7 @@ def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = Non
     if cfg.disable_dropout:
         disable_dropout(model)
     apply_lean_activations(run, model)
+    apply_router_aux(run, model)
     if cfg.use_peft:
         model = with_adapter(cfg, model, objects.peft_config, resume_dir)
     if cfg.gradient_checkpointing:
@@ -269,13 +285,29 @@ def _trust(cfg: Any) -> dict[str, Any]:
 
 def apply_lean_activations(run: Run, model: nn.Module) -> None:
     """``lean_activations``; call it before LoRA wraps the model (the lean MLP calls whatever gate / up /
-    down modules it holds at call time, adapters included)."""
-    if not run.cfg.lean_activations:
+    down modules it holds at call time, adapters included). auto: where it applies, else one log line;
+    true: an error on a model it does not apply to."""
+    setting = run.cfg.lean_activations
+    if setting is False:
         return
     counts = make_lean(model)
-    run.log(f"lean activations: {counts['norms']} RMSNorms, {counts['mlps']} SwiGLU MLPs"
-            + (", grouped-query SDPA" if counts["attention"] else "")
-            + (f" ({counts['kept']} modules of another formula keep their own forward)" if counts["kept"] else ""))
+    if not (counts["norms"] or counts["mlps"] or counts["attention"]):
+        what = (f"lean_activations: nothing in model type {model.config.model_type!r} has a lean form (no RMSNorm or "
+                f"SwiGLU MLP of the Llama formula, no grouped-query SDPA on CPU)")
+        if setting is True:
+            raise ConfigError(f"{what}; set lean_activations=auto or false")
+        run.note(f"{what}: it runs its own forward (lean_activations=auto)")
+        return
+    run.note(f"lean activations: {counts['norms']} RMSNorms, {counts['mlps']} SwiGLU MLPs"
+             + (", grouped-query SDPA" if counts["attention"] else "")
+             + (f" ({counts['kept']} modules of another formula keep their own forward)" if counts["kept"] else ""))
+
+
+def apply_router_aux(run: Run, model: nn.Module) -> None:
+    """``router_aux_loss_coef`` on an MoE model (``moe.configure_router_aux``: TRL's rule), said in the log."""
+    line = configure_router_aux(model, run.cfg.router_aux_loss_coef)
+    if line is not None:
+        run.note(line)
 
 
 @contextlib.contextmanager

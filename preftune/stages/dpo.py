@@ -30,6 +30,7 @@ from preftune.data.collate import Rows
 from preftune.data.dataset import BuiltDataset
 from preftune.modeling.load import freeze, load_causal_lm
 from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
+from preftune.modeling.moe import with_router_aux
 from preftune.modeling.reference import (
     AdapterDisabledReference,
     FrozenReference,
@@ -37,8 +38,8 @@ from preftune.modeling.reference import (
     PrecomputedReference,
     cache_key,
     mix_into,
+    model_fingerprint,
     precompute_reference,
-    weights_fingerprint,
 )
 from preftune.objectives import Objective, Reference, Score, objective_for, reference_as_policy
 from preftune.stages.common import (
@@ -65,6 +66,7 @@ from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.fsdp import shard
 from preftune.train.loop import autocast, reduce_means, train_loop
 from preftune.train.optim import build_optimizer
+from preftune.train.preflight import tokenizer_fingerprint
 from preftune.train.sampler import eval_shard
 
 GetBatch = Callable[[list[int]], tuple[Any, int]]
@@ -78,9 +80,15 @@ def make_batches(objective: Objective, dataset: BuiltDataset, pad_token_id: int,
     return get_batch
 
 
-def scorer(model: nn.Module) -> Score:
-    """The policy as a ``score(rows, **options)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or not)."""
-    return lambda rows, **options: model(rows.input_ids, rows.attention_mask, rows.loss_mask, **options)
+def scorer(model: nn.Module, aux_losses: list[Tensor | None] | None = None) -> Score:
+    """The policy as a ``score(rows, **options)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or
+    not); each call's MoE router loss is appended to ``aux_losses`` when given."""
+    def score(rows: Rows, **options: bool):
+        out = model(rows.input_ids, rows.attention_mask, rows.loss_mask, **options)
+        if aux_losses is not None:
+            aux_losses.append(out.aux_loss)
+        return out
+    return score
 
 
 def reference_batch_size(cfg: DPOConfig, split: str) -> int:
@@ -91,9 +99,11 @@ def reference_batch_size(cfg: DPOConfig, split: str) -> int:
 
 
 def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel, dataset: BuiltDataset,
-                    split: str, get_batch: GetBatch, resumed: bool, ref_path: Path | None = None) -> Reference:
+                    split: str, get_batch: GetBatch, resumed: bool, ref_path: Path | None = None, *,
+                    tokenizer: Any) -> Reference:
     """Step 4. Returns ``reference(rows) -> log-probs [R]``. ``ref_path``: load the frozen copy from there (a
-    resumed TR-DPO run's updated reference) instead of the configured model."""
+    resumed TR-DPO run's updated reference) instead of the configured model. ``tokenizer``: part of the
+    precomputed table's cache key."""
     cfg: DPOConfig = run.cfg
     if set(cfg.loss_type) <= losses.REFERENCE_FREE and cfg.ref_model_name_or_path is None:
         run.log(f"reference ({split}): none ({', '.join(cfg.loss_type)} never read it; rewards report β log π_θ)")
@@ -113,7 +123,7 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
         else:
             path = str(ref_path or cfg.ref_model_name_or_path or policy_path(cfg))
             lm = freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg)))
-        ref_lm = SequenceLogprobModel(lm, cfg.logprob_chunk_size, **packing(run))
+        ref_lm = SequenceLogprobModel(lm, cfg.logprob_chunk_size, **packing(run, lm))
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
         live, source = FrozenReference(ref_lm, reduce), path
@@ -125,10 +135,10 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
 
     from preftune.assets.cache import cache_dir
 
-    lm_for_key = unwrap_causal_lm(policy.model) if adapter_ref else ref_lm.model
+    lm_for_key = unwrap_causal_lm(policy.model) if adapter_ref else unwrap_causal_lm(ref_lm.model)
     precision = "bf16" if cfg.bf16 else "fp32"
     data_key = dataset.fingerprint() if reduce is None else f"{dataset.fingerprint()}|{reduce}"
-    key = cache_key(weights_fingerprint(lm_for_key), data_key, precision)
+    key = cache_key(model_fingerprint(lm_for_key), tokenizer_fingerprint(tokenizer), data_key, precision)
     cache_file = cache_dir() / "reference_logps" / f"{key}.pt"
 
     def compute(indices: list[int]) -> list[tuple[Rows, Tensor]]:
@@ -203,7 +213,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     model, tokenizer = load_policy(run, resume_dir, objects, tokenizer=tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run, model))
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
     eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)
@@ -213,11 +223,13 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
     #    memory; under TR-DPO, evaluation must see the updated reference too).
     resumed = resume_dir is not None
     synced_ref = resume_dir / "reference" if cfg.sync_ref_model and resumed else None
-    reference = build_reference(run, objective, policy, train, "train", train_batch, resumed, synced_ref)
+    reference = build_reference(run, objective, policy, train, "train", train_batch, resumed, synced_ref,
+                                tokenizer=tokenizer)
     eval_reference = None
     if held_out is not None:
         eval_reference = (reference if not cfg.precompute_ref_log_probs else
-                          build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed))
+                          build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed,
+                                          tokenizer=tokenizer))
 
     # 5. Optimizer, data order, resume.
     optimizer = build_optimizer(policy, cfg)
@@ -246,10 +258,11 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
         result.eval_before = do_eval(0, reference_as_policy(eval_reference) if from_table else None)
 
     # 7. Train.
-    score = scorer(ddp_policy)
-
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        return objective.loss(cfg, score, reference, batch, lambda t: all_reduce_sum(t, info))
+        aux_losses: list[Tensor | None] = []   # an MoE router's loss, added to the objective's as TRL does
+        loss, sums = objective.loss(cfg, scorer(ddp_policy, aux_losses), reference, batch,
+                                    lambda t: all_reduce_sum(t, info))
+        return with_router_aux(loss, sums, aux_losses, policy.router_aux_coef)
 
     def sync_reference(state: Any) -> None:  # TR-DPO: θ_ref ← α θ + (1 − α) θ_ref every N steps
         if state.step % cfg.ref_model_sync_steps == 0:

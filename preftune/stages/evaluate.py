@@ -42,8 +42,8 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
 
     # 3. Models.
     def load(path: str) -> SequenceLogprobModel:
-        return SequenceLogprobModel(freeze(load_causal_lm(path, info.device, **model_kwargs(cfg))),
-                                    cfg.logprob_chunk_size, **packing(run))
+        frozen = freeze(load_causal_lm(path, info.device, **model_kwargs(cfg)))
+        return SequenceLogprobModel(frozen, cfg.logprob_chunk_size, **packing(run, frozen))
 
     policy = load(policy_path(cfg))
     reference = FrozenReference(load(cfg.ref_model_name_or_path), objective.reference_reduce(cfg))

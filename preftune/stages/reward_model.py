@@ -36,6 +36,7 @@ from preftune.data.collate import PreferenceBatch, RankingBatch, collate_prefere
 from preftune.data.dataset import BuiltDataset, build_preference_dataset, build_ranking_dataset
 from preftune.losses.reward import bradley_terry, plackett_luce_rewards
 from preftune.modeling.load import load_tokenizer
+from preftune.modeling.moe import with_router_aux
 from preftune.modeling.reward_model import (
     RewardHeadModel,
     apply_reward_lora,
@@ -47,6 +48,7 @@ from preftune.stages.common import (
     Run,
     RunResult,
     apply_lean_activations,
+    apply_router_aux,
     checkpoint_saver,
     disable_dropout,
     enable_gradient_checkpointing,
@@ -117,6 +119,7 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
     if cfg.disable_dropout:
         disable_dropout(model)
     apply_lean_activations(run, model)
+    apply_router_aux(run, model)
     if cfg.use_peft:
         if resume_dir is not None:
             from peft import PeftModel
@@ -191,7 +194,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     # 3. The reward model.
     model = load_reward_policy(run, resume_dir, tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    reward_model = RewardHeadModel(model, **packing(run))
+    reward_model = RewardHeadModel(model, **packing(run, model))
     ddp_model = wrap_ddp(reward_model, info)
 
     # 4. Optimizer, data order, resume.
@@ -215,7 +218,8 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
 
     # 6. Train.
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        return loss_fn(cfg, ddp_model, batch)
+        loss, sums = loss_fn(cfg, ddp_model, batch)   # an MoE router's loss added, as in the other stages
+        return with_router_aux(loss, sums, reward_model.take_aux_losses(), reward_model.router_aux_coef)
 
     state = train_loop(cfg=cfg, model=ddp_model, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,

@@ -133,8 +133,8 @@ def build_reference(run: Run, policy: SequenceLogprobModel):
                 return per_token(policy, rows).tokens
         return adapter_disabled
     path = cfg.ref_model_name_or_path or policy_path(cfg)
-    ref = SequenceLogprobModel(freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg))),
-                               cfg.logprob_chunk_size, temperature=cfg.temperature, **packing(run))
+    frozen = freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg)))
+    ref = SequenceLogprobModel(frozen, cfg.logprob_chunk_size, temperature=cfg.temperature, **packing(run, frozen))
     run.log(f"reference: {path} (frozen copy)")
     return lambda rows: per_token(ref, rows).tokens
 
@@ -207,14 +207,17 @@ def ppo_update(run: Run, model: nn.Module, params: list[Tensor], optimizer, roll
                                                     advantages[idx, :width], sub, cfg.clip_range)
             value_loss, v_stats = rl.value_loss(out.values, rollout.values[idx, :width], returns[idx, :width], sub,
                                                 cfg.clip_range_value)
-            (policy_loss + cfg.vf_coef * value_loss).backward()
+            aux_coef = getattr(model, "module", model).router_aux_coef   # an MoE router's loss, as TRL adds it
+            loss = policy_loss + cfg.vf_coef * value_loss
+            (loss + aux_coef * out.aux_loss if out.aux_loss is not None else loss).backward()
             grad_norm = guarded_step(params, optimizer, cfg.max_grad_norm, state, run.info,
                                      f"rollout {state.step + 1}")
             state.optimizer_steps += 1
             for k, v in {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
                          "clipfrac": stats["clipfrac"], "approx_kl": stats["approx_kl"],
                          "vf_clipfrac": v_stats["vf_clipfrac"], "grad_norm": grad_norm.detach(),
-                         "updates": torch.ones((), device=mask.device)}.items():
+                         "updates": torch.ones((), device=mask.device),
+                         **({"aux_loss": out.aux_loss.detach()} if out.aux_loss is not None else {})}.items():
                 sums[k] = sums[k] + v if k in sums else v
     return sums
 
@@ -235,11 +238,13 @@ def policy_gradient_update(run: Run, model: nn.Module, params: list[Tensor], opt
     with autocast(cfg.bf16, run.info.device):
         out = model(rollout.rows.input_ids, rollout.rows.attention_mask, rollout.rows.loss_mask)
     loss = rl.sequence_policy_gradient_loss(out.logps, advantages)
-    loss.backward()
+    aux_coef = getattr(model, "module", model).router_aux_coef   # an MoE router's loss, as TRL adds it
+    (loss + aux_coef * out.aux_loss if out.aux_loss is not None else loss).backward()
     grad_norm = guarded_step(params, optimizer, cfg.max_grad_norm, state, run.info, f"rollout {state.step + 1}")
     state.optimizer_steps += 1
     return {"policy_loss": loss.detach(), "grad_norm": grad_norm.detach(),
-            "updates": torch.ones((), device=loss.device)}
+            "updates": torch.ones((), device=loss.device),
+            **({"aux_loss": out.aux_loss.detach()} if out.aux_loss is not None else {})}
 
 
 def rollout_metrics(rollout: Rollout, kl_coef: float) -> dict[str, Tensor]:
@@ -317,7 +322,7 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         nn.init.zeros_(value_head.weight)   # V ≡ 0 at the start: no arbitrary early advantages
         nn.init.zeros_(value_head.bias)
     policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, value_head=value_head, temperature=cfg.temperature,
-                                  **packing(run))
+                                  **packing(run, model))
     ddp_policy = wrap_ddp(policy, info)
     reference = build_reference(run, policy)
     reward_fn = load_reward(cfg.reward, info.device, batch_size=cfg.reward_batch_size)
@@ -395,7 +400,8 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         if cadence.log(state.step):
             updates = sums.pop("updates")
             per_update = {k: sums.pop(k) / updates for k in list(sums)
-                          if k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "vf_clipfrac", "grad_norm")}
+                          if k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "vf_clipfrac", "grad_norm",
+                                   "aux_loss")}
             metrics = reduce_means(sums, info)
             metrics["reward_std"] = max(metrics.pop("reward_sq") - metrics["reward"] ** 2, 0.0) ** 0.5
             metrics.update({k: all_reduce_sum(v.float(), info).item() / info.world_size for k, v in per_update.items()})

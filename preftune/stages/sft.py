@@ -23,6 +23,7 @@ from preftune.config import SFTConfig
 from preftune.data.collate import CompletionBatch, collate_completions
 from preftune.data.dataset import BuiltDataset, build_completion_dataset
 from preftune.modeling.logprobs import SequenceLogprobModel
+from preftune.modeling.moe import with_router_aux
 from preftune.stages.common import (
     Run,
     RunResult,
@@ -103,7 +104,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
                                 completion_field=cfg.completion_field)
     model, tokenizer = load_policy(run, resume_dir, objects, needs_reference=False, tokenizer=tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run))
+    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run, model))
     ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
     train_batch = make_batches(train, tokenizer.pad_token_id, info.device)
     eval_batch = make_batches(held_out, tokenizer.pad_token_id, info.device) if held_out is not None else None
@@ -129,7 +130,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
     # 6. Train.
     def compute_loss(batch: CompletionBatch):
         out = ddp_policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
-        return nll(out.logps, out.lengths)
+        return with_router_aux(*nll(out.logps, out.lengths), [out.aux_loss], policy.router_aux_coef)
 
     state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,

@@ -18,21 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from preftune.modeling.layers import decoder_layers
+
 
 def is_fsdp(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
-
-
-def decoder_layers(lm: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a Hugging Face causal LM (``model.layers`` for Llama-style models)."""
-    base = getattr(lm, "model", None)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot find the decoder layers of {type(lm).__name__} (expected .model.layers), which "
-                         f"fsdp and torch_compile work on")
-    return list(layers)
 
 
 def shard(wrapper: nn.Module, lm: nn.Module) -> nn.Module:

@@ -42,6 +42,15 @@ def build_optimizer(model: nn.Module, cfg, log: Callable[[str], None] = print) -
     groups = parameter_groups(model.named_parameters(), cfg.weight_decay, in_layer_norm)
     if not groups:
         raise ValueError("no trainable parameters")
+    make = lambda parameter_groups: _optimizer(parameter_groups, cfg, log)  # noqa: E731
+    if getattr(cfg, "fp32_master_weights", False):   # 16-bit weights, float32 optimizer (master_weights.py)
+        from preftune.train.master_weights import Float32Master
+
+        return Float32Master(groups, make)
+    return make(groups)
+
+
+def _optimizer(groups: list[dict], cfg, log: Callable[[str], None]) -> torch.optim.Optimizer:
     lr, name = cfg.learning_rate, cfg.optim
     adam = {"lr": lr, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
     if name == "paged_adamw_32bit":

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from preftune.modeling.load import compile_decoder_layers
+from preftune.modeling.layers import compile_decoder_layers
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.testing import tiny_llama
 

@@ -103,3 +103,17 @@ def test_a_norm_with_another_formula_keeps_its_own_forward():
     model = nn.Sequential(GemmaStyleRMSNorm(4))
     assert make_lean(model) == {"norms": 0, "mlps": 0, "kept": 1, "attention": 0}
     assert "forward" not in vars(model[0])
+
+
+@pytest.mark.parametrize("arch, switched", [("llama-gqa", 1), ("falcon-rotary", 0), ("gpt2", 0), ("gemma2", 0)])
+def test_grouped_query_sdpa_is_reported_only_where_it_took(arch, switched):
+    # Falcon: transformers refuses the attention switch (its attention has its own code); GPT-2: no grouped
+    # heads, nothing to gain; Gemma 2: eager attention. Only a switch checked on a probe is reported.
+    from preftune.tiny_architectures import tiny_causal_lm
+
+    model = tiny_causal_lm(arch, 96)
+    before = model.config._attn_implementation
+    assert make_lean(model)["attention"] == switched
+    assert (model.config._attn_implementation == "preftune_sdpa") == bool(switched)
+    if not switched:
+        assert model.config._attn_implementation == before
