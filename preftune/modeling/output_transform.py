@@ -91,7 +91,11 @@ def _probe(lm: nn.Module) -> tuple[Tensor, Tensor]:
     hidden = torch.zeros(1, len(rows), width, dtype=weight.dtype, device=weight.device)
     for i, (t, j) in enumerate(rows):
         hidden[0, i, j] = t
+    # The decoder the chunked path runs, and the trunk under the model's base-model prefix (the module its
+    # forward calls when get_decoder() returns a wrapper or a part of it): whichever the forward calls.
     decoder = lm.get_decoder()
+    trunks = {id(m): m for m in (decoder, getattr(lm, getattr(lm, "base_model_prefix", ""), None))
+              if isinstance(m, nn.Module) and m is not lm}
     seen = []
 
     def replace_output(module, args, output):
@@ -101,7 +105,7 @@ def _probe(lm: nn.Module) -> tuple[Tensor, Tensor]:
         output.last_hidden_state = hidden
         return output
 
-    handle = decoder.register_forward_hook(replace_output)
+    handles = [m.register_forward_hook(replace_output) for m in trunks.values()]
     was_training = lm.training
     lm.eval()
     try:
@@ -109,7 +113,8 @@ def _probe(lm: nn.Module) -> tuple[Tensor, Tensor]:
             ids = torch.zeros(1, len(rows), dtype=torch.long, device=weight.device)
             logits = lm(input_ids=ids, use_cache=False).logits
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         lm.train(was_training)
     if not seen:
         raise OutputTransformError(f"{_model_type(lm)}: its forward does not call get_decoder() "

@@ -23,18 +23,21 @@ from preftune.testing import tiny_tokenizer
 from preftune.tiny_architectures import ARCHITECTURES, tiny_causal_lm
 
 VOCAB = len(tiny_tokenizer())
-LENGTHS = (11, 6, 9, 4)          # longer than the sliding windows (4) of the families that have one
-COMPLETION = (5, 3, 4, 2)        # completion tokens at the end of each sequence
+LENGTHS = (11, 9, 6, 4)          # longer than the sliding windows (4) of the families that have one
+COMPLETION = (5, 3, 3, 2)        # completion tokens at the end of each sequence
+SHARED_PROMPT = 6                # rows 0 and 1 share their prompt (a preference pair): prefix sharing applies
 TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One column of the matrix. ``padding_free`` / ``lean``: True, False or 'auto' (the defaults)."""
+    """One column of the matrix. ``padding_free`` / ``lean`` / ``prefix_sharing``: True, False or 'auto'
+    (the defaults)."""
 
     name: str
     padding_free: bool | str = "auto"
     lean: bool | str = "auto"
+    prefix_sharing: bool | str = "auto"
     chunk_size: int = 512
     temperature: float = 1.0
     compile: bool = False
@@ -43,7 +46,8 @@ class Setting:
 SETTINGS = {s.name: s for s in (
     Setting("default"),                                   # what a run gets without setting anything
     Setting("padded", padding_free=False, lean=False),    # no optimisation at all
-    Setting("packed", padding_free=True, lean=False),
+    Setting("packed", padding_free=True, lean=False, prefix_sharing=False),
+    Setting("shared", padding_free=True, lean=False, prefix_sharing=True),
     Setting("lean", padding_free=False, lean=True),
     Setting("chunk=3", chunk_size=3),
     Setting("T=0.7", temperature=0.7),
@@ -71,6 +75,7 @@ def batch(seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         attention[row, :n] = 1
         loss_mask[row, n - c:n] = True
         ids[row, n:] = 3   # <pad>
+    ids[1, :SHARED_PROMPT] = ids[0, :SHARED_PROMPT]
     return ids, attention, loss_mask
 
 
@@ -131,11 +136,18 @@ class Matrix:
             packed = resolve_padding_free(model, setting.padding_free, lambda _: None)
         except ConfigError:
             return Measured(0.0, 0.0, "packing refused")
-        applied.append("packed" if packed else "padded")
-        wrapped = SequenceLogprobModel(model, setting.chunk_size, temperature=setting.temperature, padding_free=packed)
+        sharing = "auto" if setting.prefix_sharing == "auto" or not packed else str(setting.prefix_sharing).lower()
+        said: list[str] = []
+        wrapped = SequenceLogprobModel(model, setting.chunk_size, temperature=setting.temperature, padding_free=packed,
+                                       prefix_sharing=sharing, log=said.append)
         tokens, sums, grads = self.reference(arch, setting.temperature)
         ids, attention, loss_mask = batch()
-        out = wrapped(ids, attention, loss_mask, per_token=True)
+        try:
+            out = wrapped(ids, attention, loss_mask, per_token=True)
+        except ConfigError:
+            return Measured(0.0, 0.0, "sharing refused")
+        applied.append(("shared" if any(s.startswith("prefix sharing: on") for s in said) else "packed") if packed
+                       else "padded")
         (out.logps * _WEIGHTS).sum().backward()
         logp = max(float((out.logps.double() - sums).abs().max()), float((out.tokens.double() - tokens).abs().max()))
         grad = 0.0

@@ -1,5 +1,6 @@
 """The MoE router load-balancing loss: TRL's rule for switching it on, the same value and gradients as the
-model's own forward with labels (padded and packed), and a router gradient it changes."""
+model's own forward with labels (padded, packed, and with a shared prompt and a repeated row computed
+once), and a router gradient it changes."""
 
 import copy
 import re
@@ -19,29 +20,37 @@ PACKS = {"qwen3-moe", "qwen2-moe", "mixtral"}   # gpt-oss's decoder does not kee
 
 
 def _batch(vocab=96, seed=0):
+    """Rows 0 and 1 share a 4-token prompt (a pair: prefix sharing computes it once) and row 3 repeats row 0
+    (an RL group's repeated sample: computed once)."""
     g = torch.Generator().manual_seed(seed)
-    lengths = (9, 5, 7, 3)
+    lengths = (9, 7, 5, 9)
     ids = torch.randint(4, vocab, (4, 9), generator=g)
+    ids[1, :4] = ids[0, :4]
+    ids[3] = ids[0]
     attention = torch.zeros_like(ids)
     loss_mask = torch.zeros_like(ids, dtype=torch.bool)
-    for row, n in enumerate(lengths):
+    for row, (n, prompt) in enumerate(zip(lengths, (4, 4, 2, 4))):
         attention[row, :n] = 1
-        loss_mask[row, n // 2:n] = True
+        loss_mask[row, prompt:n] = True
         ids[row, n:] = 3
     return ids, attention, loss_mask
 
 
-def _ours(lm, packed, batch):
-    policy = SequenceLogprobModel(lm, chunk_size=5, padding_free=packed)
+LAYOUTS = {"padded": dict(padding_free=False), "packed": dict(padding_free=True, prefix_sharing="false"),
+           "shared": dict(padding_free=True, prefix_sharing="true")}
+
+
+def _ours(lm, layout, batch):
+    policy = SequenceLogprobModel(lm, chunk_size=5, **LAYOUTS[layout])
     out = policy(*batch)
     loss, sums = with_router_aux(*nll(out.logps, out.lengths), [out.aux_loss], policy.router_aux_coef)
     return loss, sums, out.aux_loss
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("arch", MOE)
-def test_sft_loss_and_gradients_equal_the_models_own_loss_with_labels(arch, packed):
-    if packed and arch not in PACKS:
+def test_sft_loss_and_gradients_equal_the_models_own_loss_with_labels(arch, layout):
+    if layout != "padded" and arch not in PACKS:
         pytest.skip(f"{arch} runs padded")
     ids, attention, loss_mask = batch = _batch()
     theirs_lm = tiny_causal_lm(arch, 96).eval()
@@ -52,7 +61,7 @@ def test_sft_loss_and_gradients_equal_the_models_own_loss_with_labels(arch, pack
     labels = ids.masked_fill(~loss_mask, -100)
     out = theirs_lm(input_ids=ids, attention_mask=attention, labels=labels)
     out.loss.backward()
-    loss, sums, our_aux = _ours(ours_lm, packed, batch)
+    loss, sums, our_aux = _ours(ours_lm, layout, batch)
     loss.backward()
     assert torch.allclose(our_aux, out.aux_loss, atol=1e-6)
     assert torch.allclose(loss, out.loss, atol=1e-6)
@@ -67,8 +76,8 @@ def test_the_router_loss_changes_the_routers_gradient(arch):
     with_aux = tiny_causal_lm(arch, 96).eval()
     without = copy.deepcopy(with_aux)
     configure_router_aux(without, 0.0)
-    _ours(with_aux, False, batch)[0].backward()
-    loss, sums, aux = _ours(without, False, batch)
+    _ours(with_aux, "padded", batch)[0].backward()
+    loss, sums, aux = _ours(without, "padded", batch)
     assert aux is None and "aux_loss" not in sums
     loss.backward()
     routers = [n for n, _ in with_aux.named_parameters() if re.search(r"\.(gate|router)\.weight$", n)]
@@ -79,7 +88,7 @@ def test_the_router_loss_changes_the_routers_gradient(arch):
             assert (grads[name].grad - p.grad).abs().max() > 1e-6, name
     # ... by exactly coef × ∂aux/∂router (the language-model part being the same in both).
     probe = tiny_causal_lm(arch, 96).eval()
-    _, _, aux = _ours(probe, False, batch)
+    _, _, aux = _ours(probe, "padded", batch)
     router_grads = torch.autograd.grad(aux, [p for n, p in probe.named_parameters() if n in routers])
     for name, g in zip(routers, router_grads):
         p = dict(without.named_parameters())[name]

@@ -73,7 +73,7 @@ def test_a_decoder_that_ignores_positions_is_refused_when_asked_for_and_padded_o
     opt = tiny_causal_lm("opt", 96)
     assert check_packing(opt.get_decoder(), 96, torch.device("cpu")).mismatch > 1e-2
     with pytest.raises(ConfigError, match="padding_free.*does not keep packed sequences apart.*Set padding_free"):
-        SequenceLogprobModel(opt, padding_free=True)(*_batch([6, 3, 2], 6, 96))
+        SequenceLogprobModel(opt, padding_free=True, prefix_sharing="false")(*_batch([6, 3, 2], 6, 96))
     with pytest.raises(ConfigError, match="model type 'opt'.*Set padding_free=auto"):
         resolve_padding_free(opt, True, print)
     said = []
