@@ -43,6 +43,7 @@ from preftune.modeling.load import (
     check_attn_implementation,
     load_tokenizer,
     pick_device,
+    quantization_config,
     resolve_dtype,
     resolve_model_path,
 )
@@ -68,7 +69,8 @@ _HEAD_NAMES = ("score", "classifier")  # what transformers' decoder-LM classific
 
 def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labels: int = 1,
                       tokenizer: Any = None, dtype: str | torch.dtype | None = "float32",
-                      attn_implementation: str | None = None, **model_init_kwargs: Any) -> nn.Module:
+                      attn_implementation: str | None = None, quantization: str | None = None,
+                      **model_init_kwargs: Any) -> nn.Module:
     """A reward model from a causal-LM or reward-model folder, or 'smollm2': transformers'
     ``AutoModelForSequenceClassification`` where it has a class for the model type, else preftune's
     :class:`~preftune.modeling.reward_head.ScalarHeadModel` (the decoder + a scalar head), which is also
@@ -77,17 +79,23 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labe
     From a causal LM the head is new and initialised as transformers does (module docstring); from a
     saved reward model it is loaded. ``config.pad_token_id`` is set from the tokenizer (the one in ``path``
     unless given) so the folder this model is saved to works with plain transformers. ``dtype``,
-    ``attn_implementation``, ``model_init_kwargs``: as in ``load.load_causal_lm``.
+    ``attn_implementation``, ``quantization``, ``model_init_kwargs``: as in ``load.load_causal_lm``.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     folder = resolve_model_path(path)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    kwargs = dict(model_init_kwargs)
+    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))   # as load_causal_lm reads a TRL recipe
+    attn_implementation = kwargs.pop("attn_implementation", attn_implementation)
     check_attn_implementation(attn_implementation, device)
-    kwargs = {**model_init_kwargs, "dtype": resolve_dtype(dtype)}
+    quantized = quantization_config(quantization, device)
+    kwargs["dtype"] = resolve_dtype(dtype)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if quantized is not None:
+        kwargs.update(quantization_config=quantized, device_map={"": torch.device(device)})
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "score.weight newly initialised / lm_head unused" is expected here
     try:
@@ -98,7 +106,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labe
     finally:
         hf_logging.set_verbosity(level)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device)
+    return model if quantized is not None else model.to(device)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -56,6 +56,7 @@ from preftune.stages.common import (
     finish,
     load_data,
     metrics_logger,
+    model_kwargs,
     num_tokens,
     packing,
     plan_steps,
@@ -115,7 +116,7 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
     counterpart of ``common.load_policy`` (which loads causal LMs)."""
     cfg: RMConfig = run.cfg
     source = str(resume_dir / "model") if resume_dir is not None and not cfg.use_peft else policy_path(cfg)
-    model = load_reward_model(source, run.info.device, tokenizer=tokenizer)
+    model = load_reward_model(source, run.info.device, tokenizer=tokenizer, **model_kwargs(cfg))
     if cfg.disable_dropout:
         disable_dropout(model)
     apply_lean_activations(run, model)
