@@ -151,9 +151,7 @@ RMConfig = compose(
     defaults={"output_dir": "runs/rm", "learning_rate": 1e-4},
     without={"logprob_chunk_size": "the rm stage computes no token log-probs (its head reads one hidden state per "
                                    "sequence)",
-             **{key: "the rm stage loads AutoModelForSequenceClassification in float32 with the model's own "
-                     "attention; this setting is not applied there yet"
-                for key in ("dtype", "attn_implementation", "model_init_kwargs", "load_in_4bit")},
+             "load_in_4bit": "the rm stage's LoRA does not prepare 4-bit weights for training yet (sft and dpo do)",
              **{key: "the rm stage's LoRA trains the head in full and takes lora_r, lora_alpha, lora_dropout and "
                      "lora_target_modules only" for key in ("lora_modules_to_save", "use_rslora", "use_dora")},
              "fsdp": "the rm stage shards nothing yet (sft and dpo do)",

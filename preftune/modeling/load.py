@@ -184,19 +184,30 @@ def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
     return model if quantized is not None else model.to(device)
 
 
+def lora_targets(model: nn.Module, target_modules: list[str] | None) -> str | list[str] | None:
+    """What LoRA wraps: the given module names, 'all-linear', or for None peft's choice for the architecture —
+    and 'all-linear' for the model types peft has no choice for (Qwen3-MoE, Phi-3, SmolLM3, Cohere, Granite,
+    Mamba, ...), where peft alone would stop with "specify target_modules"."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    if target_modules == ["all-linear"]:
+        return "all-linear"
+    if target_modules is None and model.config.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return "all-linear"
+    return target_modules
+
+
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None,
                **lora_options: Any) -> nn.Module:
-    """Wrap ``model`` in LoRA adapters; only adapter weights will require grad. ``target_modules`` None:
-    peft's choice for the architecture; ``lora_options``: more LoraConfig settings (modules_to_save,
-    use_rslora, use_dora).
+    """Wrap ``model`` in LoRA adapters; only adapter weights will require grad. ``target_modules``: see
+    :func:`lora_targets`; ``lora_options``: more LoraConfig settings (modules_to_save, use_rslora, use_dora).
 
     With adapters, the reference π_ref is the same model with the adapter disabled, so one copy of
     the weights serves both (see ``preftune.modeling.reference``).
     """
     from peft import LoraConfig, get_peft_model
 
-    targets = "all-linear" if target_modules == ["all-linear"] else target_modules
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(model, target_modules),
                         task_type="CAUSAL_LM", **lora_options)
     return get_peft_model(model, config)
 

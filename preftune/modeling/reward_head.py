@@ -85,6 +85,20 @@ class ScalarHeadModel(nn.Module):
     def set_attn_implementation(self, implementation: str) -> None:
         self.model.set_attn_implementation(implementation)
 
+    # Gradient checkpointing is the decoder's (the head is one matmul on one hidden state per row).
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.model.gradient_checkpointing_enable(**kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        enable = getattr(self.model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+
+    def enable_input_require_grads(self) -> None:
+        self.model.enable_input_require_grads()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
                 ) -> torch.Tensor:
         """Scores of every position [N, T, num_labels] (preftune's own code reads one position per row:

@@ -42,6 +42,7 @@ from preftune.data.tokenize import tokenize_completion
 from preftune.modeling.load import (
     check_attn_implementation,
     load_tokenizer,
+    lora_targets,
     pick_device,
     quantization_config,
     resolve_dtype,
@@ -185,7 +186,8 @@ class RewardHeadModel(nn.Module):
         return taken
 
 
-def apply_reward_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> nn.Module:
+def apply_reward_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None
+                      ) -> nn.Module:
     """LoRA adapters on the decoder, the new head trained in full.
 
     ``modeling.load.apply_lora`` uses peft's CAUSAL_LM task, which on a classification model would
@@ -196,8 +198,7 @@ def apply_reward_lora(model: nn.Module, r: int, alpha: int, dropout: float, targ
     from peft import LoraConfig, get_peft_model
 
     head = next(n for n in _HEAD_NAMES if getattr(_unwrap(model), n, None) is not None)
-    targets: str | list[str] = "all-linear" if target_modules == ["all-linear"] else target_modules
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(_unwrap(model), target_modules),
                         task_type="SEQ_CLS", modules_to_save=[head])
     return get_peft_model(model, config)
 

@@ -177,8 +177,8 @@ def save_tiny(arch: str, folder) -> str:
 
 
 def run_stages(model_dir: str, out) -> dict[str, object]:
-    """sft, dpo, rm and online RL (reinforce, the reward being the rm stage's model) for two steps each,
-    with default settings; returns each stage's RunResult by name."""
+    """sft, dpo, rm and online RL (reinforce, the reward being the rm stage's model) for two steps each, with
+    default settings; returns each stage's RunResult by name."""
     from preftune.config import DPOConfig, RLConfig, RMConfig, SFTConfig, load_config
     from preftune.stages.dpo import run_dpo
     from preftune.stages.reward_model import run_rm
@@ -186,7 +186,8 @@ def run_stages(model_dir: str, out) -> dict[str, object]:
     from preftune.stages.sft import run_sft
 
     common = [f"model_name_or_path={model_dir}", "max_steps=2", "per_device_train_batch_size=2", "threads=1",
-              "progress_bar=false", "report_to=none", "max_length=32", "max_prompt_length=16", "save_total_limit=1"]
+              "progress_bar=false", "report_to=none", "max_length=32", "max_prompt_length=16", "save_total_limit=1",
+              "logging_steps=1"]
     results: dict[str, object] = {}
     results["sft"] = run_sft(load_config(SFTConfig, None, [*common, f"output_dir={out}/sft", "learning_rate=1e-3"]),
                              train_data=[{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS])

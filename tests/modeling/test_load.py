@@ -69,3 +69,13 @@ def test_four_bit_needs_bitsandbytes_and_cuda(tiny_model_dir):
 def test_resolve_dtype_names():
     assert resolve_dtype("torch.bfloat16") is torch.bfloat16
     assert resolve_dtype("auto") == "auto"
+
+
+def test_lora_targets_fall_back_to_all_linear_where_peft_has_no_choice():
+    from preftune.modeling.load import lora_targets
+    from preftune.tiny_architectures import tiny_causal_lm
+
+    assert lora_targets(tiny_llama(96), None) is None                       # peft's own choice for Llama
+    assert lora_targets(tiny_causal_lm("cohere", 96), None) == "all-linear"  # peft lists no modules for Cohere
+    assert lora_targets(tiny_causal_lm("cohere", 96), ["q_proj"]) == ["q_proj"]
+    assert lora_targets(tiny_llama(96), ["all-linear"]) == "all-linear"

@@ -49,7 +49,7 @@ def test_auto_true_false_only():
 def _rm(model_dir, out, *extra):
     return load_config(RMConfig, None, [f"model_name_or_path={model_dir}", f"output_dir={out}", "max_steps=2",
                                         "per_device_train_batch_size=2", "progress_bar=false", "report_to=none",
-                                        "learning_rate=1e-2", "seed=0", *extra])
+                                        "learning_rate=1e-2", "seed=0", "logging_steps=1", *extra])
 
 
 def test_a_reward_model_with_lora_on_a_family_transformers_cannot_classify_resumes(tmp_path):
