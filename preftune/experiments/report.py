@@ -77,7 +77,9 @@ def render(exp: SentimentExperiment, points: list[frontier.Point], values: dict[
     lines += _scale(exp, points, main)
     lines += _points(points)
     lines += _runtime(exp, wall_seconds)
-    lines += ["## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
+    # Not output_dir: the report lies in it, and an absolute path names the machine the run happened on.
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
+    lines += ["## Configuration", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Listwise DPO under the Plackett–Luce model (SPEC §2, §5): K ranked completions per prompt.
+"""Listwise DPO under the Plackett–Luce model (docs/maths.md §preference.pl, §loss.plackett_luce): K ranked completions per prompt.
 
 Rafailov et al. 2023, Appendix A.3: substituting the implicit reward r̂ = β log π_θ/π_ref into
 the Plackett–Luce likelihood (Plackett 1975, "The Analysis of Permutations"; Luce 1959, "Individual

@@ -59,7 +59,7 @@ def f_divergence_scores(
     """f-DPO score f'(u) of each completion, u = π_θ(y|x)/π_ref(y|x), from log u (any shape).
 
     Wang et al. 2023, "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
-    Divergence Constraints": with the KL of SPEC §1 replaced by an f-divergence, the optimal policy
+    Divergence Constraints": with the KL of docs/maths.md §objective replaced by an f-divergence, the optimal policy
     satisfies r = β f'(π/π_ref) + const, so the DPO margin h becomes f'(u_w) − f'(u_l). TRL's forms:
 
         reverse_kl        f'(u) = log u                       (plain DPO)

@@ -1,4 +1,4 @@
-"""Reward-model losses on scalar rewards r_φ(x, y) (SPEC §2, §3 step 2): the RLHF baseline DPO
+"""Reward-model losses on scalar rewards r_φ(x, y) (docs/maths.md §preference, §rlhf.rm): the RLHF baseline DPO
 replaces. Pure functions of reward tensors; the model with a scalar head lives elsewhere.
 
 Shared with DPO by construction: evaluated on the implicit rewards r̂ = β log π_θ/π_ref, Bradley–Terry
@@ -29,7 +29,7 @@ def bradley_terry(
     m = ``margin`` (a float or (B,) tensor; None = 0) demands the chosen reward win by at least m, as
     in Llama 2's graded preferences (Touvron et al. 2023). c = ``center_rewards_coefficient``
     (None = 0) pulls rewards toward zero mean (Eisenstein et al. 2023, "Helping or Herding?"), the
-    normalisation SPEC §3 calls for, without a separate pass. TRL adds c · mean_B((r_c + r_r)²) to the
+    normalisation docs/maths.md §rlhf.rm calls for, without a separate pass. TRL adds c · mean_B((r_c + r_r)²) to the
     batch-mean loss; here it is added per pair, so the mean of these losses is TRL's loss.
     Shapes: rewards (B,) → losses (B,).
     """
@@ -43,7 +43,7 @@ def bradley_terry(
 
 
 def plackett_luce_rewards(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Plackett–Luce negative log-likelihood of a ranking from scalar rewards (SPEC §2).
+    """Plackett–Luce negative log-likelihood of a ranking from scalar rewards (docs/maths.md §preference.pl).
 
         L = −Σ_k log [ exp(r_k) / Σ_{j ≥ k} exp(r_j) ]
 

@@ -1,4 +1,4 @@
-"""KTO: alignment from unpaired desirable / undesirable examples (SPEC §5).
+"""KTO: alignment from unpaired desirable / undesirable examples (docs/maths.md §loss.kto).
 
 Ethayarajh, Xu, Muennighoff, Jurafsky & Kiela 2024, "KTO: Model Alignment as Prospect Theoretic
 Optimization". Each example is one (x, y) with a binary label (desirable or not), not a pair, so the

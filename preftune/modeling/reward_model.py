@@ -1,4 +1,4 @@
-"""Reward models: a causal LM with a scalar head r_φ(x, y) (SPEC §3 step 2), and a scorer for RL.
+"""Reward models: a causal LM with a scalar head r_φ(x, y) (docs/maths.md §rlhf.rm), and a scorer for RL.
 
 Where transformers has a sequence-classification class for the model type (Llama, Qwen, Mistral,
 GPT-2, ...), the model is a plain Hugging Face ``AutoModelForSequenceClassification`` with one label,

@@ -1,4 +1,4 @@
-"""Rewards and advantages for the RL stage of RLHF (SPEC §3): the KL-shaped token rewards of PPO, GAE,
+"""Rewards and advantages for the RL stage of RLHF (docs/maths.md §rl): the KL-shaped token rewards of PPO, GAE,
 and the sequence-level baselines of REINFORCE / RLOO.
 
 Shapes: token-level tensors are (B, T) with a boolean ``mask`` (B, T), True on completion tokens;
@@ -23,7 +23,7 @@ def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float
         R_t = −β · kl_t                      on every completion token t
         R_t += r(x, y)                       on the completion's last token
 
-    so that Σ_t R_t = r(x, y) − β Σ_t kl_t, the sampled objective of SPEC §1 with a per-token KL
+    so that Σ_t R_t = r(x, y) − β Σ_t kl_t, the sampled objective of docs/maths.md §objective with a per-token KL
     estimate (:func:`preftune.rl.kl.kl_penalty`). ``scores`` (B,) is the sequence reward r(x, y),
     ``kl`` (B, T), ``mask`` (B, T) bool, β = ``kl_coef``. Rows may have different lengths; a row with
     no completion token has nowhere to put its score and raises ValueError (one host sync). Returns
@@ -104,7 +104,7 @@ def rloo_advantages(scores: Tensor, k: int) -> Tensor:
             = k/(k−1) · (s_i − mean_j s_j)
 
     The baseline excludes s_i, so it is independent of sample i and the gradient stays unbiased; a
-    reward shift by any f(x) (same preferences, SPEC §1 Lemma 1) cancels; a group's advantages sum to 0.
+    reward shift by any f(x) (same preferences, docs/maths.md §objective.classes) cancels; a group's advantages sum to 0.
     ``scores`` (P·k,): k consecutive entries per prompt. Returns (P·k,), detached.
     """
     try:

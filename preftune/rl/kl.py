@@ -1,4 +1,4 @@
-"""The KL term of the RLHF objective (SPEC §1, §3): per-token estimators, masked reductions, β control.
+"""The KL term of the RLHF objective (docs/maths.md §objective, §rl.kl-estimators): per-token estimators, masked reductions, β control.
 
     max_π  E_{x, y~π} [ r(x, y) ] − β · KL( π(·|x) ‖ π_ref(·|x) )
 

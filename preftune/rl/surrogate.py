@@ -1,4 +1,4 @@
-"""Losses of the RL stage of RLHF (SPEC §3): PPO's clipped surrogate and value loss, the sequence-level
+"""Losses of the RL stage of RLHF (docs/maths.md §rl): PPO's clipped surrogate and value loss, the sequence-level
 policy gradient of REINFORCE / RLOO, and a sampled entropy metric.
 
 Token-level tensors are (B, T) log-probs of the sampled tokens with a boolean ``mask`` (B, T), True on
@@ -27,7 +27,7 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     """PPO's clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7),
     as a loss, per token with ρ_t = π_θ(y_t|·) / π_old(y_t|·) and ε = ``clip_range``:
 
-        ℓ_t = max( −A_t ρ_t,  −A_t clip(ρ_t, 1−ε, 1+ε) )        (= −min(ρA, clip(ρ)A), SPEC §3)
+        ℓ_t = max( −A_t ρ_t,  −A_t clip(ρ_t, 1−ε, 1+ε) )        (= −min(ρA, clip(ρ)A), docs/maths.md §rl.ppo)
         L   = masked mean of ℓ_t over completion tokens
 
     The max is pessimistic: moving ρ past the band in the direction A favours earns nothing (zero
@@ -108,8 +108,8 @@ def sequence_policy_gradient_loss(seq_logprobs: Tensor, advantages: Tensor) -> T
 
     so ∇L = −mean_i A_i ∇log π_θ(y_i|x_i), the score-function estimate of −∇E[r] when A is the score
     minus a baseline independent of sample i (:func:`preftune.rl.advantages.rloo_advantages`). The
-    KL penalty of SPEC §1 belongs in the scores (r − β log π/π_ref of the completion).
-    ``seq_logprobs`` (N,) are sums of token log-probs (SPEC §4); ``advantages`` (N,). Returns a 0-d loss.
+    KL penalty (docs/maths.md §rl.reward) belongs in the scores (r − β log π/π_ref of the completion).
+    ``seq_logprobs`` (N,) are sums of token log-probs (docs/maths.md §notation); ``advantages`` (N,). Returns a 0-d loss.
     """
     if seq_logprobs.dim() != 1:
         raise ValueError(f"seq_logprobs must be 1-D (one entry per completion), got {tuple(seq_logprobs.shape)}")

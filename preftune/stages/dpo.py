@@ -1,4 +1,4 @@
-"""DPO training, top to bottom (Rafailov et al. 2023; ../shared/SPEC.md §4).
+"""DPO training, top to bottom (Rafailov et al. 2023; docs/maths.md §dpo).
 
     1. run set-up: threads, process group, seeds, output folder
     2. tokenizer and data: load → render → tokenize (train, held-out eval)

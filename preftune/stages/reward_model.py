@@ -1,4 +1,4 @@
-"""Reward-model training, top to bottom (../shared/SPEC.md §3 step 2): the RLHF baseline DPO replaces.
+"""Reward-model training, top to bottom (docs/maths.md §rlhf.rm): the RLHF baseline DPO replaces.
 
     1. run set-up: threads, process group, seeds, output folder
     2. tokenizer and data: pairs (bradley_terry) or ranked lists (plackett_luce), train and held-out

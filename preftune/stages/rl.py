@@ -1,4 +1,4 @@
-"""Online KL-regularised RL, top to bottom (SPEC §1, §3): PPO, RLOO and REINFORCE.
+"""Online KL-regularised RL, top to bottom (docs/maths.md §objective, §rl): PPO, RLOO and REINFORCE.
 
 The objective is J(π) = E_{x, y~π}[r(x, y)] − β KL(π ‖ π_ref). Each iteration (a *rollout*):
 

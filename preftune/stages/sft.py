@@ -1,4 +1,4 @@
-"""Supervised fine-tuning on completions, top to bottom (../shared/SPEC.md §3 step 1).
+"""Supervised fine-tuning on completions, top to bottom (docs/maths.md §rlhf.sft).
 
 The DPO paper builds π_ref by SFT on the preferred completions (x, y_w) when no SFT model exists:
 ``preftune sft train_file=prefs.jsonl completion_field=chosen`` does exactly that, and the DPO

@@ -1,4 +1,4 @@
-"""Exact tabular demonstrations of the theory behind DPO (SPEC §1–§5).
+"""Exact tabular demonstrations of the theory behind DPO (docs/maths.md §tabular).
 
 A world small enough to enumerate every completion (:mod:`.world`, :mod:`.tree`), preference data
 (:mod:`.data`), tabular policies trained with the registered losses, REINFORCE and PPO (:mod:`.train`),

@@ -1,4 +1,4 @@
-"""Preference data for the tabular world: Bradley–Terry pairs and Plackett–Luce rankings (SPEC §2).
+"""Preference data for the tabular world: Bradley–Terry pairs and Plackett–Luce rankings (docs/maths.md §preference).
 
 Pairs are a weighted list ``(prompt, chosen, rejected, weight)``. Two constructions share it:
 
@@ -43,7 +43,7 @@ class PreferencePairs:
 
 
 def bt_prob(reward: Tensor, prompt: Tensor, y1: Tensor, y2: Tensor) -> Tensor:
-    """Bradley–Terry p(y1 ≻ y2 | x) = σ(r(x,y1) − r(x,y2)) (SPEC §2)."""
+    """Bradley–Terry p(y1 ≻ y2 | x) = σ(r(x,y1) − r(x,y2)) (docs/maths.md §preference.bt)."""
     return torch.sigmoid(reward[prompt, y1] - reward[prompt, y2])
 
 
@@ -128,7 +128,7 @@ def sample_rankings(world: TabularWorld, n: int, k: int, seed: int = 0,
 
 
 def plackett_luce_logprob(reward: Tensor, prompt: Tensor, ranking: Tensor) -> Tensor:
-    """log p(τ | x) = Σ_k [ r(x,y_τ(k)) − log Σ_{j≥k} exp r(x,y_τ(j)) ] (SPEC §2); (n,) for (n, k)."""
+    """log p(τ | x) = Σ_k [ r(x,y_τ(k)) − log Σ_{j≥k} exp r(x,y_τ(j)) ] (docs/maths.md §preference.pl); (n,) for (n, k)."""
     r = reward[prompt.unsqueeze(-1), ranking]  # (n, k), best first
     # logsumexp over suffixes: flip, cumulative logsumexp, flip back.
     suffix = torch.logcumsumexp(r.flip(-1), dim=-1).flip(-1)

@@ -98,7 +98,7 @@ def _collapse_fraction(probs: Tensor, ref: Tensor, mask: Tensor) -> float:
 
 
 def same_optimum(world: TabularWorld, s: Settings) -> DemoResult:
-    """DPO (sigmoid, population and sampled), exact REINFORCE and PPO all reach π* of SPEC §1."""
+    """DPO (sigmoid, population and sampled), exact REINFORCE and PPO all reach π* of docs/maths.md §objective.optimum."""
     mon = standard_monitor(world)
     dpo = train_preference(world, expected_pairs(world), "sigmoid", steps=s.steps, lr=s.lr,
                            monitor=mon, record_every=s.record_every)
@@ -156,7 +156,7 @@ def recovered_reward(world: TabularWorld, s: Settings, dpo: TrainResult, sampled
 
 
 def unlikelihood(world: TabularWorld, s: Settings, dpo: TrainResult) -> DemoResult:
-    """The unweighted gradient (SPEC §4) degenerates: its loss is unbounded, the margin keeps growing,
+    """The unweighted gradient (docs/maths.md §loss.unlikelihood) degenerates: its loss is unbounded, the margin keeps growing,
     and mass leaves most completions — including ones that are the chosen side of many pairs."""
     pairs = expected_pairs(world)
     ul = train_preference(world, pairs, "unlikelihood", steps=s.steps, lr=s.lr,

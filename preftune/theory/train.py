@@ -1,17 +1,17 @@
 """Training a tabular autoregressive softmax policy in the exact world: DPO-family losses and RLHF.
 
 The policy is a table of logits per (prompt, prefix) — :class:`TabularPolicy` — initialised at π_ref.
-log π(y|x) is the sum of token log-probs (SPEC §4), computed by :class:`CompletionTree`, so the
+log π(y|x) is the sum of token log-probs (docs/maths.md §notation), computed by :class:`CompletionTree`, so the
 losses see exactly what they would see from a language model. Optimiser: Adam, full batch; everything
 is deterministic (no sampling inside training unless ``n_samples`` asks for Monte Carlo).
 
 * :func:`train_preference` — any registered pairwise loss, ``preftune.losses.get(name)``, averaged
   with the weights of a :class:`PreferencePairs` (exact population expectation or a finite sample).
-* :func:`train_reinforce` — policy gradient on J(π) = E_π[r] − β KL(π‖π_ref) (SPEC §1, §3). Exact
+* :func:`train_reinforce` — policy gradient on J(π) = E_π[r] − β KL(π‖π_ref) (docs/maths.md §objective, §rl). Exact
   estimator by default: ∇J = Σ_y π(y) ∇log π(y) (R̃(y) − b(x)), R̃ = r − β log π/π_ref, b = E_π R̃
   (the baseline does not change the exact sum, Σ π ∇log π = 0, it is what the estimator would use).
   With ``n_samples`` = K: K draws per prompt from π_θ and the leave-one-out (RLOO) baseline.
-* :func:`train_ppo` — PPO's clipped surrogate (SPEC §3) with the KL penalty folded into the reward,
+* :func:`train_ppo` — PPO's clipped surrogate (docs/maths.md §rl.ppo) with the KL penalty folded into the reward,
   sequence-level ratio ρ = π_θ(y|x)/π_old(y|x), exact expectation over y ~ π_old
   (:func:`exact_ppo_loss`, via :func:`preftune.rl.surrogate.ppo_policy_loss`), ``epochs`` Adam
   steps per π_old, advantage A = R̃_old − V_old(x) with the exact value V_old = E_{π_old} R̃_old.
@@ -117,7 +117,7 @@ def train_preference(world: TabularWorld, pairs: PreferencePairs, loss: str = "s
                      ref_logps: Tensor | None = None, init_logits: Tensor | None = None,
                      monitor: Monitor | None = None, record_every: int = 10,
                      **hp: float) -> TrainResult:
-    """Minimise Σ_m w_m L(x_m, y_w, y_l) for the loss registered as ``loss`` (SPEC §4–5).
+    """Minimise Σ_m w_m L(x_m, y_w, y_l) for the loss registered as ``loss`` (docs/maths.md §dpo, §family).
 
     ``ref_logps`` (P, N) is the reference the loss sees (default π_ref; SACPO stage 2 passes the stage-1
     policy); ``init_logits`` the starting policy (default π_ref's logits). Besides ``monitor``'s metrics,
@@ -155,7 +155,7 @@ def train_preference(world: TabularWorld, pairs: PreferencePairs, loss: str = "s
 
 
 def _shaped_reward(reward: Tensor, logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:
-    """R̃(x,y) = r(x,y) − β log π(y|x)/π_ref(y|x): the KL-penalised reward of RLHF (SPEC §3)."""
+    """R̃(x,y) = r(x,y) − β log π(y|x)/π_ref(y|x): the KL-penalised reward of RLHF (docs/maths.md §rl.reward)."""
     return reward - beta * (logps - ref_logps)
 
 

@@ -6,8 +6,8 @@ ends without an EOS (a forced stop, as a generation length limit does). Hence, l
 
     log π(y|x) = Σ_t log softmax(logits[x, prefix_t])[y_t]      (+ log p(EOS | y) when |y| < max_len)
 
-is a SUM of per-token log-probs (SPEC §4), and every full-support distribution over completions is
-exactly one table of per-prefix logits (the chain rule), so π* of SPEC §1 is reachable by training.
+is a SUM of per-token log-probs (docs/maths.md §notation), and every full-support distribution over completions is
+exactly one table of per-prefix logits (the chain rule), so π* (docs/maths.md §objective.optimum) is reachable by training.
 
 Layout: ``logits`` has shape (P, n_nodes, vocab + 1); node 0 is the empty prefix, the last action slot
 is EOS. EOS is masked (−inf) at the root, because the empty completion is not a completion.

@@ -1,13 +1,13 @@
-"""An exact tabular world: a few prompts, every completion enumerable, everything of SPEC §1 computable.
+"""An exact tabular world: a few prompts, every completion enumerable, everything of docs/maths.md §objective computable.
 
-Notation (SPEC §1): prompts x ~ ρ (uniform), completions y from :class:`CompletionTree`,
+Notation (docs/maths.md §tabular): prompts x ~ ρ (uniform), completions y from :class:`CompletionTree`,
 reference π_ref (an autoregressive softmax with its own logits), ground-truth reward r*(x, y) and a
 second reward g(x, y) (a "safety" score, for SACPO). All distributions are tensors of shape (P, N):
 one row per prompt, one column per completion, float64 so that identities hold to ~1e-12.
 
-    objective   J(π) = E_{x~ρ} [ E_{y~π} r(x,y) − β KL(π(·|x) ‖ π_ref(·|x)) ]           (SPEC §1)
-    optimum     π*(y|x) = π_ref(y|x) exp(r(x,y)/β) / Z(x)                                 (SPEC §1)
-    inverse     r(x,y) = β log π*(y|x)/π_ref(y|x) + β log Z(x)                           (Theorem 1)
+    objective   J(π) = E_{x~ρ} [ E_{y~π} r(x,y) − β KL(π(·|x) ‖ π_ref(·|x)) ]   (docs/maths.md §objective)
+    optimum     π*(y|x) = π_ref(y|x) exp(r(x,y)/β) / Z(x)   (docs/maths.md §objective.optimum)
+    inverse     r(x,y) = β log π*(y|x)/π_ref(y|x) + β log Z(x)   (docs/maths.md §objective.inverse)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from preftune.theory.tree import CompletionTree
 
 
 def optimal_policy_from(ref_logps: Tensor, reward: Tensor, beta: float) -> Tensor:
-    """π* = π_ref exp(r/β)/Z per prompt (SPEC §1), from reference log-probs (P, N); returns probs (P, N).
+    """π* = π_ref exp(r/β)/Z per prompt (docs/maths.md §objective.optimum), from reference log-probs (P, N); returns probs (P, N).
 
     Computed as a softmax of log π_ref + r/β, i.e. with Z(x) via logsumexp, so that large r/β does not
     overflow.
@@ -104,7 +104,7 @@ class TabularWorld:
     def ref_probs(self) -> Tensor:
         return self.ref_logps.exp()
 
-    # ----- exact solutions (SPEC §1) ----------------------------------------------------------
+    # ----- exact solutions (docs/maths.md §objective) ------------------------------------
     def optimal_policy(self, reward: Tensor | None = None, beta: float | None = None,
                        ref_logps: Tensor | None = None) -> Tensor:
         """π*(y|x) = π_ref(y|x) exp(r(x,y)/β) / Z(x); defaults: r = r*, β = self.beta, π_ref = ours."""
@@ -128,7 +128,7 @@ class TabularWorld:
         return float((self.prompt_weights * kl(p, q)).sum())
 
     def objective(self, probs: Tensor, reward: Tensor | None = None, beta: float | None = None) -> float:
-        """J(π) = E_x [E_{y~π} r − β KL(π ‖ π_ref)] (SPEC §1). At π*, J = β E_x log Z(x)."""
+        """J(π) = E_x [E_{y~π} r − β KL(π ‖ π_ref)] (docs/maths.md §objective). At π*, J = β E_x log Z(x)."""
         reward = self.reward if reward is None else reward
         beta = self.beta if beta is None else beta
         per_prompt = (probs * reward).sum(-1) - beta * self.kl_to_ref(probs)

@@ -89,7 +89,7 @@ def test_unlikelihood_hand_value_and_unweighted_gradient():
 
 
 def test_dpo_gradient_is_sigma_weighted():
-    # SPEC §4: ∂L/∂log π(y_w) = −β σ(r̂_l − r̂_w). With r̂_w − r̂_l = βh = 0.5: −0.5·σ(−0.5).
+    # docs/maths.md §dpo.gradient: ∂L/∂log π(y_w) = −β σ(r̂_l − r̂_w). With r̂_w − r̂_l = βh = 0.5: −0.5·σ(−0.5).
     pc = PC.clone().requires_grad_()
     sigmoid(pc, PR, RC, RR, beta=0.5)[0].sum().backward()
     assert pc.grad.item() == pytest.approx(-0.5 / (1 + math.exp(0.5)), abs=1e-12)

@@ -45,7 +45,7 @@ def test_plackett_luce_rewards_hand_value():
 
 
 def test_plackett_luce_two_is_bradley_terry_is_dpo_on_implicit_rewards():
-    # SPEC §2/§4: with r̂ = β log π/π_ref, PL(K = 2) = BT = the DPO sigmoid loss.
+    # docs/maths.md §preference, §dpo.loss: with r̂ = β log π/π_ref, PL(K = 2) = BT = the DPO sigmoid loss.
     torch.manual_seed(9)
     pc, pr, rc, rr = (torch.randn(6, dtype=torch.float64) for _ in range(4))
     beta = 0.3

@@ -135,7 +135,7 @@ def test_rloo_invariants():
     assert torch.allclose(adv.view(5, 4).sum(-1), torch.zeros(5, dtype=torch.float64), atol=1e-12)
     groups = scores.view(5, 4)
     assert torch.allclose(adv.view(5, 4), 4 / 3 * (groups - groups.mean(-1, keepdim=True)), atol=1e-12)
-    # A per-prompt shift of the reward (same preferences, SPEC §1 Lemma 1) changes nothing.
+    # A per-prompt shift of the reward (same preferences, docs/maths.md §objective.classes) changes nothing.
     shifted = (groups + torch.randn(5, 1, dtype=torch.float64)).reshape(-1)
     assert torch.allclose(rloo_advantages(shifted, k=4), adv, atol=1e-12)
     assert not rloo_advantages(scores.clone().requires_grad_(), k=4).requires_grad

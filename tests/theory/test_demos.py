@@ -1,4 +1,4 @@
-"""The convergence claims (SPEC §1, §4–5) as tests, on the quick settings (a few seconds)."""
+"""The convergence claims (docs/maths.md §claims) as tests, on the quick settings (a few seconds)."""
 
 from __future__ import annotations
 

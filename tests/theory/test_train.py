@@ -1,4 +1,4 @@
-"""The tabular trainers use preftune.rl's math exactly where they claim to (SPEC §3)."""
+"""The tabular trainers use preftune.rl's math exactly where they claim to (docs/maths.md §rl)."""
 
 from __future__ import annotations
 

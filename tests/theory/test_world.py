@@ -1,4 +1,4 @@
-"""Exact mathematics of the tabular world (SPEC §1–2): identities that hold to float precision."""
+"""Exact mathematics of the tabular world (docs/maths.md §objective, §preference): identities that hold to float precision."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_optimal_policy_normalises_and_matches_formula(world):
     by_formula = world.ref_probs * torch.exp(world.reward / world.beta)
     by_formula = by_formula / by_formula.sum(-1, keepdim=True)
     torch.testing.assert_close(star, by_formula, rtol=0, atol=1e-12)
-    # Inversion (SPEC §1): r = β log π*/π_ref + β log Z(x).
+    # Inversion (docs/maths.md §objective.inverse): r = β log π*/π_ref + β log Z(x).
     inverted = world.recovered_reward(star) + world.beta * world.log_partition().unsqueeze(-1)
     torch.testing.assert_close(inverted, world.reward, rtol=0, atol=1e-12)
 
