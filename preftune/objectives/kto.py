@@ -18,7 +18,7 @@ from preftune.config import LossConfig
 from preftune.data.collate import UnpairedBatch, collate_unpaired
 from preftune.data.dataset import assign_kl_partners, build_unpaired_dataset
 from preftune.losses import kto
-from preftune.objectives import Objective, Reduce, Reference, Score, no_reduce
+from preftune.objectives.base import Objective, Reduce, Reference, Score, no_reduce
 
 METRICS = ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "count", "count:rewards/chosen", "count:rewards/rejected", "count:logps/chosen",

@@ -13,7 +13,7 @@ from preftune.config import LossConfig
 from preftune.data.collate import RankingBatch, collate_rankings
 from preftune.data.dataset import build_ranking_dataset
 from preftune.losses import plackett_luce
-from preftune.objectives import Objective, Reduce, Reference, Score, no_reduce
+from preftune.objectives.base import Objective, Reduce, Reference, Score, no_reduce
 
 METRICS = ("loss", "rewards/best", "rewards/worst", "rewards/margins", "rewards/accuracies", "rewards/top1",
            "logps/best", "logps/worst", "count")

@@ -23,7 +23,7 @@ from preftune.data.collate import PreferenceBatch, Rows, collate_preferences
 from preftune.data.dataset import build_preference_dataset
 from preftune.losses.weighting import ld_logps, wpo_weights
 from preftune.modeling.logprobs import SequenceLogps
-from preftune.objectives import Objective, Reduce, Reference, Score, no_reduce
+from preftune.objectives.base import Objective, Reduce, Reference, Score, no_reduce
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
            "logps/chosen", "logps/rejected", "count")
