@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from preftune.losses import anchored, aot, listwise, pairwise_extra, preference, reference_free, unpaired
 from preftune.losses.listwise import plackett_luce
-from preftune.losses.unpaired import kto, kto_kl_estimate
+from preftune.losses.unpaired import kto
 
 LossFn = Callable[..., tuple]
 
@@ -73,7 +73,7 @@ UNPAIRED: dict[str, Callable[..., tuple]] = {"kto": unpaired.kto}
 LISTWISE: dict[str, Callable[..., tuple]] = {"plackett_luce": listwise.plackett_luce}
 
 __all__ = ["BATCH_SORTED", "LISTWISE", "PLAIN_LIKELIHOOD", "REFERENCE_FREE", "UNPAIRED", "all_names", "get",
-           "hyperparameters", "kind", "kto", "kto_kl_estimate", "names", "needs_lengths", "plackett_luce", "register"]
+           "hyperparameters", "kind", "kto", "names", "needs_lengths", "plackett_luce"]
 
 
 def get(name: str) -> LossFn:
@@ -99,12 +99,6 @@ def kind(name: str) -> str:
     which data layout the loss trains from."""
     get(name)  # unknown → KeyError
     return "unpaired" if name in UNPAIRED else "listwise" if name in LISTWISE else "pairwise"
-
-
-def register(name: str, fn: LossFn) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"loss {name!r} is already registered")
-    _REGISTRY[name] = fn
 
 
 def _keyword_only(name: str) -> set[str]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from preftune.losses.preference import LossOutput, _implicit_rewards
+from preftune.losses.preference import LossOutput, implicit_rewards
 
 
 def _rewards_with_grad(
@@ -50,7 +50,7 @@ def nca_pair(
     r_w, r_l = _rewards_with_grad(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                   beta)
     losses = -F.logsigmoid(r_w) - 0.5 * F.logsigmoid(-r_w) - 0.5 * F.logsigmoid(-r_l)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -76,7 +76,7 @@ def bco_pair(
     r_w, r_l = _rewards_with_grad(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                   beta)
     losses = -F.logsigmoid(r_w - bco_delta) - F.logsigmoid(-(r_l - bco_delta))
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -100,7 +100,7 @@ def sppo_hard(
     target = 0.5 / beta
     losses = ((policy_chosen_logps - ref_chosen_logps) - target) ** 2 \
         + ((policy_rejected_logps - ref_rejected_logps) + target) ** 2
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -123,7 +123,7 @@ def apo_zero(
     r_w, r_l = _rewards_with_grad(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                   beta)
     losses = (1.0 - torch.sigmoid(r_w)) + torch.sigmoid(r_l)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -146,5 +146,5 @@ def apo_down(
     r_w, r_l = _rewards_with_grad(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                   beta)
     losses = torch.sigmoid(r_w) + (1.0 - torch.sigmoid(r_w - r_l))
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

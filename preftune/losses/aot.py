@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from preftune.losses.preference import LossOutput, _implicit_rewards
+from preftune.losses.preference import LossOutput, implicit_rewards
 
 
 def _smoothed_logistic(delta: Tensor, beta: float, label_smoothing: float) -> Tensor:
@@ -48,7 +48,7 @@ def aot(
     policy_sorted, _ = torch.sort(policy_chosen_logps - policy_rejected_logps, dim=0)
     ref_sorted, _ = torch.sort(ref_chosen_logps - ref_rejected_logps, dim=0)
     losses = _smoothed_logistic(policy_sorted - ref_sorted, beta, label_smoothing)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -73,5 +73,5 @@ def aot_unpaired(
     chosen_sorted, _ = torch.sort(policy_chosen_logps - ref_chosen_logps, dim=0)
     rejected_sorted, _ = torch.sort(policy_rejected_logps - ref_rejected_logps, dim=0)
     losses = _smoothed_logistic(chosen_sorted - rejected_sorted, beta, label_smoothing)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

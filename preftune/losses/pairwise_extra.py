@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from preftune.losses.preference import LossOutput, _f_logits, _implicit_rewards, _per_token, _scores
+from preftune.losses.preference import LossOutput, f_margin, f_scores, implicit_rewards, per_token_mean
 
 
 def hinge(
@@ -37,10 +37,10 @@ def hinge(
     1/β is the margin the pair must clear; past it the pair contributes neither loss nor gradient.
     Shapes: (B,) → (B,).
     """
-    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    h = f_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                   f_divergence_type, f_alpha_divergence_coef)
     losses = torch.relu(1.0 - beta * h)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -68,12 +68,12 @@ def robust(
     if not 0.0 <= label_smoothing < 0.5:
         # 1 − 2ε vanishes at 0.5 and flips sign beyond: the estimator is undefined there.
         raise ValueError(f"robust needs label_smoothing in [0, 0.5), got {label_smoothing}")
-    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    h = f_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                   f_divergence_type, f_alpha_divergence_coef)
     clean = -(1.0 - label_smoothing) * F.logsigmoid(beta * h)
     flipped = -label_smoothing * F.logsigmoid(-beta * h)
     losses = (clean - flipped) / (1.0 - 2.0 * label_smoothing)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -100,14 +100,14 @@ def exo_pair(
     if not 0.0 < label_smoothing < 1.0:
         raise ValueError(f"exo_pair needs label_smoothing in (0, 1) (log ε and log(1 − ε) must be finite), "
                          f"got {label_smoothing}")
-    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    h = f_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                   f_divergence_type, f_alpha_divergence_coef)
     # log σ(±βh) computed directly rather than log(q): exact where q underflows.
     log_qw, log_ql = F.logsigmoid(beta * h), F.logsigmoid(-beta * h)
     log_pw = torch.log1p(torch.tensor(-label_smoothing, dtype=h.dtype, device=h.device))
     log_pl = torch.log(torch.tensor(label_smoothing, dtype=h.dtype, device=h.device))
     losses = log_qw.exp() * (log_qw - log_pw) + log_ql.exp() * (log_ql - log_pl)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -132,11 +132,11 @@ def discopop(
     logistic (DPO) loss for badly ranked pairs to the exponential loss for well ranked ones.
     Shapes: (B,) → (B,).
     """
-    rho = beta * _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    rho = beta * f_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                            f_divergence_type, f_alpha_divergence_coef)
     m = torch.sigmoid(rho / discopop_tau)
     losses = (1.0 - m) * -F.logsigmoid(rho) + m * torch.exp(-rho)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -161,9 +161,9 @@ def sigmoid_norm(
     ``chosen_lengths`` / ``rejected_lengths``: completion token counts (B,), values below 1 count as 1.
     The reported rewards are the unnormalised β log π/π_ref, as for every loss. Shapes: (B,) → (B,).
     """
-    chosen, rejected = _scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen, rejected = f_scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                f_divergence_type, f_alpha_divergence_coef)
-    h_norm = _per_token(chosen, chosen_lengths) - _per_token(rejected, rejected_lengths)
+    h_norm = per_token_mean(chosen, chosen_lengths) - per_token_mean(rejected, rejected_lengths)
     losses = -F.logsigmoid(beta * h_norm)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

@@ -31,13 +31,14 @@ F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"
 _EXP_CAP = {torch.float16: 11.0, torch.bfloat16: 80.0, torch.float32: 80.0, torch.float64: 700.0}
 
 
-def _implicit_rewards(
+def implicit_rewards(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
     beta: float,
 ) -> tuple[Tensor, Tensor]:
+    """(r̂_w, r̂_l) = β log π_θ/π_ref of each completion, detached: what every loss reports (all (B,))."""
     chosen = beta * (policy_chosen_logps - ref_chosen_logps).detach()
     rejected = beta * (policy_rejected_logps - ref_rejected_logps).detach()
     return chosen, rejected
@@ -85,13 +86,13 @@ def f_divergence_scores(
     raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; known: {', '.join(F_DIVERGENCES)}")
 
 
-def _per_token(values: Tensor, lengths: Tensor) -> Tensor:
+def per_token_mean(values: Tensor, lengths: Tensor) -> Tensor:
     """values / completion length; lengths below 1 count as 1 (TRL's clamp), so an empty completion
     gives its sum rather than a division by zero."""
     return values / lengths.to(values.dtype).clamp(min=1.0)
 
 
-def _scores(
+def f_scores(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
@@ -105,7 +106,7 @@ def _scores(
                                 f_alpha_divergence_coef))
 
 
-def _f_logits(
+def f_margin(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
@@ -116,7 +117,7 @@ def _f_logits(
     """h_f = f'(u_w) − f'(u_l); equals :func:`_logits` for reverse KL (returned as is, bit for bit)."""
     if f_divergence_type == "reverse_kl":
         return _logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    chosen, rejected = _scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen, rejected = f_scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                f_divergence_type, f_alpha_divergence_coef)
     return chosen - rejected
 
@@ -144,10 +145,10 @@ def sigmoid(
     "sigmoid" ignores label_smoothing (its "robust" and "exo_pair" use it); at ε = 0 the two agree.
     Shapes: all inputs (B,), outputs (B,).
     """
-    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    h = f_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                   f_divergence_type, f_alpha_divergence_coef)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -174,11 +175,11 @@ def ipo(
     dwarfs the target 1/(2β) (TRL's code notes that the IPO authors confirmed their reported results use
     this form). The paper's summed form is :func:`ipo_sum`. β is the paper's τ. Shapes: (B,) → (B,).
     """
-    chosen, rejected = _scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen, rejected = f_scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                f_divergence_type, f_alpha_divergence_coef)
-    h_avg = _per_token(chosen, chosen_lengths) - _per_token(rejected, rejected_lengths)
+    h_avg = per_token_mean(chosen, chosen_lengths) - per_token_mean(rejected, rejected_lengths)
     losses = (h_avg - 1.0 / (2.0 * beta)) ** 2
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -203,10 +204,10 @@ def ipo_sum(
     (``preftune theory``) uses this form: there a sequence's log-prob is exactly the paper's quantity.
     :func:`ipo` is TRL's per-token form. Shapes: (B,) → (B,).
     """
-    h = _f_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    h = f_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                   f_divergence_type, f_alpha_divergence_coef)
     losses = (h - 1.0 / (2.0 * beta)) ** 2
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -228,5 +229,5 @@ def unlikelihood(
     The reference enters only the reported rewards. Shapes: (B,) → (B,).
     """
     losses = -beta * (policy_chosen_logps - policy_rejected_logps)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from preftune.losses.preference import LossOutput, _implicit_rewards, _per_token
+from preftune.losses.preference import LossOutput, implicit_rewards, per_token_mean
 
 
 def simpo(
@@ -41,9 +41,9 @@ def simpo(
     default; the paper tunes γ/β). γ = 0 with equal lengths is DPO on mean log-probs with π_ref ≡ 1.
     Shapes: (B,) → (B,).
     """
-    margin = _per_token(policy_chosen_logps, chosen_lengths) - _per_token(policy_rejected_logps, rejected_lengths)
+    margin = per_token_mean(policy_chosen_logps, chosen_lengths) - per_token_mean(policy_rejected_logps, rejected_lengths)
     losses = -F.logsigmoid(beta * margin - simpo_gamma)
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -77,10 +77,10 @@ def orpo(
     β is not in the loss: it scales only the reported rewards. Every m(y) must be < 0 (P < 1), as any
     real completion's is. Shapes: (B,) → (B,).
     """
-    m_w = _per_token(policy_chosen_logps, chosen_lengths)
-    m_l = _per_token(policy_rejected_logps, rejected_lengths)
+    m_w = per_token_mean(policy_chosen_logps, chosen_lengths)
+    m_l = per_token_mean(policy_rejected_logps, rejected_lengths)
     losses = -m_w - orpo_alpha * F.logsigmoid(_log_odds(m_w) - _log_odds(m_l))
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))
 
 
@@ -111,5 +111,5 @@ def sft(
     tokens = chosen_lengths.to(policy_chosen_logps.dtype).sum().clamp(min=1.0)
     nll = -policy_chosen_logps.sum() / tokens
     losses = nll.expand(policy_chosen_logps.shape[0])
-    return (losses, *_implicit_rewards(
+    return (losses, *implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta))

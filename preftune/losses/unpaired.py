@@ -8,28 +8,17 @@ functions here do not share the pairwise signature
 pairs.
 
 The value of an output is measured against a reference point z_ref = KL(π_θ(y'|x) ‖ π_ref(y'|x)),
-estimated per batch by the caller with :func:`kto_kl_estimate` from *mismatched* pairs: keep the
-prompts x_1..x_B of the batch, shift the completions by one (x_i with y_{i+1 mod B}), and score those
-completions under π_θ and π_ref; the mean log-ratio over those pairs stands in for the KL. This is the
-paper's practical estimator (biased, by its own account): it needs no sampling from π_θ during
-training, and z_ref only sets the point each reward is judged against, not the direction of the update.
+estimated by the caller (:mod:`preftune.objectives.kto`) from *mismatched* pairs: each prompt x_i
+scored with another example's completion y_j under π_θ and π_ref; the mean log-ratio over those pairs,
+clamped at 0 (a KL is never negative) and detached, stands in for the KL. This is the paper's
+practical estimator (biased, by its own account): it needs no sampling from π_θ during training, and
+z_ref only sets the point each reward is judged against, not the direction of the update.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def kto_kl_estimate(policy_mismatched_logps: Tensor, ref_mismatched_logps: Tensor) -> Tensor:
-    """z_ref = max(0, mean_i [log π_θ(y_j|x_i) − log π_ref(y_j|x_i)]), detached: a scalar tensor.
-
-    Inputs (B,): summed completion log-probs of mismatched (x_i, y_j), j ≠ i (module docstring).
-    Clamped at 0 because a KL is never negative, and a small batch's estimate can be (the paper's
-    max(0, ·)); detached because the paper does not back-propagate through z_ref: it only shifts the
-    point of reference, so the estimate need not be differentiable or even unbiased.
-    """
-    return (policy_mismatched_logps - ref_mismatched_logps).mean().detach().clamp(min=0.0)
 
 
 def kto(
@@ -44,7 +33,7 @@ def kto(
 ) -> tuple[Tensor, Tensor]:
     """KTO loss (Ethayarajh et al. 2024, eq. 7), per example.
 
-        r(x, y) = log π_θ(y|x) / π_ref(y|x),   z = ``kl`` (z_ref from :func:`kto_kl_estimate`)
+        r(x, y) = log π_θ(y|x) / π_ref(y|x),   z = ``kl`` (z_ref, module docstring)
         desirable   (label True):   L = λ_D (1 − σ(β (r − z)))
         undesirable (label False):  L = λ_U (1 − σ(β (z − r)))
 

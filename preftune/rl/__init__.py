@@ -11,7 +11,7 @@ Rewards and advantages (:mod:`~preftune.rl.advantages`)
     kl_penalised_scores(scores, kl, mask, kl_coef)                     r − β Σ_t kl_t (KL in the reward)
     reinforce_pp_advantages(scores, kl, mask, kl_coef, num_generations=None, moments=None)   REINFORCE++(-baseline)
     reinforce_pp_returns, masked_moments                               its pieces, for a global batch over ranks
-    rloo_advantages, batch_mean_baseline, MovingAverageBaseline, gae, token_level_rewards   (PPO / RLOO)
+    rloo_advantages, batch_mean_baseline, gae, token_level_rewards   (PPO / RLOO)
 
 GRPO-family losses (:mod:`~preftune.rl.grpo`, :mod:`~preftune.rl.aggregation`)
     grpo_loss(logprobs, advantages, mask, old_logprobs=None, ref_logprobs=None, loss_type="dapo",
@@ -31,12 +31,11 @@ Rollout shaping (:mod:`~preftune.rl.rollout`)
 
 KL and PPO (:mod:`~preftune.rl.kl`, :mod:`~preftune.rl.surrogate`)
     kl_penalty (k1, k2, k3, abs), masked_mean / masked_sum / masked_whiten, Fixed/AdaptiveKLController,
-    ppo_policy_loss, value_loss, sequence_policy_gradient_loss, token_entropy_sample_estimate
+    ppo_policy_loss, value_loss, sequence_policy_gradient_loss
 """
 
 from preftune.rl.advantages import (
     SCALE_REWARDS,
-    MovingAverageBaseline,
     batch_mean_baseline,
     gae,
     group_advantages,
@@ -82,7 +81,6 @@ from preftune.rl.rollout import (
 from preftune.rl.surrogate import (
     ppo_policy_loss,
     sequence_policy_gradient_loss,
-    token_entropy_sample_estimate,
     value_loss,
 )
 
@@ -95,7 +93,6 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "LossType",
-    "MovingAverageBaseline",
     "PolicyLoss",
     "batch_mean_baseline",
     "cispo_surrogate",
@@ -124,7 +121,6 @@ __all__ = [
     "sequence_policy_gradient_loss",
     "soft_overlong_punishment",
     "step_share",
-    "token_entropy_sample_estimate",
     "token_level_rewards",
     "truncated_completions",
     "value_loss",

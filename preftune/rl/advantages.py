@@ -14,7 +14,7 @@ import operator
 import torch
 from torch import Tensor
 
-from preftune.rl.kl import _bool_mask
+from preftune.rl.kl import as_bool_mask
 
 
 def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
@@ -29,7 +29,7 @@ def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float
     no completion token has nowhere to put its score and raises ValueError (one host sync). Returns
     (B, T), 0 outside the mask.
     """
-    m = _bool_mask(kl, mask)
+    m = as_bool_mask(kl, mask)
     if scores.dim() != 1 or scores.shape[0] != kl.shape[0]:
         raise ValueError(f"scores must have shape ({kl.shape[0]},), got {tuple(scores.shape)}")
     if not bool(m.any(-1).all()):
@@ -70,7 +70,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     both (B, T), 0 outside the mask, detached. Whitening, if wanted, is the caller's
     (:func:`preftune.rl.kl.masked_whiten`).
     """
-    m = _bool_mask(rewards, mask)
+    m = as_bool_mask(rewards, mask)
     if values.shape != rewards.shape:
         raise ValueError(f"values shape {tuple(values.shape)} != rewards shape {tuple(rewards.shape)}")
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
@@ -129,39 +129,6 @@ def batch_mean_baseline(scores: Tensor) -> Tensor:
     """
     scores = scores.detach()
     return scores - scores.mean()
-
-
-class MovingAverageBaseline:
-    """REINFORCE baseline b = exponential moving average of past batch-mean scores (Williams 1992; the
-    moving-average baseline Ahmadian et al. 2024 compare RLOO against):
-
-        b ← decay · b + (1 − decay) · mean(scores)
-
-    Use ``scores − baseline.value`` *before* ``update`` with the same batch: b then depends on past
-    batches only, so the gradient is unbiased. The first update sets b to the batch mean (no pull
-    toward an arbitrary 0 start); ``value`` is 0.0 until then.
-    """
-
-    def __init__(self, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must lie in [0, 1), got {decay}")
-        self.decay = float(decay)
-        self.value = 0.0
-        self.n_updates = 0
-
-    def update(self, scores: Tensor | float) -> None:
-        """Fold in one batch's scores (a tensor, of which the mean is taken, or a float mean)."""
-        # float() is one host sync per batch: the state stays a plain float, trivially checkpointable.
-        mean = float(scores.detach().float().mean()) if isinstance(scores, Tensor) else float(scores)
-        self.value = mean if self.n_updates == 0 else self.decay * self.value + (1.0 - self.decay) * mean
-        self.n_updates += 1
-
-    def state_dict(self) -> dict[str, float | int]:
-        return {"value": self.value, "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict[str, float | int]) -> None:
-        self.value = float(state["value"])
-        self.n_updates = int(state["n_updates"])
 
 
 # ----- group-relative and batch-normalised advantages (GRPO family, REINFORCE++) ------------------
@@ -257,7 +224,7 @@ def kl_penalised_scores(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float
     the alternative, the KL as a loss term, is :func:`preftune.rl.grpo.kl_loss_term`. Returns (B,),
     detached.
     """
-    m = _bool_mask(kl, mask)
+    m = as_bool_mask(kl, mask)
     if scores.dim() != 1 or scores.shape[0] != kl.shape[0]:
         raise ValueError(f"scores must have shape ({kl.shape[0]},), got {tuple(scores.shape)}")
     zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
@@ -268,7 +235,7 @@ def masked_moments(x: Tensor, mask: Tensor) -> Tensor:
     """(count, Σx, Σx²) over the masked entries, float64: the statistics of a global batch
     normalisation, to be all-reduced (summed) over ranks in one call and passed back as ``moments``.
     float64 because the variance is formed as Σx²/n − mean², which cancels when |mean| ≫ std."""
-    m = _bool_mask(x, mask)
+    m = as_bool_mask(x, mask)
     v = torch.where(m, x.detach().double(), torch.zeros((), dtype=torch.float64, device=x.device))
     return torch.stack([m.sum().double(), v.sum(), (v * v).sum()])
 
@@ -293,7 +260,7 @@ def reinforce_pp_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: f
     Returns (B, T), 0 off the mask, detached.
     """
     returns = reinforce_pp_returns(scores, kl, mask, kl_coef, num_generations=num_generations)
-    m = _bool_mask(returns, mask)
+    m = as_bool_mask(returns, mask)
     moments = masked_moments(returns, m) if moments is None else moments.to(torch.float64)
     count = moments[0].clamp_min(1)
     mean = moments[1] / count
@@ -314,4 +281,4 @@ def reinforce_pp_returns(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: floa
     rewards = token_level_rewards(scores, kl, mask, kl_coef)  # −β kl_t, plus r on the last token
     # Return to go with γ = 1: a reverse cumulative sum (rewards are already 0 off the mask).
     returns = rewards.flip(-1).cumsum(-1).flip(-1)
-    return torch.where(_bool_mask(kl, mask), returns, torch.zeros((), dtype=returns.dtype, device=returns.device))
+    return torch.where(as_bool_mask(kl, mask), returns, torch.zeros((), dtype=returns.dtype, device=returns.device))

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from preftune.rl.aggregation import AGGREGATIONS
-from preftune.rl.kl import _bool_mask, kl_penalty
+from preftune.rl.kl import as_bool_mask, kl_penalty
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
@@ -46,7 +46,7 @@ def importance_log_weights(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor,
     """
     if level not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
-    m = _bool_mask(logprobs, mask)
+    m = as_bool_mask(logprobs, mask)
     if old_logprobs.shape != logprobs.shape:
         raise ValueError(f"old_logprobs shape {tuple(old_logprobs.shape)} != logprobs shape {tuple(logprobs.shape)}")
     log_ratio = _zero_off(logprobs - old_logprobs.detach(), m)
@@ -118,7 +118,7 @@ def kl_loss_term(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, *, estima
     KL. None of them is the gradient of the sequence-level KL the objective of RLHF has (that one is
     k1 in the reward, :func:`preftune.rl.advantages.kl_penalised_scores`). Returns (B, T), 0 off the mask.
     """
-    m = _bool_mask(logprobs, mask)
+    m = as_bool_mask(logprobs, mask)
     kl = kl_penalty(_zero_off(logprobs, m), _zero_off(ref_logprobs.detach(), m), estimator)
     if log_weights is not None:
         kl = kl * torch.exp(log_weights)
@@ -131,7 +131,7 @@ def off_policy_sequence_mask(advantages: Tensor, logprobs: Tensor, sampling_logp
     ``off_policy_mask_threshold``): drop a completion when A < 0 *and* its mean per-token
     log π_sampling − log π_θ exceeds δ = ``threshold`` (a negative sample the policy has already moved
     far from). ``advantages`` (B,), (B, 1) or (B, T); returns a (B, 1) (or (B, T)) float keep-mask, detached."""
-    m = _bool_mask(logprobs, mask)
+    m = as_bool_mask(logprobs, mask)
     diff = _zero_off(torch.nan_to_num(sampling_logprobs.detach() - logprobs.detach(), nan=0.0), m)
     mean_kl = diff.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1).to(diff.dtype)
     adv = advantages.detach().reshape(-1, 1) if advantages.dim() == 1 else advantages.detach()
@@ -201,7 +201,7 @@ def grpo_loss(logprobs: Tensor, advantages: Tensor, mask: Tensor, *, old_logprob
     if beta != 0 and ref_logprobs is None:
         raise ValueError("beta != 0 puts the KL to π_ref in the loss: ref_logprobs is required")
     kind = LOSS_TYPES[loss_type]
-    m = _bool_mask(logprobs, mask)
+    m = as_bool_mask(logprobs, mask)
     lp = _zero_off(logprobs, m)
     old = lp.detach() if old_logprobs is None else _zero_off(old_logprobs.detach(), m)
     adv = advantages.detach()

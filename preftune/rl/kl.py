@@ -46,7 +46,9 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
     raise ValueError(f"unknown KL estimator {estimator!r}; known: {', '.join(KL_ESTIMATORS)}")
 
 
-def _bool_mask(x: Tensor, mask: Tensor) -> Tensor:
+def as_bool_mask(x: Tensor, mask: Tensor) -> Tensor:
+    """``mask`` as bool (nonzero = True), after checking it has the shape of ``x``: a mismatched mask
+    would broadcast silently and count the wrong tokens."""
     if mask.shape != x.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != tensor shape {tuple(x.shape)}")
     return mask if mask.dtype == torch.bool else mask != 0
@@ -58,7 +60,7 @@ def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     Masked-out entries are replaced by 0 with ``torch.where`` rather than multiplied by 0, so NaN or
     ±inf there (padding garbage) changes neither the value nor the gradient.
     """
-    m = _bool_mask(x, mask)
+    m = as_bool_mask(x, mask)
     kept = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
     return kept.sum() if dim is None else kept.sum(dim)
 
@@ -69,7 +71,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     An empty mask gives 0, not NaN (the count is clamped at 1, as losses.preference does for empty
     completions): one empty row must not poison a batch, and checking would cost a host sync.
     """
-    m = _bool_mask(x, mask)
+    m = as_bool_mask(x, mask)
     count = m.sum() if dim is None else m.sum(dim)
     return masked_sum(x, m, dim) / count.clamp_min(1).to(x.dtype)
 
@@ -82,7 +84,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     division finite. Masked-out positions of the result are 0. Any shape; statistics over the whole
     tensor (batch-level whitening, as PPO does for advantages).
     """
-    m = _bool_mask(x, mask)
+    m = as_bool_mask(x, mask)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     # Zeroed first, not just at the end: a NaN off the mask would reach the gradient of μ and σ² as
     # 0 · NaN through (x − μ) even though where() discards its value.

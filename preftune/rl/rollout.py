@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from preftune.rl.advantages import zero_std_groups
-from preftune.rl.kl import _bool_mask
+from preftune.rl.kl import as_bool_mask
 
 
 def truncated_completions(completion_ids: Tensor, mask: Tensor, eos_token_ids: list[int] | tuple[int, ...],
@@ -21,7 +21,7 @@ def truncated_completions(completion_ids: Tensor, mask: Tensor, eos_token_ids: l
     """True where a completion was cut by the length limit: its last token is not an EOS (TRL 1.16's test:
     the last token is neither an EOS nor the pad token). A row with no token is not truncated (there is
     nothing to mask). Returns (B,) bool."""
-    m = _bool_mask(completion_ids, mask)
+    m = as_bool_mask(completion_ids, mask)
     positions = torch.arange(m.shape[-1], device=m.device)
     last = torch.where(m, positions, -1).amax(-1)
     token = completion_ids.gather(-1, last.clamp_min(0)[:, None]).squeeze(-1)

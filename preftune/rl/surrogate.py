@@ -1,5 +1,5 @@
 """Losses of the RL stage of RLHF (docs/maths.md §rl): PPO's clipped surrogate and value loss, the sequence-level
-policy gradient of REINFORCE / RLOO, and a sampled entropy metric.
+policy gradient of REINFORCE / RLOO.
 
 Token-level tensors are (B, T) log-probs of the sampled tokens with a boolean ``mask`` (B, T), True on
 completion tokens; token means are over masked tokens of the whole batch (:func:`masked_mean`).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from preftune.rl.kl import _bool_mask, kl_penalty, masked_mean
+from preftune.rl.kl import as_bool_mask, kl_penalty, masked_mean
 
 
 def _same_shape(**tensors: Tensor) -> None:
@@ -42,7 +42,7 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     if not clip_range > 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
     _same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
-    m = _bool_mask(logprobs, mask)
+    m = as_bool_mask(logprobs, mask)
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     # Log-ratio forced to 0 off the mask *before* exp: garbage there (e.g. −inf log-probs of padding)
     # would give inf·0 = NaN gradients through the masked mean's where otherwise.
@@ -80,7 +80,7 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     if clip_range_value is not None and not clip_range_value > 0:
         raise ValueError(f"clip_range_value must be > 0 or None, got {clip_range_value}")
     _same_shape(values=values, old_values=old_values, returns=returns)
-    m = _bool_mask(values, mask)
+    m = as_bool_mask(values, mask)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     v = torch.where(m, values, zero)
     v_old = torch.where(m, old_values.detach(), zero)
@@ -116,15 +116,3 @@ def sequence_policy_gradient_loss(seq_logprobs: Tensor, advantages: Tensor) -> T
     _same_shape(seq_logprobs=seq_logprobs, advantages=advantages)
     return -(advantages.detach() * seq_logprobs).mean()
 
-
-def token_entropy_sample_estimate(logprobs: Tensor, mask: Tensor) -> Tensor:
-    """Per-token entropy estimated from the sampled tokens alone: masked mean of −log π(y_t|·).
-
-    For y_t ~ π(·|s_t), E[−log π(y_t|s_t)] = H(π(·|s_t)): each term is an unbiased estimate of the
-    entropy of the distribution the token was drawn from, so on on-policy samples this tracks the mean
-    token entropy without the (B, T, vocabulary) logits. A metric, detached: its gradient is not ∇H
-    (E_π[∇log π] = 0), so it must not be used as an entropy bonus. Shapes: (B, T) → 0-d.
-    """
-    m = _bool_mask(logprobs, mask)
-    with torch.no_grad():
-        return masked_mean(-logprobs, m)

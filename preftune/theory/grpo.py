@@ -37,7 +37,7 @@ from preftune.rl import (
     reinforce_pp_advantages,
 )
 from preftune.theory.fixed_points import LossShape, per_completion_terms, policy_scalars
-from preftune.theory.train import Monitor, TabularPolicy, TrainResult, _optimise
+from preftune.theory.train import Monitor, TabularPolicy, TrainResult, optimise
 from preftune.theory.world import TabularWorld
 
 
@@ -154,7 +154,7 @@ def train_grpo_sampled(world: TabularWorld, v: Variant, *, reward: Tensor | None
         if step % v.num_iterations == 0:
             state["batch"] = sample_batch(world, v, policy.logits, gen, reward=reward, beta=beta)
 
-    return _optimise(policy, lambda: batch_loss(world, v, policy.logits, state["batch"], beta=beta), steps, lr,
+    return optimise(policy, lambda: batch_loss(world, v, policy.logits, state["batch"], beta=beta), steps, lr,
                      monitor, record_every, on_step=refresh)
 
 
@@ -198,7 +198,7 @@ def train_grpo_exact(world: TabularWorld, v: Variant, *, reward: Tensor | None =
                      record_every: int = 10) -> TrainResult:
     """Adam on :func:`expected_loss`, one step per π_old (on-policy)."""
     policy = TabularPolicy(world)
-    return _optimise(policy, lambda: expected_loss(world, v, policy.logits, reward=reward, beta=beta,
+    return optimise(policy, lambda: expected_loss(world, v, policy.logits, reward=reward, beta=beta,
                                                    finite_group=finite_group), steps, lr, monitor, record_every)
 
 
@@ -231,7 +231,7 @@ def train_reinforce_pp(world: TabularWorld, *, baseline: bool, reward: Tensor | 
         lp = tree.path_logprobs(policy.logits)[state["x"], state["y"]]
         return grpo_loss(lp, state["adv"], state["mask"], loss_type="dapo").loss
 
-    return _optimise(policy, loss_fn, steps, lr, monitor, record_every, on_step=refresh)
+    return optimise(policy, loss_fn, steps, lr, monitor, record_every, on_step=refresh)
 
 
 def train_online_dpo(world: TabularWorld, *, labels: str = "bt", exact: bool = True, reward: Tensor | None = None,
@@ -274,4 +274,4 @@ def train_online_dpo(world: TabularWorld, *, labels: str = "bt", exact: bool = T
         losses, _, _ = dpo(lp[x, win], lp[x, lose], ref[x, win], ref[x, lose], beta=beta)
         return losses.mean() if losses.numel() else lp.sum() * 0.0
 
-    return _optimise(policy, loss_fn, steps, lr, monitor, record_every)
+    return optimise(policy, loss_fn, steps, lr, monitor, record_every)

@@ -78,7 +78,7 @@ def standard_monitor(world: TabularWorld, target: Tensor | None = None, reward: 
     return monitor
 
 
-def _optimise(policy: TabularPolicy, loss_fn: Callable[[], Tensor], steps: int, lr: float,
+def optimise(policy: TabularPolicy, loss_fn: Callable[[], Tensor], steps: int, lr: float,
               monitor: Monitor | None, record_every: int,
               on_step: Callable[[int], None] | None = None, cosine: bool = True) -> TrainResult:
     """Full-batch Adam for ``steps`` steps; records ``monitor`` every ``record_every`` steps and at the end."""
@@ -151,7 +151,7 @@ def train_preference(world: TabularWorld, pairs: PreferencePairs, loss: str = "s
         out["data_mass"] = float((world.prompt_weights * (logps.exp() * seen).sum(-1)).sum())
         return out
 
-    return _optimise(policy, loss_fn, steps, lr, full_monitor, record_every)
+    return optimise(policy, loss_fn, steps, lr, full_monitor, record_every)
 
 
 def _shaped_reward(reward: Tensor, logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:
@@ -185,7 +185,7 @@ def train_reinforce(world: TabularWorld, *, reward: Tensor | None = None, beta: 
 
     if n_samples is not None and n_samples < 2:
         raise ValueError("RLOO needs n_samples >= 2")
-    return _optimise(policy, loss_fn, steps, lr, monitor, record_every)
+    return optimise(policy, loss_fn, steps, lr, monitor, record_every)
 
 
 def exact_ppo_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, prompt_weights: Tensor,
@@ -235,7 +235,7 @@ def train_ppo(world: TabularWorld, *, reward: Tensor | None = None, beta: float 
         return exact_ppo_loss(policy.logps(), state["old"], state["adv"], rho, clip)
 
     refresh(0)
-    return _optimise(policy, loss_fn, iterations * epochs, lr, monitor, record_every, on_step=refresh)
+    return optimise(policy, loss_fn, iterations * epochs, lr, monitor, record_every, on_step=refresh)
 
 
 def train_ppo_sampled(world: TabularWorld, *, reward: Tensor | None = None, beta: float | None = None,
@@ -292,5 +292,5 @@ def train_ppo_sampled(world: TabularWorld, *, reward: Tensor | None = None, beta
         loss, _ = ppo_policy_loss(lp, state["old"], state["adv"], ones, clip)
         return loss
 
-    # _optimise calls refresh before every step, the first sample included.
-    return _optimise(policy, loss_fn, iterations * epochs, lr, monitor, record_every, on_step=refresh)
+    # optimise calls refresh before every step, the first sample included.
+    return optimise(policy, loss_fn, iterations * epochs, lr, monitor, record_every, on_step=refresh)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from preftune.rl import MovingAverageBaseline, batch_mean_baseline, gae, rloo_advantages, token_level_rewards
+from preftune.rl import batch_mean_baseline, gae, rloo_advantages, token_level_rewards
 
 T, F = True, False
 
@@ -155,20 +155,3 @@ def test_batch_mean_baseline():
     # mean(1, 2, 6) = 3 → (−2, −1, 3).
     assert batch_mean_baseline(torch.tensor([1.0, 2.0, 6.0])).tolist() == [-2.0, -1.0, 3.0]
 
-
-def test_moving_average_baseline():
-    b = MovingAverageBaseline(0.9)
-    assert b.value == 0.0
-    b.update(torch.tensor([1.0, 3.0]))  # first batch sets b = mean = 2
-    assert b.value == 2.0
-    b.update(torch.tensor([4.0]))  # 0.9·2 + 0.1·4 = 2.2
-    assert b.value == pytest.approx(2.2, abs=1e-12)
-    b.update(1.0)  # a float mean: 0.9·2.2 + 0.1·1 = 2.08
-    assert b.value == pytest.approx(2.08, abs=1e-12)
-    resumed = MovingAverageBaseline(0.9)
-    resumed.load_state_dict(b.state_dict())
-    b.update(5.0)
-    resumed.update(5.0)
-    assert resumed.value == b.value and resumed.n_updates == 4
-    with pytest.raises(ValueError, match="decay"):
-        MovingAverageBaseline(1.0)

@@ -1,6 +1,5 @@
 """PPO, value and policy-gradient losses: hand-derived values, float64 gradcheck, invariants."""
 
-import math
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ from preftune.rl import (
     ppo_policy_loss,
     rloo_advantages,
     sequence_policy_gradient_loss,
-    token_entropy_sample_estimate,
     value_loss,
 )
 
@@ -176,22 +174,3 @@ def test_rloo_sequence_gradient_is_unbiased():
     loss = sequence_policy_gradient_loss(logps, rloo_advantages(reward[y], k=4))
     (grad,) = torch.autograd.grad(loss, theta)
     assert torch.allclose(-grad, exact, atol=0.01)
-
-
-def test_token_entropy_estimate_hand_value_and_detached():
-    # −(log ½ + log ¼)/2 = 1.5 log 2 = 1.0397208; the masked-out garbage is ignored.
-    lp = torch.tensor([[math.log(0.5), math.log(0.25), NAN]], requires_grad=True)
-    est = token_entropy_sample_estimate(lp, torch.tensor([[T, T, F]]))
-    assert est.item() == pytest.approx(1.5 * math.log(2.0), abs=1e-6)
-    assert not est.requires_grad
-
-
-def test_token_entropy_estimate_is_unbiased():
-    # H(p) = −Σ p log p for p = (0.5, 0.2, 0.15, 0.1, 0.05)
-    #      = 0.3465736 + 0.3218876 + 0.2845680 + 0.2302585 + 0.1497866 = 1.3330743.
-    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)
-    y = torch.multinomial(p, 200_000, replacement=True, generator=torch.Generator().manual_seed(3))
-    lp = p.log()[y].view(400, 500)
-    est = token_entropy_sample_estimate(lp, torch.ones_like(lp, dtype=torch.bool))
-    se = float(lp.std() / math.sqrt(lp.numel()))  # ~0.0015
-    assert est.item() == pytest.approx(1.3330743, abs=4 * se)
