@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from preftune.device import pick_device  # noqa: F401  (re-exported: callers that load a model pick its device here)
 from preftune.errors import ConfigError
 
 EMBEDDED_MODELS = ("smollm2",)
@@ -219,9 +220,3 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is available")
-    return torch.device(name)

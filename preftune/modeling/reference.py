@@ -1,4 +1,4 @@
-"""The reference policy π_ref, in three interchangeable forms.
+"""The reference policy π_ref, in four interchangeable forms.
 
 - ``FrozenReference``: a separate frozen copy, run every step (any reference model); with TR-DPO
   (``sync_ref_model``) moved towards the policy every few steps by :func:`mix_into`.

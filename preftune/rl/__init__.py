@@ -30,8 +30,11 @@ Rollout shaping (:mod:`~preftune.rl.rollout`)
     groups_with_signal, fill_batch, group_rows   DAPO dynamic sampling: filter, refill policy, row indices
 
 KL and PPO (:mod:`~preftune.rl.kl`, :mod:`~preftune.rl.surrogate`)
-    kl_penalty (k1, k2, k3, abs), masked_mean / masked_sum / masked_whiten, Fixed/AdaptiveKLController,
+    kl_penalty (k1, k2, k3, abs), Fixed/AdaptiveKLController,
     ppo_policy_loss, value_loss, sequence_policy_gradient_loss
+
+Masked reductions (:mod:`~preftune.rl.masked`)
+    masked_mean / masked_sum / masked_whiten, as_bool_mask
 """
 
 from preftune.rl.advantages import (
@@ -66,10 +69,8 @@ from preftune.rl.kl import (
     AdaptiveKLController,
     FixedKLController,
     kl_penalty,
-    masked_mean,
-    masked_sum,
-    masked_whiten,
 )
+from preftune.rl.masked import as_bool_mask, masked_mean, masked_sum, masked_whiten
 from preftune.rl.rollout import (
     fill_batch,
     group_rows,
@@ -94,6 +95,7 @@ __all__ = [
     "FixedKLController",
     "LossType",
     "PolicyLoss",
+    "as_bool_mask",
     "batch_mean_baseline",
     "cispo_surrogate",
     "clipped_surrogate",

@@ -14,7 +14,7 @@ import operator
 import torch
 from torch import Tensor
 
-from preftune.rl.kl import as_bool_mask
+from preftune.rl.masked import as_bool_mask
 
 
 def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from preftune.rl.aggregation import AGGREGATIONS
-from preftune.rl.kl import as_bool_mask, kl_penalty
+from preftune.rl.kl import kl_penalty
+from preftune.rl.masked import as_bool_mask
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 

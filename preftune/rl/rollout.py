@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from preftune.rl.advantages import zero_std_groups
-from preftune.rl.kl import as_bool_mask
+from preftune.rl.masked import as_bool_mask
 
 
 def truncated_completions(completion_ids: Tensor, mask: Tensor, eos_token_ids: list[int] | tuple[int, ...],

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from preftune.rl.kl import as_bool_mask, kl_penalty, masked_mean
+from preftune.rl.kl import kl_penalty
+from preftune.rl.masked import as_bool_mask, masked_mean
 
 
 def _same_shape(**tensors: Tensor) -> None:

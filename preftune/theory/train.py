@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from preftune import losses as loss_registry
 from preftune.rl.advantages import rloo_advantages, token_level_rewards
-from preftune.rl.kl import kl_penalty, masked_sum
+from preftune.rl.kl import kl_penalty
+from preftune.rl.masked import masked_sum
 from preftune.rl.surrogate import ppo_policy_loss
 from preftune.theory.data import PreferencePairs
 from preftune.theory.world import TabularWorld

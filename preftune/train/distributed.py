@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from preftune.modeling.load import pick_device
+from preftune.device import pick_device
 
 
 @dataclass(frozen=True)

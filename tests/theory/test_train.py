@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from preftune.rl.kl import kl_penalty, masked_sum
+from preftune.rl.kl import kl_penalty
+from preftune.rl.masked import masked_sum
 from preftune.rl.surrogate import ppo_policy_loss
 from preftune.theory.train import TabularPolicy, exact_ppo_loss, train_ppo_sampled
 from preftune.theory.world import TabularWorld
