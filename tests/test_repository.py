@@ -8,6 +8,7 @@ docs, configs, tests, committed outputs).
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 from pathlib import Path
@@ -32,6 +33,8 @@ LABEL = r"§([\w.\-]*\w)"
 NOT_PROJECT = (".ci/",)
 CITATION = re.compile(r"docs/maths\.md((?:,?\s*§[\w.\-]*\w)+)")
 SECTION = re.compile(r"^#+\s*" + LABEL, re.MULTILINE)
+# Sphinx-style cross-references by full name, e.g. :func:`preftune.rl.kl.kl_penalty` (the ~ form too).
+REFERENCE = re.compile(r":(?:func|class|mod|data|meth|attr|obj|exc):`~?(preftune(?:\.\w+)+)`")
 
 
 def cited_labels(text: str) -> list[tuple[int, str]]:
@@ -86,6 +89,34 @@ def test_the_code_cites_the_maths():
     # Guards against the citation check passing vacuously (a renamed file or a broken pattern).
     cited = {label for text in tracked_text_files().values() for _, label in cited_labels(text)}
     assert {"objective", "dpo.gradient", "preference.bt", "rlhf.rm", "rl.kl-estimators"} <= cited
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``preftune.a.b.name`` names a module or an attribute reachable from one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if hasattr(obj, name):
+                obj = getattr(obj, name)
+                continue
+            try:
+                obj = importlib.import_module(f"{obj.__name__}.{name}")
+            except (ImportError, AttributeError):
+                return False
+        return True
+    return False
+
+
+def test_every_full_name_in_a_docstring_exists():
+    # A renamed or moved function leaves its old name behind in prose; a reader following it finds nothing.
+    stale = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(1)}"
+             for name, text in tracked_text_files().items() if name.endswith((".py", ".md"))
+             for m in REFERENCE.finditer(text) if not resolves(m.group(1))]
+    assert not stale, "references to names that do not exist:\n" + "\n".join(stale)
 
 
 def test_every_registered_loss_has_its_section():

@@ -68,7 +68,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     prompt on either side): this is checked (one host sync), since a gap would silently treat one
     completion as two episodes. A row with no masked token gives zeros. Returns (advantages, returns),
     both (B, T), 0 outside the mask, detached. Whitening, if wanted, is the caller's
-    (:func:`preftune.rl.kl.masked_whiten`).
+    (:func:`preftune.rl.masked.masked_whiten`).
     """
     m = as_bool_mask(rewards, mask)
     if values.shape != rewards.shape:
@@ -204,7 +204,7 @@ def group_advantages(rewards: Tensor, num_generations: int, scale_rewards: str =
 def zero_std_groups(rewards: Tensor, num_generations: int, atol: float = 1e-8) -> Tensor:
     """Which groups carry no learning signal: std of the group's (scorable) rewards ≤ ``atol``
     (TRL's ``frac_reward_zero_std`` test, torch.isclose(std, 0)). All-correct and all-wrong groups of a
-    0/1 reward are the cases DAPO's dynamic sampling drops (:func:`preftune.rl.rollout.groups_to_keep`).
+    0/1 reward are the cases DAPO's dynamic sampling drops (:func:`preftune.rl.rollout.groups_with_signal`).
     A group with fewer than two scorable rewards counts as zero-std. ``rewards`` (n_groups · G,);
     returns (n_groups,) bool.
     """
