@@ -1,14 +1,20 @@
 """Peak memory of loading a causal LM with preftune's ``load_causal_lm`` at each ``dtype``.
 
     python benchmarks/load_memory.py [MODEL] [--dtypes float32 bfloat16 auto] [--device cpu|cuda]
+                                     [--checkpoint-dtype bfloat16|float16|float32]
 
-MODEL: a Hugging Face folder, Hub id or 'smollm2' (the default: SmolLM2-135M-Instruct, whose checkpoint is
-bf16). Each dtype is loaded in a fresh Python process (so no allocation of one load is reused by the
+MODEL: a Hugging Face folder, Hub id or 'smollm2' (the default: SmolLM2-135M-Instruct as preftune embeds
+it, converted from a GGUF file into a float32 checkpoint). ``--checkpoint-dtype`` first saves a copy of
+MODEL's weights in that dtype (a temporary folder, not measured) and measures loading that copy: with
+``bfloat16`` it is the checkpoint a user gets from the Hub (SmolLM2's is bf16, as most published
+models). Each dtype is loaded in a fresh Python process (so no allocation of one load is reused by the
 next), after importing torch and transformers; the figure is the process's peak resident memory during
 the load and one read of every weight (a memory-mapped checkpoint's pages count once touched) minus its
-resident memory before it (CPU, Linux: the peak is reset through ``/proc/self/clear_refs``), or ``torch.cuda.max_memory_allocated`` (CUDA). Also printed: the
-dtype the weights came out in and their own size, the floor any load of them must pay. ``auto`` keeps the
-checkpoint's dtype (``config.json``); float32 upcasts a bf16 checkpoint and needs twice its memory.
+resident memory before it (CPU, Linux: the peak is reset through ``/proc/self/clear_refs``), or
+``torch.cuda.max_memory_allocated`` (CUDA). Also printed: the dtype the weights came out in and their own
+size, the floor any load of them must pay. ``auto`` keeps the checkpoint's dtype (``config.json``);
+float32 upcasts a bf16 checkpoint and needs twice its memory, and a float32 checkpoint loaded as bfloat16
+pays for the float32 weights it casts from.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 
 DTYPES = ("float32", "bfloat16", "auto")
 
@@ -72,6 +79,17 @@ def measure(model: str, dtype: str, device: str = "cpu") -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def save_copy(model: str, dtype: str, folder: str) -> str:
+    """``model``'s weights saved in ``dtype`` into ``folder`` (config.json records the dtype, so ``auto``
+    loads them in it); done in a fresh process, so this process stays small."""
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM; "
+            "from preftune.modeling.load import resolve_model_path; "
+            "AutoModelForCausalLM.from_pretrained(resolve_model_path(sys.argv[1]), dtype=getattr(torch, sys.argv[2]))"
+            ".save_pretrained(sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, model, dtype, folder], check=True)
+    return folder
+
+
 def table(rows: list[dict[str, object]]) -> str:
     lines = ["| dtype | weights come out in | weights (MiB) | peak memory of the load (MiB) |", "|---|---|---|---|"]
     lines += [f"| {r['dtype']} | {r['weights_dtype']} | {r['weights_mib']:.0f} | {r['peak_mib']:.0f} |" for r in rows]
@@ -83,8 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", nargs="?", default="smollm2")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--checkpoint-dtype", choices=("bfloat16", "float16", "float32"),
+                        help="measure a copy of MODEL saved in this dtype (e.g. bfloat16: a Hub checkpoint)")
     args = parser.parse_args(argv)
-    print(table([measure(args.model, d, args.device) for d in args.dtypes]))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = save_copy(args.model, args.checkpoint_dtype, tmp) if args.checkpoint_dtype else args.model
+        print(table([measure(model, d, args.device) for d in args.dtypes]))
 
 
 if __name__ == "__main__":

@@ -162,8 +162,8 @@ UNSUPPORTED: dict[str, Unsupported] = {
                                             "setting)", ("RLConfig",)),
     "ref_model_mixup_alpha": Unsupported((0.6,), "the online RL stages keep π_ref fixed", ("RLConfig",)),
     "ref_model_sync_steps": Unsupported((512,), "the online RL stages keep π_ref fixed", ("RLConfig",)),
-    # Keys other parts of preftune take over as they land (a stage that has the key reads it instead).
-    "router_aux_loss_coef": Unsupported((None,), "a mixture-of-experts router loss is not added"),
+    # A stage that has the key reads it instead: every training stage has router_aux_loss_coef.
+    "router_aux_loss_coef": Unsupported((None,), "evaluation trains nothing, so there is no router loss to weight"),
 }
 
 HINTS: dict[str, str] = {

@@ -13,7 +13,8 @@ with its decoder output replaced by designed hidden states, computes ``a = h W�
 in float64. The probe rows are ``t · e_j`` (one hidden unit, t a power of two from 2⁻⁸ to 2¹⁶), so
 ``a`` is computed exactly in any dtype (one product per entry, no rounding when the head has no bias)
 and spans ~1e-4 to ~1e4 in magnitude: small enough that a soft-cap is linear there, large enough that
-it saturates. A form is accepted when it reproduces every probe logit within the dtype's rounding
+it saturates. In float16 (largest value 65504) the magnitudes stop where ``t · max|W|`` stays 64× below
+the largest value, so no probe entry overflows to inf. A form is accepted when it reproduces every probe logit within the dtype's rounding
 (1e-5 relative in float32); when neither does, :class:`OutputTransformError` names the model type.
 """
 
@@ -87,7 +88,9 @@ def _probe(lm: nn.Module) -> tuple[Tensor, Tensor]:
     width = weight.shape[1]
     g = torch.Generator().manual_seed(0)
     units = torch.randperm(width, generator=g)[:_UNITS]
-    rows = [(2.0 ** e, int(j)) for e in _EXPONENTS for j in units.repeat(_UNITS)[:_UNITS]]
+    # No overflow in a narrow dtype (float16): t · |W| and the logits the model makes of it stay finite.
+    limit = torch.finfo(weight.dtype).max / 64 / max(float(weight.detach().abs().max()), 1e-30)
+    rows = [(2.0 ** e, int(j)) for e in _EXPONENTS if 2.0 ** e <= limit for j in units.repeat(_UNITS)[:_UNITS]]
     hidden = torch.zeros(1, len(rows), width, dtype=weight.dtype, device=weight.device)
     for i, (t, j) in enumerate(rows):
         hidden[0, i, j] = t

@@ -149,7 +149,8 @@ class Matrix:
         applied.append(("shared" if any(s.startswith("prefix sharing: on") for s in said) else "packed") if packed
                        else "padded")
         (out.logps * _WEIGHTS).sum().backward()
-        logp = max(float((out.logps.double() - sums).abs().max()), float((out.tokens.double() - tokens).abs().max()))
+        logps, per_token = out.logps.detach().double(), out.tokens.detach().double()
+        logp = max(float((logps - sums).abs().max()), float((per_token - tokens).abs().max()))
         grad = 0.0
         for name, p in model.named_parameters():
             expected = grads.get(name)

@@ -22,3 +22,11 @@ def test_auto_loads_a_bf16_checkpoint_in_bf16_with_a_lower_peak(tmp_path):
     assert rows["float32"]["peak_mib"] - rows["auto"]["peak_mib"] > 0.5 * saved
     assert rows["auto"]["peak_mib"] >= 0.9 * rows["auto"]["weights_mib"]   # the weights themselves are paid
     assert "| auto | bfloat16 |" in bench.table(list(rows.values()))
+
+
+def test_checkpoint_dtype_measures_a_copy_saved_in_that_dtype(tiny_model_dir, tmp_path, capsys):
+    # A float32 folder (as preftune's embedded SmolLM2) measured as the bf16 checkpoint the Hub publishes.
+    folder = bench.save_copy(str(tiny_model_dir), "bfloat16", str(tmp_path / "bf16"))
+    assert bench.measure(folder, "auto")["weights_dtype"] == "bfloat16"
+    bench.main([str(tiny_model_dir), "--checkpoint-dtype", "bfloat16", "--dtypes", "auto"])
+    assert "| auto | bfloat16 |" in capsys.readouterr().out

@@ -97,7 +97,6 @@ def test_a_key_and_its_trl_name_together_is_an_error():
     (RLConfig, "epsilon", "clip_range"),
     (RLConfig, "gradient_accumulation_steps", "a rollout is one batch of prompts"),
     (SFTConfig, "beta", "sft has no reference model"),
-    (RMConfig, "dtype", "the rm stage loads AutoModelForSequenceClassification in float32"),
 ])
 def test_keys_another_stage_has_say_what_to_write_here(stage, key, fix):
     with pytest.raises(ConfigError, match=fix):
