@@ -177,9 +177,10 @@ def save_tiny(arch: str, folder) -> str:
     return str(folder)
 
 
-def run_stages(model_dir: str, out) -> dict[str, object]:
-    """sft, dpo, rm and online RL (reinforce, the reward being the rm stage's model) for two steps each, with
-    default settings; returns each stage's RunResult by name."""
+def run_stages(model_dir: str, out, *extra: str, reward=None) -> dict[str, object]:
+    """sft, dpo, rm and online RL (reinforce, the reward being ``reward`` or else the rm stage's model) for two
+    steps each, with default settings and ``extra`` ones (``key=value``); returns each stage's RunResult by
+    name."""
     from preftune.config import DPOConfig, RLConfig, RMConfig, SFTConfig, load_config
     from preftune.stages.dpo import run_dpo
     from preftune.stages.reward_model import run_rm
@@ -188,7 +189,7 @@ def run_stages(model_dir: str, out) -> dict[str, object]:
 
     common = [f"model_name_or_path={model_dir}", "max_steps=2", "per_device_train_batch_size=2", "threads=1",
               "progress_bar=false", "report_to=none", "max_length=32", "max_prompt_length=16", "save_total_limit=1",
-              "logging_steps=1"]
+              "logging_steps=1", *extra]
     results: dict[str, object] = {}
     results["sft"] = run_sft(load_config(SFTConfig, None, [*common, f"output_dir={out}/sft", "learning_rate=1e-3"]),
                              train_data=[{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS])
@@ -196,7 +197,7 @@ def run_stages(model_dir: str, out) -> dict[str, object]:
                              train_data=PAIRS)
     results["rm"] = run_rm(load_config(RMConfig, None, [*common, f"output_dir={out}/rm", "learning_rate=1e-3"]),
                            train_data=PAIRS)
-    rl = [*common, f"output_dir={out}/rl", "algorithm=reinforce", f"reward={results['rm'].final_dir}",
+    rl = [*common, f"output_dir={out}/rl", "algorithm=reinforce", f"reward={reward or results['rm'].final_dir}",
           "max_new_tokens=4", "learning_rate=1e-3"]
     results["rl"] = run_rl(load_config(RLConfig, None, rl), train_data=[{"prompt": p["prompt"]} for p in PAIRS])
     return results

@@ -1,12 +1,15 @@
 """The architecture matrix, stages: sft, dpo, rm and online RL each take two steps with default settings
-on every family; an MoE family logs its router loss as aux_loss in each; the reward model's folder loads
+on every family; an MoE family logs its router loss as aux_loss in each and trains its router with it; the
+reward model's folder loads
 in plain transformers where transformers has a sequence-classification class for the family, and in
 preftune's scorer everywhere (the same rewards both ways)."""
 
 import math
+import re
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from preftune.data.collate import collate_completions
 from preftune.modeling.reward_head import HEAD_FILE
@@ -70,3 +73,17 @@ def test_every_other_family_has_a_transformers_classification_class():
     from preftune.modeling.reward_head import has_sequence_classification
 
     assert all(has_sequence_classification(tiny_config(a, VOCAB)) for a in ARCHS if a not in OWN_HEAD)
+
+
+@pytest.mark.parametrize("arch", sorted(MOE))
+def test_every_stage_trains_the_router_with_its_loss(arch, tmp_path):
+    # The same runs with router_aux_loss_coef=0 (and the same reward model for RL) differ in the routers'
+    # weights only through the router loss: logged but left out of a stage's loss, they would be equal.
+    model = save_tiny(arch, tmp_path / "model")
+    on = run_stages(model, tmp_path / "on")
+    off = run_stages(model, tmp_path / "off", "router_aux_loss_coef=0", reward=on["rm"].final_dir)
+    for stage in on:
+        assert "aux_loss" not in off[stage].history[0], stage
+        a, b = (load_file(r[stage].final_dir / "model.safetensors") for r in (on, off))
+        routers = [k for k in a if re.search(r"\.(gate|router)\.weight$", k)]
+        assert routers and any(not torch.equal(a[k], b[k]) for k in routers), stage
