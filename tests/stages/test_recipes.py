@@ -38,10 +38,10 @@ def hub(tmp_path, offline_hub, model_dir, splits: dict[str, list[dict]], repo: s
     save_to_hub_cache(write_dataset_repo(tmp_path / "repo", {config: splits}), repo, offline_hub, repo_type="dataset")
 
 
-def preftune(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def preftune(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "preftune", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=timeout)
 
 
 def recipe(name: str, size: str, tmp_path: Path) -> Path:
@@ -135,7 +135,8 @@ def test_trl_dpo_command_lines_run_unchanged(tiny_model_dir, tmp_path, offline_h
         repo="tiny-org/trl-ultrafeedback-binarized-tiny")
     names = {"trl-lib/ultrafeedback_binarized": "tiny-org/trl-ultrafeedback-binarized-tiny",
              "Qwen/Qwen2-0.5B-Instruct": TINY_MODEL}
-    proc = preftune(["dpo", *[names.get(f, f) for f in flags]], cwd=tmp_path)
+    # 1000 steps: about 12 minutes on 2 busy cores
+    proc = preftune(["dpo", *[names.get(f, f) for f in flags]], cwd=tmp_path, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "Qwen2-0.5B-DPO"
     assert len(read_metrics(out / "metrics.jsonl", "eval")) == 20   # every 50 of the 1000 steps
