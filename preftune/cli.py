@@ -1,4 +1,4 @@
-"""``preftune {demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment,plot}``: parse the command line and call the stage; nothing else.
+"""``preftune {demo,demo-grpo,sft,dpo,eval,rm,ppo,rloo,reinforce,grpo,online-dpo,theory,experiment,plot}``: parse the command line and call the stage; nothing else.
 
 Every stage takes ``--config file.yaml`` plus settings written ``key=value``, ``--key value``,
 ``--key=value`` or ``--flag`` (a boolean set to true, as ``trl dpo --bf16``); ``preftune <stage> --help``
@@ -11,8 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from preftune.config import DPOConfig, EvalConfig, RLConfig, RMConfig, SFTConfig, cli_overrides, describe
-from preftune.config.parse import valued_keys
+from preftune.config import (
+    DPOConfig,
+    EvalConfig,
+    GRPOConfig,
+    OnlineDPOConfig,
+    RLConfig,
+    RMConfig,
+    SFTConfig,
+    cli_overrides,
+    describe,
+)
 from preftune.errors import PreftuneError
 
 STAGES = {
@@ -23,16 +32,24 @@ STAGES = {
     "ppo": (RLConfig, "online RL with PPO: sample, score, KL penalty to π_ref, clipped surrogate + value head"),
     "rloo": (RLConfig, "online RL with RLOO: k samples per prompt, leave-one-out baseline, KL penalty to π_ref"),
     "reinforce": (RLConfig, "online RL with REINFORCE and a batch-mean baseline, KL penalty to π_ref"),
+    "grpo": (GRPOConfig, "GRPO and its family (dapo, dr_grpo, bnpo, cispo, sapo, luspo; GSPO): group-relative "
+                         "advantages over num_generations samples per prompt, verifiable rewards or reward models"),
+    "online-dpo": (OnlineDPOConfig, "online DPO: two samples per prompt from the current policy, ranked by the "
+                                    "reward, a pairwise-loss step against the frozen reference"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Preference alignment for language models.")
     sub = parser.add_subparsers(dest="stage", required=True,
-                                metavar="{demo,sft,dpo,eval,rm,ppo,rloo,reinforce,theory,experiment,plot}")
+                                metavar="{demo,demo-grpo,sft,dpo,eval,rm,ppo,rloo,reinforce,grpo,online-dpo,theory,experiment,plot}")
     sub.add_parser("demo", help="offline end-to-end DPO on SmolLM2-135M with IMDb preferences (< 10 min on CPU)",
                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                    epilog="Any DPO key may be overridden, e.g. `preftune demo max_steps=10 threads=1`.")
+    sub.add_parser("demo-grpo", help="offline GRPO on SmolLM2-135M with the arithmetic task: held-out exact-match "
+                                     "accuracy before and after, and its rise in standard errors",
+                   formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                   epilog="Any GRPO key may be overridden, e.g. `preftune demo-grpo max_steps=10 threads=1`.")
     theory = sub.add_parser("theory", help="the exact tabular world: DPO, PPO and the paper's claims, checked "
                                           "numerically (markdown table + PNG plots, < 1 min on CPU)")
     theory.add_argument("--out", help="output folder (default ./theory); also --quick, --seed N")
@@ -79,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     # Settings are not argparse options: every key is a setting, in any spelling (see cli_overrides).
     args, settings = build_parser().parse_known_args(argv)
     try:
-        stage_config = STAGES[args.stage][0] if args.stage in STAGES else DPOConfig if args.stage == "demo" else None
-        args.overrides = cli_overrides(settings, valued_keys(stage_config) if stage_config else ())
+        args.overrides = cli_overrides(settings)
         if args.stage == "demo":
             from preftune.demo import run_demo
 
             run_demo(args.overrides)
+        elif args.stage == "demo-grpo":
+            from preftune.demo_grpo import run_demo_grpo
+
+            run_demo_grpo(args.overrides)
         elif args.stage == "sft":
             from preftune.stages.sft import main as stage
             stage(args.config, args.overrides)
@@ -104,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage in ("ppo", "rloo", "reinforce"):
             from preftune.stages.rl import main as stage
             stage(args.config, [f"algorithm={args.stage}", *args.overrides])
+        elif args.stage == "grpo":
+            from preftune.stages.grpo import main as stage
+            stage(args.config, args.overrides)
+        elif args.stage == "online-dpo":
+            from preftune.stages.online_dpo import main as stage
+            stage(args.config, args.overrides)
     except PreftuneError as e:
         print(f"preftune {args.stage}: error: {e}", file=sys.stderr)
         return 2

@@ -103,14 +103,17 @@ PRE_TRL_LORA = ("lora_dropout=0", "lora_target_modules=[all-linear]")
 PRE_TRL_EVAL = ("eval_on_start=true", "eval_strategy=steps", "eval_steps=1000000")
 
 
-def pre_trl(settings, held_out: bool = False) -> list[str]:
+def pre_trl(settings, held_out: bool = False, online: bool = False) -> list[str]:
     """``settings`` after the pre-TRL defaults (the LoRA ones with use_peft, the evaluation ones with held-out
-    data: an eval_file / eval_size among the settings, or ``held_out`` for data passed from Python)."""
+    data: an eval_file / eval_size among the settings, or ``held_out`` for data passed from Python). ``online``:
+    for an online stage, which has no max_length (its completions are sampled to their own limit)."""
     settings = list(settings)
     keys = {s.partition("=")[0] for s in settings}
-    out = [s for s in PRE_TRL if not (s.startswith("optim=") and "optimizer" in keys)]
+    out = [s for s in PRE_TRL if not (s.startswith("optim=") and "optimizer" in keys)
+           and not (online and s.startswith("max_length="))]
     if "use_peft=true" in settings:
         out += PRE_TRL_LORA
-    if held_out or keys & {"eval_file", "eval_size"}:
+    sizes = [s.partition("=")[2] for s in settings if s.startswith("eval_size=")]
+    if held_out or "eval_file" in keys or (sizes and sizes[-1] != "0"):
         out += PRE_TRL_EVAL
     return out + settings

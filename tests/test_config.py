@@ -5,6 +5,8 @@ import pytest
 from preftune.config import (
     DPOConfig,
     EvalConfig,
+    GRPOConfig,
+    OnlineDPOConfig,
     RLConfig,
     RMConfig,
     SFTConfig,
@@ -123,6 +125,8 @@ REQUIRED = {
     EvalConfig: ["model_name_or_path=m", "ref_model_name_or_path=r", "eval_file=e.jsonl"],
     RMConfig: BASE,
     RLConfig: BASE + ["reward=module:function"],
+    GRPOConfig: BASE + ["reward_funcs=[exact_answer]"],
+    OnlineDPOConfig: BASE + ["reward_funcs=[exact_answer]"],
 }
 
 TR_DPO = ["sync_ref_model=true", "precompute_ref_log_probs=false"]  # the keys the TR-DPO ones need
@@ -208,6 +212,25 @@ OUT_OF_RANGE = [
     (RLConfig, ["gamma=1.5"], "gamma must be in [0, 1], got 1.5"),
     (RLConfig, ["lam=-0.1"], "lam must be in [0, 1], got -0.1"),
     (RLConfig, ["max_steps=0"], "max_steps must be -1 (no limit) or > 0, got 0"),
+    (RLConfig, ["max_prompt_length=0"], "max_prompt_length must be >= 1 or null, got 0"),
+    (RLConfig, ["top_k=-1"], "top_k must be >= 0, got -1"),
+    (RLConfig, ["min_p=1.5"], "min_p must be in [0, 1], got 1.5"),
+    (RLConfig, ["repetition_penalty=0"], "repetition_penalty must be > 0, got 0.0"),
+    (GRPOConfig, ["num_generations=1"], "num_generations must be >= 2 (GRPO's baseline is the group's other "
+                                        "samples), got 1"),
+    (GRPOConfig, ["num_generations_eval=0"], "num_generations_eval must be > 0 or null, got 0"),
+    (GRPOConfig, ["max_completion_length=0"], "max_completion_length must be > 0, got 0"),
+    (GRPOConfig, ["steps_per_generation=0"], "steps_per_generation must be > 0 or null, got 0"),
+    (GRPOConfig, ["generation_batch_size=0"], "generation_batch_size must be > 0 or null, got 0"),
+    (GRPOConfig, ["num_iterations=0"], "num_iterations must be > 0, got 0"),
+    (GRPOConfig, ["beta=-0.1"], "beta must be >= 0, got -0.1"),
+    (GRPOConfig, ["epsilon=0"], "epsilon must be > 0, got 0.0"),
+    (GRPOConfig, ["epsilon_high=0"], "epsilon_high must be > 0 or null, got 0.0"),
+    (GRPOConfig, ["delta=0"], "delta must be > 0 or null, got 0.0"),
+    (GRPOConfig, ["loss_type=sapo", "sapo_temperature_pos=0"], "sapo_temperature_pos must be > 0, got 0.0"),
+    (GRPOConfig, ["loss_type=sapo", "sapo_temperature_neg=-1"], "sapo_temperature_neg must be > 0, got -1.0"),
+    (OnlineDPOConfig, ["max_new_tokens=0"], "max_new_tokens must be > 0, got 0"),
+    (OnlineDPOConfig, ["missing_eos_penalty=-1"], "missing_eos_penalty must be >= 0 or null, got -1.0"),
 ]
 
 # The loss keys: both DPOConfig and EvalConfig validate them (LossConfig.validate_losses).
@@ -228,8 +251,6 @@ LOSS_ROWS = [
     (["rpo_alpha=-1"], "rpo_alpha must be >= 0 or null, got -1.0"),
 ]
 OUT_OF_RANGE += [(cls, overrides, message) for cls in (DPOConfig, EvalConfig) for overrides, message in LOSS_ROWS]
-OUT_OF_RANGE += [(TrainingConfig, ["datasets=[{path: org/x}]", "test_split_size=1.5"],
-                  "test_split_size must be a row count >= 1 or a fraction in (0, 1), got 1.5")]
 
 # Wrong types, and the floats no range check can catch (nan compares False with everything).
 WRONG_TYPE = [
@@ -276,6 +297,7 @@ def test_unknown_keys_are_errors_with_a_suggestion(cls, key, near):
 
 # Numeric keys with no range, and why: the audit below fails for any other key left unchecked.
 NO_RANGE = {
+    "reward_weights": "a reward's weight may be any real: negative makes it a penalty, 0 logs it without training on it",
     "seed": "any integer seeds every generator (numpy's takes it mod 2**32)",
     "data_seed": "any integer seeds the data order",
     "bco_delta": "a reward shift δ: any real",

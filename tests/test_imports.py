@@ -4,7 +4,7 @@ Layers, top to bottom (a module may import its own layer's peers and anything be
 
     6  entry points    preftune (the package's public API), __main__, cli; testing, tiny_architectures
                        (test support: only tests import them, so library code must not)
-    5  applications    experiments, demo, theory (``preftune theory``), plot (``preftune plot``): they run
+    5  applications    experiments, demo, demo_grpo, theory (``preftune theory``), plot (``preftune plot``): they run
                        or read the stages
     4  stages          one script per stage plus the pieces they share
     3  training        train, objectives, rewards
@@ -32,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "preftune"
 
 LAYERS: dict[str, int] = {
     "preftune": 6, "__main__": 6, "cli": 6, "testing": 6, "tiny_architectures": 6,
-    "experiments": 5, "demo": 5, "theory": 5, "plot": 5,
+    "experiments": 5, "demo": 5, "demo_grpo": 5, "theory": 5, "plot": 5,
     "stages": 4,
     "train": 3, "objectives": 3, "rewards": 3,
     "modeling": 2,

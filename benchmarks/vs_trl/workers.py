@@ -173,13 +173,14 @@ def worker_main(framework: str, spec_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(out))
 
 
-def run_worker(framework: str, spec_path: Path, workdir: Path, tag: str) -> dict[str, Any]:
+def run_worker(framework: str, spec_path: Path, workdir: Path, tag: str, script: Path = SCRIPT) -> dict[str, Any]:
+    """Run ``script`` (dpo_vs_trl.py by default; grpo_vs_trl.py passes itself) as ``--worker framework``."""
     result_path = workdir / f"{tag}.json"
     log_path = workdir / f"{tag}.log"
     env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false")
     threads = json.loads(spec_path.read_text())["settings"]["threads"]
     env.setdefault("OMP_NUM_THREADS", str(threads))
-    cmd = [sys.executable, str(SCRIPT), "--worker", framework, "--spec", str(spec_path),
+    cmd = [sys.executable, str(script), "--worker", framework, "--spec", str(spec_path),
            "--result", str(result_path)]
     t = time.perf_counter()
     with open(log_path, "w") as logf:

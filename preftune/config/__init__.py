@@ -16,13 +16,22 @@ from preftune.config.compose import is_composed, unknown_key_message
 from preftune.config.fields import Problems
 from preftune.config.loss import LossGroup
 from preftune.config.parse import Text, cli_overrides, coerce, read_settings, show_default, type_name
-from preftune.config.stages import DPOConfig, EvalConfig, RLConfig, RMConfig, SFTConfig, TrainingConfig
+from preftune.config.stages import (
+    DPOConfig,
+    EvalConfig,
+    GRPOConfig,
+    OnlineDPOConfig,
+    RLConfig,
+    RMConfig,
+    SFTConfig,
+    TrainingConfig,
+)
 
 LossConfig = LossGroup  # the loss keys' group, as the objectives name it
 
 C = TypeVar("C")
 
-__all__ = ["DPOConfig", "EvalConfig", "LossConfig", "RLConfig", "RMConfig", "SFTConfig", "Text", "TrainingConfig",
+__all__ = ["DPOConfig", "EvalConfig", "GRPOConfig", "LossConfig", "OnlineDPOConfig", "RLConfig", "RMConfig", "SFTConfig", "Text", "TrainingConfig",
            "cli_overrides", "describe", "from_dict", "load_config", "read_settings", "to_dict"]
 
 

@@ -1,8 +1,8 @@
 """TRL's and transformers' keys that are not preftune keys, decided one by one.
 
 A key a stage has is read as that key. Every other key of TRL 1.16's configs (DPOConfig, RewardConfig,
-RLOOConfig, SFTConfig, ModelConfig, ScriptArguments) and transformers' TrainingArguments is, for a
-stage, one of:
+RLOOConfig, GRPOConfig, OnlineDPOConfig, SFTConfig, ModelConfig, ScriptArguments) and transformers'
+TrainingArguments is, for a stage, one of:
 
 - RENAMED: preftune spells it differently; the value is taken over (and mapped where the values differ).
 - IGNORED: it changes nothing a preftune run computes, so any value is accepted and logged as ignored.
@@ -78,6 +78,17 @@ IGNORED: dict[str, str] = {
     "log_unique_prompts": _SAME, "num_completions_to_print": _SAME, "overwrite_output_dir": _SAME,
     "shuffle_dataset": "the data order is always a seeded shuffle, epoch by epoch",
     "preprocessing_num_workers": "tokenization runs in this process",
+    "log_completions_hub_repo": "completions are not logged to the Hub",
+    **{k: "loss_type vespo is not implemented, so its settings change nothing"
+       for k in ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")},
+    **{k: "use_adaptive_entropy is not implemented, so its settings change nothing"
+       for k in ("entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target")},
+    **{k: "there is no vLLM backend (use_vllm=true is refused), so vLLM's settings change nothing"
+       for k in ("vllm_model_impl", "vllm_enable_sleep_mode", "vllm_structured_outputs_regex", "vllm_server_base_url",
+                 "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_group_port",
+                 "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
+                 "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max",
+                 "vllm_importance_sampling_clip_min", "vllm_importance_sampling_cap")},
 }
 
 _MIXED = ("bf16 autocast is preftune's mixed precision; fp16 needs loss scaling, which it does not implement "
@@ -129,7 +140,6 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "lora_target_parameters": Unsupported((None,), "LoRA wraps modules (lora_target_modules)"),
     "lora_task_type": Unsupported(("CAUSAL_LM", "SEQ_CLS"), "the stage sets the task type"),
     "dataset_streaming": Unsupported((False,), "the data is read and tokenized in full before training"),
-    "streaming": Unsupported((False,), "the data is read and tokenized in full before training"),
     "dataset_text_field": Unsupported(("text",), "sft trains on prompt/completion rows (completion_field)",
                                       ("SFTConfig",)),
     "dataset_kwargs": Unsupported((None,), "sft builds its own rows", ("SFTConfig",)),
@@ -147,22 +157,23 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "steps_per_generation": Unsupported((None,), "one rollout per update step", ("RLConfig",)),
     "generation_kwargs": Unsupported((None,), "sampling takes temperature and top_p", ("RLConfig",)),
     "chat_template_kwargs": Unsupported((None,), "the chat template is rendered with its defaults",
-                                        ("RLConfig",)),
-    "cache_implementation": Unsupported((None,), "generate() uses its default KV cache", ("RLConfig",)),
-    "repetition_penalty": Unsupported((1.0, 1), "sampling takes temperature and top_p", ("RLConfig",)),
-    "top_k": Unsupported((0, None), "sampling takes temperature and top_p", ("RLConfig",)),
-    "min_p": Unsupported((None,), "sampling takes temperature and top_p", ("RLConfig",)),
+                                        ("RLConfig", "GRPOConfig", "OnlineDPOConfig")),
+    "cache_implementation": Unsupported((None,), "generate() uses its default KV cache", ("RLConfig", "GRPOConfig", "OnlineDPOConfig")),
     "use_vllm": Unsupported((False,), _VLLM, ("RLConfig",)),
     "reward_clip_range": Unsupported((None,), "rewards are used as returned", ("RLConfig",)),
     "mask_truncated_completions": Unsupported((False,), "missing_eos_penalty is preftune's handle on "
                                                         "completions cut at max_new_tokens", ("RLConfig",)),
-    "use_transformers_continuous_batching": Unsupported((False,), _VLLM, ("RLConfig",)),
-    "transformers_continuous_batching_config": Unsupported((None,), _VLLM, ("RLConfig",)),
-    "use_transformers_paged": Unsupported((False,), _VLLM, ("RLConfig",)),
+    "use_transformers_continuous_batching": Unsupported((False,), _VLLM, ("RLConfig", "GRPOConfig", "OnlineDPOConfig")),
+    "transformers_continuous_batching_config": Unsupported((None,), _VLLM, ("RLConfig", "GRPOConfig", "OnlineDPOConfig")),
+    "use_transformers_paged": Unsupported((False,), _VLLM, ("RLConfig", "GRPOConfig", "OnlineDPOConfig")),
     "sync_ref_model": Unsupported((False,), "the online RL stages keep π_ref fixed (TR-DPO syncing is a dpo "
                                             "setting)", ("RLConfig",)),
-    "ref_model_mixup_alpha": Unsupported((0.6,), "the online RL stages keep π_ref fixed", ("RLConfig",)),
-    "ref_model_sync_steps": Unsupported((512,), "the online RL stages keep π_ref fixed", ("RLConfig",)),
+    "ref_model_mixup_alpha": Unsupported((0.6,), "the online RL stages keep π_ref fixed", ("RLConfig", "GRPOConfig")),
+    "ref_model_sync_steps": Unsupported((512,), "the online RL stages keep π_ref fixed", ("RLConfig", "GRPOConfig")),
+    "use_adaptive_entropy": Unsupported((False,), "no entropy bonus is implemented (the logged entropy is a "
+                                                   "sample estimate)", ("GRPOConfig",)),
+    "max_tool_calling_iterations": Unsupported((None,), "tool calling during generation is not implemented",
+                                               ("GRPOConfig",)),
     # A stage that has the key reads it instead: every training stage has router_aux_loss_coef.
     "router_aux_loss_coef": Unsupported((None,), "evaluation trains nothing, so there is no router loss to weight"),
 }

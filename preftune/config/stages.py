@@ -32,7 +32,7 @@ from preftune.config.groups import (
 )
 from preftune.config.loss import LossGroup
 from preftune.config.optim import OptimGroup
-from preftune.config.rl import RLGroup
+from preftune.config.rl import GRPOGroup, OnlineDPOGroup, PromptGroup, RewardGroup, RLGroup, SamplingGroup
 from preftune.config.run import HubGroup, RunGroup
 
 # The groups every training stage is made of.
@@ -158,27 +158,121 @@ RMConfig = compose(
              "torch_compile": "the rm stage does not compile (sft and dpo do)"})
 
 
+# Online stages: prompts instead of text pairs, a sampler and rewards; the same loop, optimizer and run.
+ONLINE = (RunGroup, DeviceGroup, ModelGroup, TrainModelGroup, PeftGroup, PromptGroup, DataGroup, OptimGroup,
+          HubGroup, LogprobGroup, ShardingGroup, SamplingGroup, RewardGroup)
+ONLINE_WITHOUT = {
+    "torch_compile": "sampling would recompile for every generated length (sft and dpo compile)",
+    "group_by_length": "online stages batch sampled completions, whose lengths are not known in advance",
+    "max_length": "online stages bound completions with their own key (max_new_tokens / max_completion_length) "
+                  "and prompts with max_prompt_length",
+    "use_vllm": "no vLLM backend: generation is Hugging Face generate with the KV cache; a server backend plugs "
+                "in through the sampler interface (preftune/modeling/generation.py)",
+    "vllm_mode": "no vLLM backend (see use_vllm)",
+    "generation_kwargs": "the sampling keys (temperature, top_p, top_k, min_p, repetition_penalty) are the "
+                         "supported ones: samples must stay a function of the seed and the row alone",
+    "remove_unused_columns": "every column of the prompt data always reaches the reward functions",
+    "shuffle_dataset": "prompts are always shuffled, as a function of (seed, epoch)",
+    "cast_lm_head_to_fp32": "token log-probs are always computed in float32 (preftune/modeling/logprobs.py)",
+}
+
+
 def _rl_check(cfg, p: Problems) -> None:
-    rollout = cfg.per_device_train_batch_size * cfg.num_generations
-    if cfg.algorithm == "ppo" and cfg.num_mini_batches > 0 and rollout % cfg.num_mini_batches:
-        p.add(f"num_mini_batches ({cfg.num_mini_batches}) must divide the rollout batch "
-              f"(per_device_train_batch_size × num_generations = {rollout})")
+    rows = cfg.per_device_train_batch_size * cfg.num_generations
+    if cfg.algorithm == "ppo" and cfg.num_mini_batches > 0 and rows % cfg.num_mini_batches:
+        p.add(f"num_mini_batches ({cfg.num_mini_batches}) must divide the completions of a micro-batch "
+              f"(per_device_train_batch_size × num_generations = {rows})")
+    if cfg.algorithm == "ppo" and cfg.fsdp:
+        p.add("fsdp must be false for algorithm ppo: its value head is not sharded yet (rloo, reinforce and grpo "
+              "shard)")
+    _no_fsdp_with_peft(cfg, p)
 
 
 RLConfig = compose(
     "RLConfig", "Online KL-regularised RL: sample, score, penalise KL to π_ref, update (PPO/RLOO/REINFORCE).",
-    *TRAINING, LogprobGroup, RLGroup,
+    *ONLINE, RLGroup,
     defaults={"output_dir": "runs/rl", "learning_rate": 1e-6, "disable_dropout": False},
-    helps={"per_device_train_batch_size": "Prompts per process per rollout.",
-           "max_steps": "If > 0, stop after this many rollouts (each: sample, score, then ppo_epochs × "
-                        "num_mini_batches optimizer steps for ppo, one for rloo / reinforce)."},
-    without={"fsdp": "the ppo/rloo/reinforce stage shards nothing yet (sft and dpo do)",
-             "truncation_mode": "prompts are cut from the left to max_prompt_length; completions are generated",
-             "max_completion_length": "the generation length is max_new_tokens",
-             "torch_compile": "sampling would recompile for every generated length (sft and dpo compile)",
-             "gradient_accumulation_steps": "a rollout is one batch of prompts (per_device_train_batch_size); ppo "
-                                            "splits it with num_mini_batches"},
-    check=_rl_check)
+    helps={"per_device_train_batch_size": "Prompts per process per micro-batch: a rollout holds "
+                                          "per_device_train_batch_size × gradient_accumulation_steps prompts per "
+                                          "process.",
+           "max_steps": "If > 0, stop after this many optimizer steps (ppo takes ppo_epochs × num_mini_batches of "
+                        "them per rollout, rloo and reinforce one)."},
+    without=ONLINE_WITHOUT, check=_rl_check)
+
+
+def generations_per_process(cfg) -> int:
+    """Micro-batches per generation (TRL's steps_per_generation), from generation_batch_size if given."""
+    import os
+
+    if cfg.generation_batch_size is not None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return max(1, cfg.generation_batch_size // (cfg.per_device_train_batch_size * world))
+    return cfg.steps_per_generation or cfg.gradient_accumulation_steps
+
+
+def _grpo_check(cfg, p: Problems) -> None:
+    import os
+
+    _no_fsdp_with_peft(cfg, p)
+    if cfg.per_device_train_batch_size <= 0 or cfg.num_generations < 2:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.generation_batch_size is not None and cfg.generation_batch_size % (cfg.per_device_train_batch_size * world):
+        p.add(f"generation_batch_size ({cfg.generation_batch_size}) must be a multiple of per_device_train_batch_size "
+              f"× processes ({cfg.per_device_train_batch_size * world})", "generation_batch_size")
+        return
+    rows = cfg.per_device_train_batch_size * generations_per_process(cfg)
+    if rows % cfg.num_generations:
+        p.add(f"a process's generation batch (per_device_train_batch_size × steps_per_generation = {rows} "
+              f"completions) must hold whole groups of num_generations ({cfg.num_generations}): each process "
+              f"samples and normalises its own prompts' groups", "num_generations")
+
+
+GRPOConfig = compose(
+    "GRPOConfig", "GRPO and its family: group-relative advantages, clipped ratio, loss_type picks the variant.",
+    *ONLINE, GRPOGroup,
+    defaults={"output_dir": "runs/grpo", "learning_rate": 1e-6, "max_prompt_length": None, "disable_dropout": False},
+    helps={"per_device_train_batch_size": "Completions per process per micro-batch (TRL's meaning); a generation "
+                                          "samples per_device_train_batch_size × steps_per_generation of them, "
+                                          "num_generations per prompt.",
+           "max_steps": "If > 0, stop after this many optimizer steps."},
+    without={**ONLINE_WITHOUT,
+             "max_new_tokens": "grpo calls it max_completion_length (TRL's name)",
+             "top_entropy_quantile": "not implemented: every completion token is in the loss",
+             "entropy_coef": "not implemented: no entropy bonus (the logged entropy is a sample estimate)",
+             "off_policy_mask_threshold": "not implemented for grpo yet (preftune.rl.off_policy_sequence_mask "
+                                          "has the math)",
+             "vllm_importance_sampling_correction": "no vLLM backend (see use_vllm); the HF sampler is the "
+                                                    "trainer's own policy",
+             "sync_ref_model": "not implemented for grpo: π_ref stays the starting policy"},
+    check=_grpo_check)
+
+
+def _online_dpo_check(cfg, p: Problems) -> None:
+    _no_fsdp_with_peft(cfg, p)
+    from preftune import losses
+
+    if cfg.loss_type and any(n in losses.all_names() and losses.kind(n) != "pairwise" for n in cfg.loss_type):
+        p.add(f"loss_type {cfg.loss_type}: online DPO ranks two completions per prompt, so it trains pairwise "
+              "losses only (not kto or plackett_luce)", "loss_type")
+    if cfg.ld_alpha is not None:
+        p.add("ld_alpha is not implemented for online-dpo (LD-DPO's split of the completion log-probs is dpo's); "
+              "leave it null", "ld_alpha")
+    if cfg.use_weighting:
+        p.add("use_weighting is not implemented for online-dpo (WPO's weights need the output layer's log Σ p²); "
+              "set it false", "use_weighting")
+
+
+OnlineDPOConfig = compose(
+    "OnlineDPOConfig", "Online DPO: each step samples two completions per prompt from the current policy, ranks "
+                       "them by the reward and takes a pairwise-loss step against the frozen reference.",
+    *ONLINE, LossGroup, OnlineDPOGroup,
+    defaults={"output_dir": "runs/online_dpo", "learning_rate": 5e-7, "temperature": 0.9},
+    helps={"per_device_train_batch_size": "Prompts per process per micro-batch (two completions each)."},
+    without={**ONLINE_WITHOUT,
+             "reward_model_path": "give the reward model in reward_funcs=[path] (any number of rewards, weighted "
+                                  "by reward_weights)"},
+    check=_online_dpo_check)
 
 
 @dataclass(frozen=True)
@@ -218,6 +312,7 @@ EvalConfig = compose(
            "max_length": "As in training.", "max_prompt_length": "As in training.",
            "use_chat_template": "As in training.", "padding_free": "As in training."})
 
-STAGE_CONFIGS = (TrainingConfig, SFTConfig, DPOConfig, RMConfig, RLConfig, EvalConfig)
+STAGE_CONFIGS = (TrainingConfig, SFTConfig, DPOConfig, RMConfig, RLConfig, GRPOConfig, OnlineDPOConfig, EvalConfig)
 
-__all__ = ["DPOConfig", "EvalConfig", "RLConfig", "RMConfig", "SFTConfig", "STAGE_CONFIGS", "TrainingConfig"]
+__all__ = ["DPOConfig", "EvalConfig", "GRPOConfig", "OnlineDPOConfig", "RLConfig", "RMConfig", "SFTConfig",
+           "STAGE_CONFIGS", "TrainingConfig"]

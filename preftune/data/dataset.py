@@ -137,9 +137,9 @@ class BuiltDataset:
                 parts = ["R", ex.prompt_ids, list(ex.completion_ids)]
             elif hasattr(ex, "completion_ids"):
                 parts = ["C", ex.prompt_ids, ex.completion_ids]
-            else:  # RL prompts: no completion yet
-                parts = ["Q", ex.prompt_ids]
-            h.update(json.dumps(parts, separators=(",", ":")).encode())
+            else:  # RL prompts: no completion yet; their other fields (e.g. answers) feed the rewards
+                parts = ["Q", ex.prompt_ids] + ([ex.columns] if getattr(ex, "columns", None) else [])
+            h.update(json.dumps(parts, separators=(",", ":"), sort_keys=True, default=str).encode())
             h.update(b"\n")  # unambiguous record separator; JSON never contains a raw newline
         return h.hexdigest()
 

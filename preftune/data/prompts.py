@@ -1,15 +1,16 @@
 """Prompts for online RL: load → render → tokenize, with no completion (the policy writes it).
 
 Any record with a ``prompt`` field works (a string or a message list), so a preference or SFT file
-doubles as a prompt file: its other fields are ignored. The rendered prompt is what generation
-continues from (the chat template's generation prompt included); the *raw* prompt is kept for the
-reward function, which sees prompts the way the data wrote them.
+doubles as a prompt file. The rendered prompt is what generation continues from (the chat template's
+generation prompt included); the *raw* prompt is kept for the reward functions, which see prompts the
+way the data wrote them, and so are the record's other fields (``columns``: e.g. a task's ``answer``),
+which reward functions receive as keyword arguments.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from preftune.data.dataset import BuiltDataset, DataSettings
@@ -28,6 +29,7 @@ class TokenizedPrompt:
     prompt_ids: tuple[int, ...]
     prompt: Any  # as written in the data: str or a list of messages
     origin: str
+    columns: dict[str, Any] = field(default_factory=dict)  # the record's other fields, as read
 
 
 def render_prompt(prompt: Any, tokenizer: Any, templated: bool, origin: str) -> str:
@@ -54,5 +56,6 @@ def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *,
         check_special_tokens({label: prompt}, tokenizer, record.origin, templated=templated, completions=())
         text = render_prompt(with_system(prompt, record, templated), tokenizer, templated, record.origin)
         ids = _prompt_ids(text, tokenizer, settings.max_prompt_length, record.origin)
-        examples.append(TokenizedPrompt(tuple(ids), prompt, record.origin))
+        columns = {k: v for k, v in record.fields.items() if k not in ("prompt", "system")}
+        examples.append(TokenizedPrompt(tuple(ids), prompt, record.origin, columns))
     return BuiltDataset(examples, Counter(), source_name(source, split), settings)

@@ -110,7 +110,8 @@ def _rl(exp: SentimentExperiment, folder: Path, reward: str, extra: list[str], *
     from preftune.config import RLConfig
 
     cfg = exp.cfg
-    merged = {**_common(exp, folder), "reward": reward, "max_new_tokens": cfg.max_new_tokens, **values}
+    common = {k: v for k, v in _common(exp, folder).items() if k != "max_length"}  # online: max_new_tokens bounds
+    merged = {**common, "reward": reward, "max_new_tokens": cfg.max_new_tokens, **values}
     return exp.stage_config(RLConfig, merged, extra)
 
 
@@ -125,7 +126,10 @@ def train_ppo(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequences: 
                  learning_rate=cfg.ppo_learning_rate, per_device_train_batch_size=cfg.ppo_batch_size,
                  per_device_eval_batch_size=cfg.ppo_batch_size, ppo_epochs=cfg.ppo_epochs,
                  num_mini_batches=cfg.ppo_num_mini_batches)
-    run_rl(exp.with_steps(rl_cfg, rollouts, save_every(rollouts, cfg.points_per_run)), train_data=_prompts(exp))
+    # The stage counts optimizer steps (ppo_epochs × num_mini_batches per rollout); points fall on rollout ends.
+    updates = cfg.ppo_epochs * cfg.ppo_num_mini_batches
+    run_rl(exp.with_steps(rl_cfg, rollouts * updates, save_every(rollouts, cfg.points_per_run) * updates),
+           train_data=_prompts(exp))
     return per_rollout * rollouts
 
 

@@ -15,7 +15,6 @@ of one prompt are not independent of each other in what they measure.
 from __future__ import annotations
 
 import math
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ import torch
 from torch import nn
 
 from preftune.data.prompts import TokenizedPrompt
+from preftune.modeling.generation import HFSampler, SamplingSettings, row_seed
 from preftune.modeling.load import freeze, load_causal_lm
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.rewards import RewardFn, score
-from preftune.stages.rl import generate, make_rows
+from preftune.stages.online import make_rows
 from preftune.train.loop import autocast
 
 
@@ -62,28 +62,26 @@ def sample(policy: nn.Module, tokenizer: Any, prompts: list[TokenizedPrompt], k:
            max_new_tokens: int, batch_size: int, seed: int, device: torch.device, bf16: bool = False,
            reference: SequenceLogprobModel | None = None, progress: Any = None) -> Samples:
     """``k`` samples per prompt from ``policy`` (a causal LM), scored; with ``reference`` also the KL
-    estimate per sample. Each batch is seeded by (seed, batch index), so a result never depends on what
-    else ran before it (the same noise for every checkpoint: common random numbers)."""
+    estimate per sample. Sample j of prompt i is seeded by (seed, i, j), so a result never depends on what
+    else ran before it or on the batch size (the same noise for every checkpoint: common random numbers)."""
     policy.eval()
     scorer = SequenceLogprobModel(policy) if reference is not None else None
-    settings = types.SimpleNamespace(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    flat = [(i, ex) for i, ex in enumerate(prompts) for _ in range(k)]
+    sampler = HFSampler(policy, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                        SamplingSettings(max_new_tokens=max_new_tokens), device)
+    flat = [(i, j, ex) for i, ex in enumerate(prompts) for j in range(k)]
     texts: list[str] = []
     rewards: list[float] = []
     kls: list[float] = []
     lengths: list[int] = []
     ended: list[bool] = []
-    devices = [device] if device.type == "cuda" else []
-    for b, start in enumerate(range(0, len(flat), batch_size)):
+    for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
-        ids = [ex.prompt_ids for _, ex in chunk]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed * 1_000_003 + b)
-            with autocast(bf16, device):
-                completions = generate(policy, tokenizer, ids, settings, device)
+        ids = [ex.prompt_ids for _, _, ex in chunk]
+        with autocast(bf16, device):
+            completions = sampler.generate(ids, [row_seed(seed, i, j) for i, j, _ in chunk]).completion_ids
         decoded = tokenizer.batch_decode(completions, skip_special_tokens=True)
         texts += decoded
-        rewards += score(reward_fn, [ex.prompt for _, ex in chunk], decoded).tolist()
+        rewards += score(reward_fn, [ex.prompt for _, _, ex in chunk], decoded).tolist()
         lengths += [len(c) for c in completions]
         ended += [bool(c) and c[-1] == tokenizer.eos_token_id for c in completions]
         if scorer is not None:

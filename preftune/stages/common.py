@@ -157,7 +157,8 @@ def packing(run: Run, model: nn.Module) -> dict[str, Any]:
 
 
 def data_settings(cfg: Any) -> DataSettings:
-    return DataSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+    """Online stages have no max_length: their completions are sampled, with their own length limit."""
+    return DataSettings(max_length=getattr(cfg, "max_length", None), max_prompt_length=cfg.max_prompt_length,
                         use_chat_template=cfg.use_chat_template, row_format=row_format(cfg),
                         max_completion_length=getattr(cfg, "max_completion_length", None),
                         truncation_mode=getattr(cfg, "truncation_mode", "keep_start"))
@@ -375,9 +376,10 @@ def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
 
 
 def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Optimizer,
-                  root: nn.Module | None = None) -> LoopState:
+                  root: nn.Module | None = None, restore_extra: Any = None) -> LoopState:
     """Optimizer, counters and RNG from a checkpoint; on a fresh run, per-rank dropout streams.
-    ``root``: the (possibly FSDP-sharded) module whose weights a sharded checkpoint holds."""
+    ``root``: the (possibly FSDP-sharded) module whose weights a sharded checkpoint holds;
+    ``restore_extra(saved)``: reads what the stage's ``extra`` added to the trainer state."""
     if resume_dir is None:
         torch.manual_seed(run.cfg.seed + run.info.rank)  # same init everywhere, distinct dropout per rank
         return LoopState()
@@ -391,6 +393,8 @@ def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Opti
     else:
         optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
+    if restore_extra is not None:
+        restore_extra(saved)
     run.log(f"resumed from {resume_dir} at step {saved['step']}")
     return LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
 
@@ -420,14 +424,18 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
 
 def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
                      meta: dict[str, Any] | None = None, root: nn.Module | None = None,
-                     extra_models: dict[str, nn.Module] | None = None):
+                     extra_models: dict[str, nn.Module] | None = None, extra: Any = None):
+    """``save(state)``, called on every process. ``extra(state) -> dict``: more trainer state a stage
+    keeps (online stages: the KL controller, a rollout in progress); ``extra_models``: more weights saved
+    with the checkpoint (TR-DPO's moving reference, PPO's value head)."""
     sharded_root = root if getattr(run.cfg, "fsdp", False) else None
 
     def save(state: LoopState) -> None:
+        more = extra(state) if extra is not None else {}
         path = save_checkpoint(run.output_dir, state.step, model, tokenizer,
                                None if run.cfg.save_only_model else optimizer,
                                {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
-                                "config": to_dict(run.cfg)}, run.info, run.cfg.save_total_limit, meta,
+                                "config": to_dict(run.cfg), **more}, run.info, run.cfg.save_total_limit, meta,
                                sharded_root=sharded_root, extra_models=extra_models)
         run.log(f"checkpoint saved: {path}" + (" (model only: save_only_model)" if run.cfg.save_only_model else ""))
         publish(run, path / "model", f"Training in progress, step {state.step}", final=False)

@@ -64,7 +64,7 @@ from preftune.stages.inputs import Objects, policy_path, resolve_data, with_peft
 from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import all_reduce_sum, wrap_ddp
 from preftune.train.fsdp import shard
-from preftune.train.loop import autocast, reduce_means, train_loop
+from preftune.train.loop import IndexedBatches, autocast, reduce_means, train_loop
 from preftune.train.optim import build_optimizer
 from preftune.train.preflight import tokenizer_fingerprint
 from preftune.train.sampler import eval_shard
@@ -268,7 +268,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
         if state.step % cfg.ref_model_sync_steps == 0:
             mix_into(reference_lm, policy.model, cfg.ref_model_mixup_alpha)
 
-    state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
+    state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, source=IndexedBatches(sampler, train_batch),
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
                        evaluate=do_eval if held_out is not None else None, save=save,
                        after_step=sync_reference if reference_lm is not None else None, desc=cfg.loss_type[0])

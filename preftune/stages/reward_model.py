@@ -67,7 +67,7 @@ from preftune.stages.common import (
 from preftune.stages.inputs import policy_path, resolve_data
 from preftune.train.checkpoint import resolve_resume
 from preftune.train.distributed import wrap_ddp
-from preftune.train.loop import autocast, reduce_means, train_loop
+from preftune.train.loop import IndexedBatches, autocast, reduce_means, train_loop
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
@@ -222,7 +222,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         loss, sums = loss_fn(cfg, ddp_model, batch)   # an MoE router's loss added, as in the other stages
         return with_router_aux(loss, sums, reward_model.take_aux_losses(), reward_model.router_aux_coef)
 
-    state = train_loop(cfg=cfg, model=ddp_model, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
+    state = train_loop(cfg=cfg, model=ddp_model, optimizer=optimizer, source=IndexedBatches(sampler, train_batch),
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
                        evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.loss_type)
 

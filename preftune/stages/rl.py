@@ -1,20 +1,21 @@
 """Online KL-regularised RL, top to bottom (docs/maths.md §objective, §rl): PPO, RLOO and REINFORCE.
 
-The objective is J(π) = E_{x, y~π}[r(x, y)] − β KL(π ‖ π_ref). Each iteration (a *rollout*):
+The objective is J(π) = E_{x, y~π}[r(x, y)] − β KL(π ‖ π_ref).
 
     1. run set-up: threads, process group, seeds, output folder
     2. tokenizer and prompts (train, held-out)
-    3. policy (optionally LoRA; PPO adds a value head on its own hidden states), π_ref, reward function
-    4. optimizer, prompt order, resume state
+    3. policy (optionally LoRA; PPO adds a value head on its own hidden states), sampler, π_ref, rewards
+    4. optimizer, rollout schedule, KL controller, resume state
     5. held-out evaluation before training: mean reward and KL of sampled completions
-    6. the rollout loop:
-       a. sample num_generations completions per prompt (``generate``, KV cache, stop at EOS)
-       b. score them with the reward function; per-token log-probs under π_old and π_ref (no graph)
+    6. the shared optimizer-step loop, fed by a rollout source; each generation (``make_rollout``):
+       a. sample num_generations completions per prompt (KV cache, stop at EOS), score them
+       b. per-token log-probs (and values) under π_old, and under π_ref, without a graph
        c. KL-penalised reward: per token for PPO (−β·kl_t, score at the last token), per sequence for
           RLOO / REINFORCE (score − β Σ_t kl_t)
-       d. advantages: GAE on the value head (PPO), leave-one-out (RLOO), batch mean (REINFORCE)
-       e. update: ppo_epochs × num_mini_batches clipped-surrogate steps (PPO) or one policy-gradient step
-       f. adapt β (adaptive_kl), log, evaluate / save on schedule
+       d. advantages: GAE on the value head (PPO), leave-one-out (RLOO), batch mean (REINFORCE),
+          whitened over the rollout of all processes; then β follows the measured KL (adaptive_kl)
+       and each micro-batch (``compute_loss``): PPO's clipped surrogate + value loss over
+       ppo_epochs × num_mini_batches optimizer steps per rollout, or one policy-gradient step
     7. held-out evaluation after training, final save
 
 The math lives in :mod:`preftune.rl` (tested against hand-derived values); this script only wires it.
@@ -23,7 +24,6 @@ The math lives in :mod:`preftune.rl` (tested against hand-derived values); this 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,270 +31,55 @@ import torch
 from torch import Tensor, nn
 
 from preftune import rl
-from preftune.config import RLConfig, to_dict
-from preftune.data.collate import Rows, _pad
-from preftune.data.mask import completion_sequence
-from preftune.data.prompts import TokenizedPrompt, build_prompt_dataset
-from preftune.modeling.load import freeze, load_causal_lm
-from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
-from preftune.rewards import load_reward, score
+from preftune.config import RLConfig
+from preftune.config.rl import reward_specs
+from preftune.data.prompts import build_prompt_dataset
+from preftune.modeling.logprobs import unwrap_causal_lm
+from preftune.modeling.moe import with_router_aux
+from preftune.rewards import load_rewards
 from preftune.stages.common import (
-    Run,
     RunResult,
+    checkpoint_saver,
+    eval_mode,
     finish,
     load_data,
     load_policy,
     metrics_logger,
-    model_kwargs,
-    packing,
-    plan_steps,
     policy_tokenizer,
     preflight,
-    require_optimizer_state,
+    restore_state,
     start_run,
 )
-from preftune.stages.inputs import policy_path, resolve_data
-from preftune.train.cadence import Cadence
-from preftune.train.checkpoint import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
-from preftune.train.distributed import all_reduce_sum, wrap_ddp
-from preftune.train.loop import LoopState, autocast, guarded_step, reduce_means, stop_if_diverged
-from preftune.train.metrics import format_postfix, progress_bar
-from preftune.train.optim import build_optimizer, lr_schedule, set_lr
-from preftune.train.sampler import eval_shard
-
-EVAL_SEED_OFFSET = 7919  # held-out sampling uses its own seed: the same noise before and after training
-
-
-@dataclass
-class Rollout:
-    """N = prompts × num_generations sampled completions and everything the update needs ([N, T] aligned)."""
-
-    rows: Rows
-    scores: Tensor         # [N] reward function (minus missing_eos_penalty)
-    old_logps: Tensor      # [N, T] per token under π_old (the sampling policy)
-    ref_logps: Tensor      # [N, T] per token under π_ref
-    values: Tensor | None  # [N, T] V(prefix) under π_old's value head (PPO)
-    kl: Tensor             # [N, T] per-token KL estimate, 0 off the completion
-    ended: Tensor          # [N] bool: the completion stopped at EOS
-    seconds_generating: float
-
-    @property
-    def mask(self) -> Tensor:
-        return self.rows.loss_mask
-
-    def __len__(self) -> int:
-        return len(self.rows)
+from preftune.stages.inputs import resolve_data
+from preftune.stages.online import (
+    evaluate_online,
+    global_mean_std,
+    global_whiten,
+    online_policy,
+    per_token,
+    reward_extras,
+    sample_and_score,
+    sampling_settings,
+    score_stats,
+    token_reference,
+)
+from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, RolloutSource, Schedule
+from preftune.train.checkpoint import resolve_resume
+from preftune.train.distributed import all_reduce_sum
+from preftune.train.loop import autocast, train_loop
+from preftune.train.optim import build_optimizer
 
 
-# ----------------------------------------------------------------------------------------------------
-# a. Sampling
-
-
-@torch.no_grad()
-def generate(lm: nn.Module, tokenizer: Any, prompts: list[tuple[int, ...]], cfg: RLConfig,
-             device: torch.device) -> list[list[int]]:
-    """Sample one completion per prompt; each ends at its first EOS (kept) or after max_new_tokens."""
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    # Left padding, so that every prompt ends where generation starts.
-    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    out = lm.generate(input_ids=ids, attention_mask=attention, do_sample=True, temperature=cfg.temperature,
-                      top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens, use_cache=True,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
-    completions = []
-    for row in out[:, width:].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[:row.index(tokenizer.eos_token_id) + 1]
-        completions.append(row)
-    return completions
-
-
-def make_rows(prompts: list[tuple[int, ...]], completions: list[list[int]], pad_id: int,
-              device: torch.device) -> Rows:
-    """Right-padded prompt | completion rows, the layout every log-prob computation here expects."""
-    ids, attention, mask = _pad([completion_sequence(p, c) for p, c in zip(prompts, completions)], pad_id, None)
-    n = torch.arange(len(prompts))
-    return Rows(ids, attention, mask, n, n, torch.zeros_like(n)).to(device)
-
-
-def per_token(model: nn.Module, rows: Rows):
-    return model(rows.input_ids, rows.attention_mask, rows.loss_mask, per_token=True)
-
-
-def build_reference(run: Run, policy: SequenceLogprobModel):
-    """``reference(rows) -> [N, T]`` per-token log-probs of π_ref (fresh samples: nothing to precompute)."""
-    cfg: RLConfig = run.cfg
-    if cfg.use_peft and cfg.ref_model_name_or_path is None:
-        run.log("reference: the policy with its LoRA adapter disabled")
-
-        def adapter_disabled(rows: Rows) -> Tensor:
-            with policy.model.disable_adapter():
-                return per_token(policy, rows).tokens
-        return adapter_disabled
-    path = cfg.ref_model_name_or_path or policy_path(cfg)
-    frozen = freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg)))
-    ref = SequenceLogprobModel(frozen, cfg.logprob_chunk_size, temperature=cfg.temperature, **packing(run, frozen))
-    run.log(f"reference: {path} (frozen copy)")
-    return lambda rows: per_token(ref, rows).tokens
-
-
-@torch.no_grad()
-def collect(run: Run, policy: SequenceLogprobModel, reference, reward_fn, tokenizer: Any,
-            examples: list[TokenizedPrompt], generations: int) -> Rollout:
-    """Steps a–b: sample ``generations`` completions per prompt (consecutive rows), decode, score;
-    per-token log-probs and values of π_old and π_ref."""
-    cfg: RLConfig = run.cfg
-    device = run.info.device
-    prompts = [ex.prompt_ids for ex in examples for _ in range(generations)]
-    raw_prompts = [ex.prompt for ex in examples for _ in range(generations)]
-    was_training = policy.training
-    policy.eval()
-    start = time.perf_counter()
-    with autocast(cfg.bf16, device):
-        completions = generate(unwrap_causal_lm(policy.model), tokenizer, prompts, cfg, device)
-    seconds = time.perf_counter() - start
-    rows = make_rows(prompts, completions, tokenizer.pad_token_id, device)
-    ended = torch.tensor([c[-1] == tokenizer.eos_token_id for c in completions], device=device)
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    scores = score(reward_fn, raw_prompts, texts, device)
-    if cfg.missing_eos_penalty is not None:
-        scores = scores - cfg.missing_eos_penalty * (~ended).float()
-    with autocast(cfg.bf16, device):
-        out = per_token(policy, rows)
-        ref_logps = reference(rows).float()
-    policy.train(was_training)
-    old_logps = out.tokens.float()
-    kl = rl.kl_penalty(old_logps, ref_logps, cfg.kl_estimator) * rows.loss_mask
-    return Rollout(rows, scores, old_logps, ref_logps, out.values, kl, ended, seconds)
-
-
-# ----------------------------------------------------------------------------------------------------
-# c–e. Advantages and updates
-
-
-def select(rows: Rows, idx: Tensor) -> Rows:
-    """A minibatch of rows, trimmed to its longest sequence (no compute spent on shared padding)."""
-    width = int(rows.attention_mask[idx].sum(1).max())
-    return Rows(rows.input_ids[idx, :width], rows.attention_mask[idx, :width], rows.loss_mask[idx, :width],
-                rows.example[idx], rows.position[idx], rows.column[idx])
-
-
-def ppo_update(run: Run, model: nn.Module, params: list[Tensor], optimizer, rollout: Rollout, kl_coef: float,
-               state: LoopState, lr_of) -> dict[str, Tensor]:
-    """PPO (Schulman et al. 2017) on one rollout: GAE advantages, then ppo_epochs × num_mini_batches
-    clipped-surrogate + value-loss steps. Returns per-minibatch sums of the update statistics."""
-    cfg: RLConfig = run.cfg
-    mask = rollout.mask
-    rewards = rl.token_level_rewards(rollout.scores, rollout.kl, mask, kl_coef)
-    advantages, returns = rl.gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
-        advantages = rl.masked_whiten(advantages, mask)
-    n = len(rollout)
-    size = n // cfg.num_mini_batches
-    sums: dict[str, Tensor] = {}
-    for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(n, device=mask.device)
-        for i in range(cfg.num_mini_batches):
-            idx = order[i * size:(i + 1) * size]
-            rows = select(rollout.rows, idx)
-            width = rows.input_ids.shape[1]
-            set_lr(optimizer, lr_of(state.optimizer_steps))
-            with autocast(cfg.bf16, run.info.device):
-                out = per_token(model, rows)
-            sub = rows.loss_mask
-            policy_loss, stats = rl.ppo_policy_loss(out.tokens, rollout.old_logps[idx, :width],
-                                                    advantages[idx, :width], sub, cfg.clip_range)
-            value_loss, v_stats = rl.value_loss(out.values, rollout.values[idx, :width], returns[idx, :width], sub,
-                                                cfg.clip_range_value)
-            aux_coef = getattr(model, "module", model).router_aux_coef   # an MoE router's loss, as TRL adds it
-            loss = policy_loss + cfg.vf_coef * value_loss
-            (loss + aux_coef * out.aux_loss if out.aux_loss is not None else loss).backward()
-            grad_norm = guarded_step(params, optimizer, cfg.max_grad_norm, state, run.info,
-                                     f"rollout {state.step + 1}")
-            state.optimizer_steps += 1
-            for k, v in {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
-                         "clipfrac": stats["clipfrac"], "approx_kl": stats["approx_kl"],
-                         "vf_clipfrac": v_stats["vf_clipfrac"], "grad_norm": grad_norm.detach(),
-                         "updates": torch.ones((), device=mask.device),
-                         **({"aux_loss": out.aux_loss.detach()} if out.aux_loss is not None else {})}.items():
-                sums[k] = sums[k] + v if k in sums else v
-    return sums
-
-
-def policy_gradient_update(run: Run, model: nn.Module, params: list[Tensor], optimizer, rollout: Rollout,
-                           kl_coef: float, state: LoopState, lr_of) -> dict[str, Tensor]:
-    """RLOO (Ahmadian et al. 2024) or REINFORCE with a batch-mean baseline: one on-policy step on the
-    sequence-level KL-penalised reward R = score − β Σ_t kl_t."""
-    cfg: RLConfig = run.cfg
-    returns = rollout.scores - kl_coef * rollout.kl.sum(1)
-    if cfg.algorithm == "rloo":
-        advantages = rl.rloo_advantages(returns, cfg.num_generations)
+def schedule_of(cfg: RLConfig) -> Schedule:
+    """A rollout is per_device_train_batch_size × gradient_accumulation_steps prompts per process; PPO
+    makes ppo_epochs passes of num_mini_batches optimizer steps over it, RLOO / REINFORCE one step."""
+    if cfg.algorithm == "ppo":
+        chunks, passes = cfg.num_mini_batches * cfg.gradient_accumulation_steps, cfg.ppo_epochs
     else:
-        advantages = rl.batch_mean_baseline(returns)
-    if cfg.whiten_advantages:
-        advantages = rl.masked_whiten(advantages, torch.ones_like(advantages, dtype=torch.bool))
-    set_lr(optimizer, lr_of(state.optimizer_steps))
-    with autocast(cfg.bf16, run.info.device):
-        out = model(rollout.rows.input_ids, rollout.rows.attention_mask, rollout.rows.loss_mask)
-    loss = rl.sequence_policy_gradient_loss(out.logps, advantages)
-    aux_coef = getattr(model, "module", model).router_aux_coef   # an MoE router's loss, as TRL adds it
-    (loss + aux_coef * out.aux_loss if out.aux_loss is not None else loss).backward()
-    grad_norm = guarded_step(params, optimizer, cfg.max_grad_norm, state, run.info, f"rollout {state.step + 1}")
-    state.optimizer_steps += 1
-    return {"policy_loss": loss.detach(), "grad_norm": grad_norm.detach(),
-            "updates": torch.ones((), device=loss.device),
-            **({"aux_loss": out.aux_loss.detach()} if out.aux_loss is not None else {})}
-
-
-def rollout_metrics(rollout: Rollout, kl_coef: float) -> dict[str, Tensor]:
-    """Per-completion sums (divided by ``count`` when logged)."""
-    mask = rollout.mask
-    n = torch.tensor(float(len(rollout)), device=mask.device)
-    seq_kl = rollout.kl.sum(1)
-    return {
-        "reward": rollout.scores.sum(),
-        "reward_sq": (rollout.scores ** 2).sum(),
-        "kl": seq_kl.sum(),
-        "non_score_reward": (-kl_coef * seq_kl).sum(),
-        "entropy": -(rollout.old_logps * mask).sum(1).div(mask.sum(1)).sum(),
-        "response_length": mask.sum().float(),
-        "eos_fraction": rollout.ended.float().sum(),
-        "count": n,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate(run: Run, policy: SequenceLogprobModel, reference, reward_fn, tokenizer, dataset) -> dict[str, float]:
-    """Mean reward, KL (k1, per completion) and length of one sampled completion per held-out prompt.
-    Sampling uses a fixed seed, forked off the training RNG: the same noise at every evaluation, and the
-    training stream (hence resume) untouched."""
-    cfg: RLConfig = run.cfg
-    shard = list(eval_shard(len(dataset), run.info.world_size, run.info.rank))
-    sums: dict[str, Tensor] = {}
-    devices = [run.info.device] if run.info.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.seed + EVAL_SEED_OFFSET + run.info.rank)
-        for i in range(0, len(shard), cfg.per_device_eval_batch_size):
-            examples = [dataset.examples[j] for j in shard[i:i + cfg.per_device_eval_batch_size]]
-            rollout = collect(run, policy, reference, reward_fn, tokenizer, examples, 1)
-            k1 = (rollout.old_logps - rollout.ref_logps) * rollout.mask
-            s = {"reward": rollout.scores.sum(), "kl": k1.sum(), "response_length": rollout.mask.sum().float(),
-                 "eos_fraction": rollout.ended.float().sum(), "count": torch.tensor(float(len(rollout)))}
-            for k, v in s.items():
-                sums[k] = sums[k] + v.to(run.info.device) if k in sums else v.to(run.info.device)
-    if not sums:
-        sums = {k: torch.zeros((), device=run.info.device) for k in ("reward", "kl", "response_length",
-                                                                       "eos_fraction", "count")}
-    return reduce_means(sums, run.info)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The script
+        chunks, passes = cfg.gradient_accumulation_steps, 1
+    return Schedule(prompts=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+                    generations=cfg.num_generations, chunks=chunks, passes=passes,
+                    accumulation=cfg.gradient_accumulation_steps)
 
 
 def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
@@ -314,60 +99,113 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     model, tokenizer = load_policy(run, resume_dir, tokenizer=tokenizer)
     meta = preflight(run, resume_dir, model, tokenizer, train)
 
-    # 3. Policy (+ value head), reference, reward.
+    # 3. Policy (+ value head), sampler, reference, rewards.
     value_head = None
     if cfg.algorithm == "ppo":
-        hidden = unwrap_causal_lm(model).config.hidden_size
-        value_head = nn.Linear(hidden, 1).to(info.device)
+        value_head = nn.Linear(unwrap_causal_lm(model).config.hidden_size, 1).to(info.device)
         nn.init.zeros_(value_head.weight)   # V ≡ 0 at the start: no arbitrary early advantages
         nn.init.zeros_(value_head.bias)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, value_head=value_head, temperature=cfg.temperature,
-                                  **packing(run, model))
-    ddp_policy = wrap_ddp(policy, info)
-    reference = build_reference(run, policy)
-    reward_fn = load_reward(cfg.reward, info.device, batch_size=cfg.reward_batch_size)
-    run.log(f"reward: {cfg.reward}")
+    online = online_policy(run, model, tokenizer, sampling_settings(cfg, cfg.max_new_tokens),
+                           sampling_settings(cfg, cfg.max_new_tokens, cfg.eval_greedy), value_head)
+    policy = online.policy
+    reference = token_reference(run, online)
+    rewards = load_rewards(reward_specs(cfg), cfg.reward_weights, info.device, batch_size=cfg.reward_batch_size)
+    run.log(f"reward: {rewards.describe()}")
 
-    # 4. Optimizer, prompt order, KL controller, resume.
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = build_optimizer(policy, cfg)
-    sampler, rollouts = plan_steps(run, train)
-    updates_per_rollout = cfg.ppo_epochs * cfg.num_mini_batches if cfg.algorithm == "ppo" else 1
-    total_updates = rollouts * updates_per_rollout
-    lr_of = lr_schedule(cfg, total_updates)
-    cadence = Cadence.of(cfg, rollouts, sampler.steps_per_epoch)
-
+    # 4. Optimizer, rollout schedule, KL controller, resume.
+    optimizer = build_optimizer(online.policy, cfg, run.log)
     controller = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                   else rl.FixedKLController(cfg.kl_coef))
-    state = LoopState()
-    if resume_dir is None:
-        torch.manual_seed(cfg.seed + info.rank)  # distinct sampling streams per rank
-    else:
-        saved = load_trainer_state(resume_dir, info)
-        require_optimizer_state(saved, resume_dir)
-        optimizer.load_state_dict(saved["optimizer"])
+    steps = {"total": 0}
+
+    @torch.no_grad()
+    def make_rollout(generation: int, examples: list, slots: list[int]) -> Rollout:
+        step = generation * source.schedule.cycle // source.schedule.accumulation
+        samples = sample_and_score(run, online, tokenizer, rewards, examples, slots, cfg.num_generations, TRAIN,
+                                   generation, reward_extras(step, steps["total"]))
+        rows, mask = samples.rows, samples.rows.loss_mask
+        stats = score_stats(samples, info.device)
+        scored = ~torch.isnan(stats["reward"])
+        score = torch.where(scored, stats["reward"], 0.0)
+        if cfg.missing_eos_penalty is not None:
+            score = score - cfg.missing_eos_penalty * (1 - stats["eos_fraction"])
+        with eval_mode(policy), autocast(cfg.bf16, info.device):
+            out = per_token(policy, rows)
+            ref_logps = reference(rows).float()
+        old_logps = out.tokens.float()
+        kl = rl.kl_penalty(old_logps, ref_logps, cfg.kl_estimator) * mask
+        beta = controller.value
+        data: dict[str, Tensor] = {}
+        if cfg.algorithm == "ppo":
+            token_rewards = rl.token_level_rewards(score, kl, mask, beta)
+            advantages, returns = rl.gae(token_rewards, out.values.float(), mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = global_whiten(advantages, mask, info)
+            data = {"old_logps": old_logps, "values": out.values.float(), "returns": returns}
+        else:
+            returns = score - beta * kl.sum(1)
+            if cfg.algorithm == "rloo":
+                advantages = rl.rloo_advantages(returns, cfg.num_generations)
+            else:
+                advantages = returns - global_mean_std(returns, info)[0]
+            if cfg.whiten_advantages:
+                advantages = global_whiten(advantages, torch.ones_like(advantages, dtype=torch.bool), info)
+        # A completion no reward function scored teaches nothing.
+        data["advantages"] = advantages * (scored[:, None] if advantages.dim() == 2 else scored)
+        seq_kl = kl.sum(1)
+        n_kl = all_reduce_sum(torch.stack([seq_kl.sum(), torch.tensor(float(len(seq_kl)), device=info.device)]), info)
+        controller.update((n_kl[0] / n_kl[1]).item(), int(n_kl[1].item()))
+        stats.update({
+            "kl": seq_kl, "non_score_reward": -beta * seq_kl,
+            "entropy": -(old_logps * mask).sum(1) / mask.sum(1),
+            "reward_std": torch.full_like(score, global_mean_std(score, info)[1].item()),
+            "kl_coef": torch.full_like(score, beta),
+        })
+        return Rollout(rows, samples.group_index(cfg.num_generations), data, stats)
+
+    def compute_loss(batch: RolloutBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        rows, mask, d = batch.rows, batch.rows.loss_mask, batch.data
+        if cfg.algorithm == "ppo":
+            out = per_token(online.trained, rows)
+            policy_loss, stats = rl.ppo_policy_loss(out.tokens, d["old_logps"], d["advantages"], mask, cfg.clip_range)
+            value_loss, v_stats = rl.value_loss(out.values, d["values"], d["returns"], mask, cfg.clip_range_value)
+            loss = policy_loss + cfg.vf_coef * value_loss
+            count = mask.sum().float()     # both terms are token means: the step's mean is over its tokens
+            parts = {"policy_loss": policy_loss, "value_loss": value_loss, **stats, **v_stats}
+        else:
+            out = online.trained(rows.input_ids, rows.attention_mask, mask)
+            loss = rl.sequence_policy_gradient_loss(out.logps, d["advantages"])
+            count = torch.tensor(float(len(rows)), device=mask.device)
+            parts = {"policy_loss": loss}
+        sums = {k: v.detach() * count for k, v in parts.items() if k != "ratio_mean"}
+        # an MoE router's load-balancing loss, added as TRL adds it
+        return with_router_aux(loss, {"loss": loss.detach() * count, "count": count, **sums, **batch.stat_sums()},
+                               [out.aux_loss], policy.router_aux_coef)
+
+    source = RolloutSource(schedule_of(cfg), train, make_rollout, info, cfg.seed)
+    total = source.total_steps(cfg.num_train_epochs, cfg.max_steps)
+    steps["total"] = total
+    run.log(f"rollouts: {source.describe()}; {total} optimizer steps")
+
+    def restore(saved: dict[str, Any]) -> None:
         controller.load_state_dict(saved["kl_controller"])
         if value_head is not None:
             value_head.load_state_dict(saved["value_head"])
-        set_rng_state(saved["rng"])
-        state = LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"],
-                          optimizer_steps=saved["optimizer_steps"])
-        run.log(f"resumed from {resume_dir} at rollout {state.step}")
+        source.load_state_dict(saved.get("rollout"))
+
+    def extra(s) -> dict[str, Any]:
+        return {"kl_controller": controller.state_dict(), "rollout": source.state_dict(s.step),
+                "value_head": value_head.state_dict() if value_head is not None else None}
+
+    state = restore_state(run, resume_dir, optimizer, online.trained, restore)
     logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
     result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-
-    def save(s: LoopState) -> None:
-        extra = {"tokens_seen": s.tokens_seen, "skipped_steps": s.skipped_steps, "optimizer_steps": s.optimizer_steps,
-                 "kl_controller": controller.state_dict(), "config": to_dict(cfg),
-                 "value_head": value_head.state_dict() if value_head is not None else None}
-        path = save_checkpoint(run.output_dir, s.step, policy.model, tokenizer,
-                               None if cfg.save_only_model else optimizer, extra, info, cfg.save_total_limit, meta)
-        run.log(f"checkpoint saved: {path}")
+    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=online.trained, extra=extra)
 
     def do_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(run, policy, reference, reward_fn, tokenizer, held_out)
+        metrics = evaluate_online(run, online, tokenizer, rewards, reference, held_out)
         logger.log(step, metrics, split="eval")
-        run.log(f"eval @ rollout {step}: reward {metrics['reward']:.4f} · KL {metrics['kl']:.4f} · "
+        run.log(f"eval @ step {step}: reward {metrics['reward']:.4f} · KL {metrics['kl']:.4f} · "
                 f"length {metrics['response_length']:.1f}")
         return metrics
 
@@ -375,54 +213,15 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     if held_out is not None and state.step == 0 and cfg.eval_on_start:
         result.eval_before = do_eval(0)
 
-    # 6. The rollout loop.
-    update = ppo_update if cfg.algorithm == "ppo" else policy_gradient_update
-    bar = progress_bar(rollouts, state.step, cfg.progress_bar and info.is_main, cfg.algorithm)
-    ddp_policy.train()
-    while state.step < rollouts:
-        t0 = time.perf_counter()
-        (indices,) = sampler.micro_batches(state.step)
-        kl_coef = controller.value
-        rollout = collect(run, policy, reference, reward_fn, tokenizer, [train.examples[i] for i in indices],
-                          cfg.num_generations)
-        sums = rollout_metrics(rollout, kl_coef)
-        sums.update(update(run, ddp_policy, params, optimizer, rollout, kl_coef, state, lr_of))
-        state.step += 1
-        stop_if_diverged(state, cfg.max_consecutive_skips, cfg.output_dir)
-        bar.update(1)
-        seconds = time.perf_counter() - t0
-
-        # f. β follows the measured KL (global mean over ranks); log; evaluate and save on schedule.
-        packed = all_reduce_sum(torch.stack([sums["kl"].float(), sums["count"].float()]), info)
-        mean_kl = (packed[0] / packed[1]).item()
-        controller.update(mean_kl, int(packed[1].item()))
-        tokens = int(rollout.rows.attention_mask.sum())
-        if cadence.log(state.step):
-            updates = sums.pop("updates")
-            per_update = {k: sums.pop(k) / updates for k in list(sums)
-                          if k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "vf_clipfrac", "grad_norm",
-                                   "aux_loss")}
-            metrics = reduce_means(sums, info)
-            metrics["reward_std"] = max(metrics.pop("reward_sq") - metrics["reward"] ** 2, 0.0) ** 0.5
-            metrics.update({k: all_reduce_sum(v.float(), info).item() / info.world_size for k, v in per_update.items()})
-            metrics.update({"kl_coef": kl_coef, "lr": lr_of(max(state.optimizer_steps - 1, 0)),
-                            "generation_time_share": rollout.seconds_generating / seconds,
-                            "tokens_per_s": all_reduce_sum(torch.tensor(float(tokens)), info).item() / seconds,
-                            "epoch": state.step / sampler.steps_per_epoch})
-            state.tokens_seen += tokens
-            logger.log(state.step, metrics)
-            state.history.append({"step": state.step, **metrics})
-            bar.set_postfix(format_postfix(metrics), refresh=False)
-        if held_out is not None and cadence.evaluate(state.step) and state.step < rollouts:
-            do_eval(state.step)
-        if cadence.save(state.step) and state.step < rollouts and not state.consecutive_skips:
-            save(state)
-    bar.close()
+    # 6. Train: the shared loop, fed by the rollout source.
+    state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
+                       info=info, logger=logger, total_steps=total, state=state,
+                       evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.algorithm)
 
     # 7. Evaluate after, save (the value head next to the final model, for a later PPO run to start from).
     if held_out is not None and cfg.eval_strategy != "no":
         result.eval_after = do_eval(state.step)
-    result = finish(run, result, state, logger, policy.model, tokenizer, save, started)
+    result = finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
     if value_head is not None and info.is_main and result.final_dir is not None:
         torch.save(value_head.state_dict(), Path(result.final_dir) / "value_head.pt")
     return result
@@ -432,4 +231,3 @@ def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str
     from preftune.config import load_config
 
     return run_rl(load_config(RLConfig, config_path, overrides))
-

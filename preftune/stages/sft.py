@@ -46,7 +46,7 @@ from preftune.train.checkpoint import (
 )
 from preftune.train.distributed import wrap_ddp
 from preftune.train.fsdp import shard
-from preftune.train.loop import autocast, reduce_means, train_loop
+from preftune.train.loop import IndexedBatches, autocast, reduce_means, train_loop
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import eval_shard
 
@@ -132,7 +132,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
         out = ddp_policy(batch.input_ids, batch.attention_mask, batch.loss_mask)
         return with_router_aux(*nll(out.logps, out.lengths), [out.aux_loss], policy.router_aux_coef)
 
-    state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, sampler=sampler, get_batch=train_batch,
+    state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, source=IndexedBatches(sampler, train_batch),
                        compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
                        evaluate=do_eval if held_out is not None else None, save=save, desc="sft")
 

@@ -1,10 +1,13 @@
 """The optimizer-step loop every stage shares: accumulate, guard non-finite, clip, step, log.
 
-A stage supplies two functions: ``get_batch(indices)`` turns dataset indices into a device batch,
-and ``compute_loss(batch)`` returns the micro-batch loss (a mean over its items) together with
-detached per-item *sums* of whatever it wants logged, including ``count``, the number of items the
-loss averages over (pairs, lists, or tokens for SFT). Sums reduce exactly across micro-steps and
-ranks; they are turned into means only when logged.
+A stage supplies a *batch source* and a loss. ``source.micro_batches(step)`` yields the micro-batches
+of optimizer step ``step`` on this rank, each with its number of non-padding tokens: for a fixed data
+set that is :class:`IndexedBatches` (dataset indices from a :class:`StepSampler`, collated); for online
+training it is a rollout (``preftune.stages.online``), which samples, scores and buffers completions
+and hands them out as micro-batches. ``compute_loss(batch)`` returns the micro-batch loss (a mean
+over its items) together with detached per-item *sums* of whatever it wants logged, including
+``count``, the number of items the loss averages over (pairs, lists, sequences, or tokens). Sums
+reduce exactly across micro-steps and ranks; they are turned into means only when logged.
 
 The gradient of a step is the mean over *all* the step's items, whatever the split into micro-batches
 and ranks: each micro-batch back-propagates its loss × count (a sum), and the summed gradient is
@@ -18,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -40,13 +43,37 @@ Batch = Any
 ComputeLoss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
 
 
+class BatchSource(Protocol):
+    """Where the loop gets its micro-batches. ``steps_per_epoch`` (optimizer steps per pass over the
+    data) is only for the logged ``epoch``. A source may also define ``window_metrics(seconds)``:
+    host-side metrics of the steps since the last log (e.g. the share of time spent generating)."""
+
+    steps_per_epoch: float
+
+    def micro_batches(self, step: int) -> Iterable[tuple[Batch, int]]: ...
+
+
+class IndexedBatches:
+    """A fixed data set: the sampler's index lists for the step, each collated by ``get_batch`` (which
+    returns the batch and its non-padding token count), one micro-batch at a time."""
+
+    def __init__(self, sampler: StepSampler, get_batch: Callable[[list[int]], tuple[Batch, int]]) -> None:
+        self.sampler = sampler
+        self.get_batch = get_batch
+        self.steps_per_epoch = sampler.steps_per_epoch
+
+    def micro_batches(self, step: int) -> Iterable[tuple[Batch, int]]:
+        indices: Sequence[int]
+        for indices in self.sampler.micro_batches(step):
+            yield self.get_batch(list(indices))
+
+
 @dataclass
 class LoopState:
     step: int = 0                 # optimizer steps taken (including skipped non-finite ones)
-    tokens_seen: int = 0          # non-padding tokens through the policy, all ranks (as of the last log)
+    tokens_seen: int = 0          # non-padding tokens through the policy, summed over ranks, every step
     skipped_steps: int = 0
     consecutive_skips: int = 0    # non-finite steps in a row (not saved: a resumed run starts afresh)
-    optimizer_steps: int = 0      # RL: several optimizer steps per rollout (``step`` counts rollouts)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -118,8 +145,7 @@ def train_loop(
     cfg: TrainingConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    sampler: StepSampler,
-    get_batch: Callable[[list[int]], tuple[Batch, int]],
+    source: BatchSource,
     compute_loss: ComputeLoss,
     info: DistInfo,
     logger: MetricsLogger,
@@ -130,19 +156,32 @@ def train_loop(
     after_step: Callable[[LoopState], None] | None = None,
     desc: str = "train",
 ) -> LoopState:
-    """Run optimizer steps ``state.step`` .. ``total_steps - 1``. ``get_batch`` returns the batch and
-    its number of non-padding tokens (known on the host, so counting throughput costs no sync).
+    """Run optimizer steps ``state.step`` .. ``total_steps - 1``. Token counts come with the batches
+    (known on the host) and ride on the step's one all-reduce, so counting them costs no extra sync.
     ``after_step(state)`` runs after every optimizer step, before its logging, evaluation and checkpoint
     (TR-DPO's reference update)."""
     params = [p for p in model.parameters() if p.requires_grad]
     schedule = lr_schedule(cfg, total_steps)
-    cadence = Cadence.of(cfg, total_steps, sampler.steps_per_epoch)
+    cadence = Cadence.of(cfg, total_steps, source.steps_per_epoch)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     sharded = is_fsdp(model)
     bar = progress_bar(total_steps, state.step, cfg.progress_bar and info.is_main, desc)
     window: dict[str, Tensor] = {}
     grad_norms: list[Tensor] = []
-    window_tokens, window_start = 0, time.perf_counter()
+    window_start = time.perf_counter()
+    # Global tokens (all ranks) not yet added to state.tokens_seen: a device scalar, read only when
+    # logging or saving, so the count is exact at every checkpoint without a host sync per step.
+    pending_tokens = torch.zeros((), dtype=torch.float64, device=info.device)
+    window_tokens = torch.zeros((), dtype=torch.float64, device=info.device)
+
+    def flush_tokens() -> float:
+        nonlocal pending_tokens
+        tokens = pending_tokens.item()
+        state.tokens_seen += int(tokens)
+        pending_tokens = torch.zeros_like(pending_tokens)
+        return tokens
+
+    window_metrics = getattr(source, "window_metrics", None)
     model.train()
 
     while state.step < total_steps:
@@ -152,12 +191,12 @@ def train_loop(
 
         # 2. Forward/backward over the micro-batches; gradients sync across ranks only on the last one.
         #    Each micro-batch back-propagates a *sum* over its items (loss × count).
-        micro = sampler.micro_batches(state.step)
+        micro = list(source.micro_batches(state.step))   # token ids only: the activations come one at a time
         units = torch.zeros((), device=info.device)
         nonfinite = torch.zeros((), device=info.device)
+        step_tokens = 0
         poison = faults.nan_if("nan_loss", state.step + 1, info.rank)
-        for i, indices in enumerate(micro):
-            batch, n_tokens = get_batch(list(indices))
+        for i, (batch, n_tokens) in enumerate(micro):
             sync = i == len(micro) - 1
             ctx = model.no_sync() if (is_ddp and not sync) else contextlib.nullcontext()
             if sharded:  # reduce-scatter gradients only after the last micro-batch
@@ -172,11 +211,16 @@ def train_loop(
             nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()
             for k, v in sums.items():
                 window[k] = window[k] + v if k in window else v.detach().clone()
-            window_tokens += n_tokens
+            step_tokens += n_tokens
 
         # 3. Mean over the step's global items (DDP has already averaged over ranks, hence × world
         #    size), then clip and step, or skip a non-finite update.
-        units, nonfinite = all_reduce_sum(torch.stack([units, nonfinite]), info).unbind()
+        reduced = all_reduce_sum(torch.stack([units.double(), nonfinite.double(),
+                                              torch.tensor(float(step_tokens), dtype=torch.float64,
+                                                           device=info.device)]), info)
+        units, nonfinite, tokens = reduced[0].float(), reduced[1].float(), reduced[2]
+        pending_tokens = pending_tokens + tokens
+        window_tokens = window_tokens + tokens
         scale = info.world_size / units.clamp(min=1)
         for p in params:
             if p.grad is not None:
@@ -193,19 +237,20 @@ def train_loop(
         if cadence.log(state.step):
             metrics = reduce_means(window, info)
             elapsed = max(time.perf_counter() - window_start, 1e-9)
-            tokens = all_reduce_sum(torch.tensor(float(window_tokens)), info).item()
             metrics["grad_norm"] = torch.stack(grad_norms).float().mean().item()
             metrics["lr"] = lr
-            metrics["tokens_per_s"] = tokens / elapsed
-            metrics["epoch"] = state.step / sampler.steps_per_epoch
-            state.tokens_seen += int(tokens)
+            metrics["tokens_per_s"] = window_tokens.item() / elapsed
+            metrics["epoch"] = state.step / source.steps_per_epoch
+            flush_tokens()
             metrics["tokens_seen"] = float(state.tokens_seen)
             metrics["skipped_steps"] = float(state.skipped_steps)
+            if window_metrics is not None:
+                metrics.update(window_metrics(elapsed))
             logger.log(state.step, metrics)
             state.history.append({"step": state.step, **metrics})
             bar.set_postfix(format_postfix(metrics), refresh=False)
             window, grad_norms = {}, []
-            window_tokens, window_start = 0, time.perf_counter()
+            window_tokens, window_start = torch.zeros_like(window_tokens), time.perf_counter()
         stop_if_diverged(state, cfg.max_consecutive_skips, cfg.output_dir)   # after the step is logged
 
         # 5. Held-out evaluation and checkpoints on their strategies (the last step's: the stage's, after it).
@@ -218,11 +263,13 @@ def train_loop(
             # Not in the middle of a run of skipped steps: the newest checkpoint stays one from before
             # the trouble, and rotation cannot delete it in favour of one taken inside it.
             if state.consecutive_skips == 0:
+                flush_tokens()
                 save(state)
             elif info.is_main:
                 bar.write(f"step {state.step}: checkpoint not saved, the last {state.consecutive_skips} step(s) "
                           "were skipped as non-finite")
             window_start = time.perf_counter()
         faults.kill_if("kill_after_step", state.step, info.rank)
+    flush_tokens()
     bar.close()
     return state

@@ -71,10 +71,10 @@ def test_stages_take_only_their_keys_and_say_why_one_is_left_out():
         assert {f.name for f in dataclasses.fields(group)} <= {f.name for f in dataclasses.fields(cls)}
     assert "beta" not in {f.name for f in dataclasses.fields(SFTConfig)}
     with pytest.raises(ConfigError) as err:
-        RLConfig(**BASE, reward="m:f", gradient_accumulation_steps=2, torch_compile=True)
+        RLConfig(**BASE, reward="m:f", max_length=64, torch_compile=True)
     assert err.value.problems == [
-        "unknown config key 'gradient_accumulation_steps' for RLConfig: a rollout is one batch of prompts "
-        "(per_device_train_batch_size); ppo splits it with num_mini_batches",
+        "unknown config key 'max_length' for RLConfig: online stages bound completions with their own key "
+        "(max_new_tokens / max_completion_length) and prompts with max_prompt_length",
         "unknown config key 'torch_compile' for RLConfig: sampling would recompile for every generated length "
         "(sft and dpo compile)"]
 

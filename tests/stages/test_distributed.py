@@ -103,3 +103,38 @@ def test_fsdp_matches_one_process_and_its_sharded_checkpoint_resumes_under_anoth
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final")
     for (name, p), q in zip(final.named_parameters(), reference.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), name
+
+
+@pytest.mark.parametrize("stage, extra", [
+    ("grpo", ["num_generations=4", "per_device_train_batch_size=8", "max_completion_length=8",
+              "reward_funcs=[tests.stages.rl_rewards:letter_e_count]"]),
+    ("rloo", ["num_generations=4", "per_device_train_batch_size=2", "max_new_tokens=8",
+              "reward=tests.stages.rl_rewards:letter_e_count"]),
+])
+def test_online_rl_with_fsdp_on_two_processes_matches_one_process(stage, extra, tiny_model_dir, tmp_path):
+    """fsdp=true for online RL: the two processes sample their halves of the global prompt batch (the samples
+    depend on the seed and the prompt's slot, not on the process), generate in step (each forward of the
+    sharded model is a collective), and take the steps of one process with doubled accumulation; the
+    token count is summed over both."""
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Review number {i}:"}) + "\n" for i in range(64)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    common = [stage, f"model_name_or_path={tiny_model_dir}", f"train_file={prompts}", "max_prompt_length=16",
+              "max_steps=4", "learning_rate=1e-2", "logging_steps=1", "progress_bar=false", "report_to=none",
+              "threads=1", "eval_size=8", "eval_strategy=steps", "eval_steps=1000000", *extra]
+    _run([*common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2"], 1, env)
+    two = _run([*common, f"output_dir={tmp_path / 'two'}", "fsdp=true"], 2, env)
+    assert "2 process(es)" in two.stdout
+    one_train = read_metrics(tmp_path / "one" / "metrics.jsonl", "train")
+    two_train = read_metrics(tmp_path / "two" / "metrics.jsonl", "train")
+    assert len(one_train) == len(two_train) == 4
+    for a, b in zip(one_train, two_train):
+        assert b["reward"] == a["reward"] and b["tokens_seen"] == a["tokens_seen"]    # the same samples
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (a["step"], a["loss"], b["loss"])
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    one_eval = read_metrics(tmp_path / "one" / "metrics.jsonl", "eval")
+    two_eval = read_metrics(tmp_path / "two" / "metrics.jsonl", "eval")
+    assert two_eval[-1]["reward"] == pytest.approx(one_eval[-1]["reward"], abs=1e-6)

@@ -8,7 +8,7 @@ from torch import nn
 
 from preftune.config import TrainingConfig
 from preftune.train.distributed import DistInfo
-from preftune.train.loop import LoopState, TrainingDiverged, train_loop
+from preftune.train.loop import IndexedBatches, LoopState, TrainingDiverged, train_loop
 from preftune.train.metrics import MetricsLogger
 from preftune.train.optim import build_optimizer
 from preftune.train.sampler import StepSampler
@@ -37,8 +37,9 @@ def setup(tmp_path, poisoned: set[int], **overrides):
         return loss, {"loss": loss.detach() * len(idx), "count": torch.tensor(float(len(idx)))}
 
     def run(state, total):
-        return train_loop(cfg=cfg, model=model, optimizer=optimizer, sampler=sampler,
-                          get_batch=lambda idx: (torch.tensor(idx), len(idx)), compute_loss=compute_loss,
+        return train_loop(cfg=cfg, model=model, optimizer=optimizer,
+                          source=IndexedBatches(sampler, lambda idx: (torch.tensor(idx), len(idx))),
+                          compute_loss=compute_loss,
                           info=ONE, logger=MetricsLogger(tmp_path, "none", enabled=False), total_steps=total,
                           state=state)
     return model, optimizer, run

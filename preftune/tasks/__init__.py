@@ -1,0 +1,1 @@
+"""Tasks with known answers, generated offline: prompt files for online training with verifiable rewards."""
