@@ -22,6 +22,7 @@ from preftune.config import (
     cli_overrides,
     describe,
 )
+from preftune.config.parse import valued_keys
 from preftune.errors import PreftuneError
 
 STAGES = {
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     # Settings are not argparse options: every key is a setting, in any spelling (see cli_overrides).
     args, settings = build_parser().parse_known_args(argv)
     try:
-        args.overrides = cli_overrides(settings)
+        stage_config = STAGES[args.stage][0] if args.stage in STAGES else DPOConfig if args.stage == "demo" else None
+        args.overrides = cli_overrides(settings, valued_keys(stage_config) if stage_config else ())
         if args.stage == "demo":
             from preftune.demo import run_demo
 

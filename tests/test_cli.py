@@ -43,10 +43,11 @@ def test_theory_subcommand_writes_the_report(tmp_path):
 
 
 def test_dashed_settings_and_flags_are_read_like_key_value(capsys):
-    code = main(["dpo", "--model_name_or_path", "x", "--beta=0", "--bf16", "--betta", "0.2", "max_length=1"])
+    code = main(["dpo", "--model_name_or_path", "x", "--beta=0", "--bf16", "--betta", "0.2", "max_length=1",
+                 "--optim", "sgd", "--optim_args", "momentum=0.9", "--no_remove_unused_columns"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "3 problems in the config" in err
+    assert "3 problems in the config" in err   # optim_args took momentum=0.9 as its value
     for text in ("unknown config key 'betta'", "beta must be > 0, got 0.0", "max_length must be >= 2"):
         assert text in err
     assert "bf16" not in err  # --bf16 alone read as true

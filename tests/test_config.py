@@ -251,6 +251,8 @@ LOSS_ROWS = [
     (["rpo_alpha=-1"], "rpo_alpha must be >= 0 or null, got -1.0"),
 ]
 OUT_OF_RANGE += [(cls, overrides, message) for cls in (DPOConfig, EvalConfig) for overrides, message in LOSS_ROWS]
+OUT_OF_RANGE += [(TrainingConfig, ["datasets=[{path: org/x}]", "test_split_size=1.5"],
+                  "test_split_size must be a row count >= 1 or a fraction in (0, 1), got 1.5")]
 
 # Wrong types, and the floats no range check can catch (nan compares False with everything).
 WRONG_TYPE = [

@@ -218,7 +218,7 @@ class DataGroup:
 
     train_file: str = setting("", "Training data: a .jsonl/.json/.csv/.parquet file or a `datasets` folder (a "
                                   "DatasetDict: its dataset_train_split). One of train_file, dataset_name, "
-                                  "dataset_mixture, dataset_mixer, unless data is passed from Python.")
+                                  "dataset_mixture, dataset_mixer, datasets, unless data is passed from Python.")
     eval_file: str | None = setting(None, "Held-out data in the same formats (a DatasetDict: its "
                                           "dataset_test_split); never used for a training step.")
     eval_size: int = setting(0, "If no eval_file: hold out this many training examples (seeded) for evaluation "
@@ -237,15 +237,21 @@ class DataGroup:
                                                "its train splits}, with dataset_splits.")
     dataset_splits: list[str] = setting(["train", "test"], "dataset_mixer's splits: names with 'train' are "
                                                            "training data, names with 'test' held-out data.")
+    datasets: list[dict] | None = setting(None, "TRL's own mixture (trl dpo's DatasetMixtureConfig): [{path, name, "
+                                                "data_dir, data_files, split, columns, fraction}]; fractions are "
+                                                "shares of the mixture, as TRL's get_dataset takes them.")
+    test_split_size: float | None = setting(None, "With datasets: rows (>= 1) or the fraction held out of the "
+                                                  "mixture as its test split (seeded with seed).")
     prompt_field: str = setting("prompt", "Column holding the prompt (e.g. 'question' for Intel/orca_dpo_pairs).")
     system_field: str | None = setting(None, "Column holding a system text, which becomes the conversation's "
                                              "system message (empty text: none); needs a chat template.")
 
     def check(self, p: Problems) -> None:
-        from preftune.data.sources import check_mixer, check_mixture
+        from preftune.data.sources import check_mixer, check_mixture, check_trl_mixture
 
         non_negative(self, p, "eval_size")
-        sources = [k for k in ("train_file", "dataset_name", "dataset_mixture", "dataset_mixer") if getattr(self, k)]
+        sources = [k for k in ("train_file", "dataset_name", "dataset_mixture", "dataset_mixer", "datasets")
+                   if getattr(self, k)]
         if len(sources) > 1:
             p.add(f"{' and '.join(sources)} are all set: name the training data once")
         if self.dataset_mixture is not None:
@@ -257,6 +263,12 @@ class DataGroup:
         elif changed(self, "dataset_splits"):
             p.add("dataset_splits is set but dataset_mixer is not, so it would be ignored (dataset_name's splits "
                   "are dataset_train_split / dataset_test_split)", "dataset_splits")
+        if self.datasets:
+            for problem in check_trl_mixture(self.datasets, self.test_split_size):
+                p.add(problem, "datasets")
+        elif self.test_split_size is not None:
+            p.add("test_split_size is set but datasets is not, so it would be ignored (dataset_mixture takes its own "
+                  "test_split_size inside it)", "test_split_size")
         if self.dataset_config is not None and not self.dataset_name:
             p.add("dataset_config is set but dataset_name is not, so it would be ignored", "dataset_config")
         for key in ("prompt_field", "system_field"):

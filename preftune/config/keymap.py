@@ -140,6 +140,7 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "lora_target_parameters": Unsupported((None,), "LoRA wraps modules (lora_target_modules)"),
     "lora_task_type": Unsupported(("CAUSAL_LM", "SEQ_CLS"), "the stage sets the task type"),
     "dataset_streaming": Unsupported((False,), "the data is read and tokenized in full before training"),
+    "streaming": Unsupported((False,), "the data is read and tokenized in full before training"),
     "dataset_text_field": Unsupported(("text",), "sft trains on prompt/completion rows (completion_field)",
                                       ("SFTConfig",)),
     "dataset_kwargs": Unsupported((None,), "sft builds its own rows", ("SFTConfig",)),

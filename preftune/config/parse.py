@@ -90,10 +90,13 @@ def read_settings(path: str | Path | None = None, overrides: typing.Sequence[Ove
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-def cli_overrides(tokens: typing.Sequence[str]) -> list[Override]:
+def cli_overrides(tokens: typing.Sequence[str], valued: typing.Container[str] = ()) -> list[Override]:
     """Command-line settings in any of the spellings TRL users type: ``key=value``, ``--key value``,
     ``--key=value``, ``--key v1 v2`` (a list), ``--flag`` alone (true, as ``trl dpo --bf16``) and
-    ``--no_flag`` (false, as ``--no_remove_unused_columns``)."""
+    ``--no_flag`` (false, as ``--no_remove_unused_columns``).
+
+    ``valued``: keys that are never a bare flag (no boolean type), so the word after ``--key`` is always
+    their value, even one with ``=`` in it (``--optim_args momentum=0.9``)."""
     out: list[Override] = []
     i = 0
     while i < len(tokens):
@@ -112,6 +115,9 @@ def cli_overrides(tokens: typing.Sequence[str]) -> list[Override]:
             continue
         values = []
         i += 1
+        if key in valued and i < len(tokens) and not tokens[i].startswith("--"):
+            values.append(Text(tokens[i]))
+            i += 1
         while i < len(tokens) and not tokens[i].startswith("--") and not _KEY.match(tokens[i]):
             values.append(Text(tokens[i]))
             i += 1
@@ -197,6 +203,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return number
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def valued_keys(cls: type) -> set[str]:
+    """The keys of config class ``cls`` whose type admits no boolean (never a bare ``--flag``)."""
+    out = set()
+    for name, tp in typing.get_type_hints(cls).items():
+        if tp is not bool and bool not in typing.get_args(tp) and tp is not Any:
+            out.add(name)
+    return out
 
 
 def type_name(tp: Any) -> str:

@@ -14,6 +14,11 @@ One of, for training:
 * ``dataset_mixer``: the handbook's older ``{id: fraction}`` with ``dataset_splits`` — splits whose
   name contains ``train`` are cut to the first ``fraction`` of their rows and concatenated, those
   containing ``test`` are concatenated whole, both shuffled with seed 42;
+* ``datasets`` (+ ``test_split_size``): TRL's own mixture (``trl dpo``'s ``DatasetMixtureConfig``),
+  ``[{path, name, data_dir, data_files, split, columns, fraction}]`` — each loaded with
+  ``load_dataset``, fractions normalised to shares of the largest mixture no dataset is oversampled
+  for (the first ``round(share × total)`` rows of each), concatenated in order, ``test_split_size``
+  split off as ``test`` (seeded with the run's seed; TRL's split is unseeded);
 * an object from Python: ``datasets.Dataset``/``DatasetDict``, a pandas DataFrame, a list of dicts.
 
 Whatever has splits (a Hub dataset, a mixture, a ``DatasetDict`` folder or object) gives training
@@ -33,10 +38,12 @@ from typing import Any
 from preftune.data.load import Source, _is_hf_dataset, _require
 from preftune.errors import ConfigError, DataError
 
-__all__ = ["DataSpec", "check_mixer", "check_mixture", "eval_source", "load_hub_dataset", "resolve_sources"]
+__all__ = ["DataSpec", "check_mixer", "check_mixture", "check_trl_mixture", "eval_source", "load_hub_dataset",
+           "resolve_sources"]
 
 _MIXTURE_KEYS = {"datasets", "seed", "test_split_size"}
 _ENTRY_KEYS = {"id", "config", "split", "columns", "weight", "data_dir", "data_files"}
+_TRL_ENTRY_KEYS = {"path", "name", "data_dir", "data_files", "split", "columns", "fraction"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,10 @@ class DataSpec:
     dataset_mixture: Mapping[str, Any] | None = None
     dataset_mixer: Mapping[str, float] | None = None
     dataset_splits: Sequence[str] = ("train", "test")
+    datasets: Sequence[Mapping[str, Any]] | None = None
+    test_split_size: float | None = None
     eval_size: int = 0
+    seed: int = 42
 
     @classmethod
     def of(cls, cfg: Any) -> DataSpec:
@@ -67,10 +77,11 @@ def resolve_sources(spec: DataSpec, train_data: Any = None, eval_data: Any = Non
     train_sets = [name for name, given in (("train_data", train_data is not None), ("train_file", spec.train_file),
                                            ("dataset_name", spec.dataset_name),
                                            ("dataset_mixture", spec.dataset_mixture),
-                                           ("dataset_mixer", spec.dataset_mixer)) if given]
+                                           ("dataset_mixer", spec.dataset_mixer),
+                                           ("datasets", spec.datasets)) if given]
     if not train_sets:
-        raise ConfigError("no training data: set train_file, dataset_name, dataset_mixture or dataset_mixer "
-                          "(or pass train_data= from Python)")
+        raise ConfigError("no training data: set train_file, dataset_name, dataset_mixture, dataset_mixer or "
+                          "datasets (or pass train_data= from Python)")
     if len(train_sets) > 1 and train_sets[0] != "train_data":
         raise ConfigError(f"{' and '.join(train_sets)} are both set: name the training data once")
     if train_data is not None:
@@ -81,6 +92,8 @@ def resolve_sources(spec: DataSpec, train_data: Any = None, eval_data: Any = Non
         splits = _splits_of(spec.dataset_name, spec.dataset_name, config=spec.dataset_config, hub=True)
     elif spec.dataset_mixture:
         splits = _splits_of(load_mixture(spec.dataset_mixture), "dataset_mixture")
+    elif spec.datasets:
+        splits = _splits_of(load_trl_mixture(spec.datasets, spec.test_split_size, spec.seed), "datasets")
     else:
         splits = _splits_of(load_mixer(spec.dataset_mixer, spec.dataset_splits), "dataset_mixer")
     train = splits.pick(spec.dataset_train_split, "dataset_train_split")
@@ -229,19 +242,10 @@ def check_mixture(spec: Any) -> list[str]:
         entries = []
     for i, entry in enumerate(entries):
         where = f"dataset_mixture.datasets[{i}]"
-        if not isinstance(entry, Mapping):
-            problems.append(f"{where} must be a mapping with at least 'id'")
-            continue
-        problems += [f"{where}: unknown key {k!r} (known: {', '.join(sorted(_ENTRY_KEYS))})"
-                     for k in entry if k not in _ENTRY_KEYS]
-        if not isinstance(entry.get("id"), str) or not entry.get("id"):
-            problems.append(f"{where}.id must name a dataset (a Hub id or a local folder)")
-        weight = entry.get("weight", 1.0)
+        problems += _entry_problems(entry, where, "id", _ENTRY_KEYS, f"known: {', '.join(sorted(_ENTRY_KEYS))}")
+        weight = entry.get("weight", 1.0) if isinstance(entry, Mapping) else 1.0
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
             problems.append(f"{where}.weight must be in (0, 1] (the share of its rows drawn), got {weight!r}")
-        columns = entry.get("columns")
-        if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
-            problems.append(f"{where}.columns must be a list of column names, got {columns!r}")
     seed = spec.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(f"dataset_mixture.seed must be an integer, got {seed!r}")
@@ -249,6 +253,25 @@ def check_mixture(spec: Any) -> list[str]:
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0
                              or (isinstance(size, float) and size >= 1)):
         problems.append(f"dataset_mixture.test_split_size must be a row count >= 1 or a fraction in (0, 1), got {size!r}")
+    return problems
+
+
+def _entry_problems(entry: Any, where: str, name_key: str, keys: set[str], known: str, handbook_keys: bool = False
+                    ) -> list[str]:
+    """The problems of one mixture entry: not a mapping, unknown keys, no dataset named, bad columns."""
+    if not isinstance(entry, Mapping):
+        return [f"{where} must be a mapping with at least {name_key!r}"]
+    problems = []
+    for k in entry:
+        if k not in keys:
+            hint = ("; 'id', 'config' and 'weight' are dataset_mixture's, the alignment-handbook's format"
+                    if handbook_keys and k in ("id", "config", "weight") else "")
+            problems.append(f"{where}: unknown key {k!r} ({known}{hint})")
+    if not isinstance(entry.get(name_key), str) or not entry.get(name_key):
+        problems.append(f"{where}.{name_key} must name a dataset (a Hub id or a local folder)")
+    columns = entry.get("columns")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        problems.append(f"{where}.columns must be a list of column names, got {columns!r}")
     return problems
 
 
@@ -279,13 +302,7 @@ def load_mixture(spec: Mapping[str, Any]) -> Any:
     for i, entry in enumerate(spec["datasets"]):
         ds = load_hub_dataset(entry["id"], config=entry.get("config"), split=entry.get("split", "train"),
                               data_dir=entry.get("data_dir"), data_files=entry.get("data_files"))
-        columns = entry.get("columns")
-        if columns is not None:
-            missing = [c for c in columns if c not in ds.column_names]
-            if missing:
-                raise ConfigError(f"dataset_mixture.datasets[{i}] ({entry['id']}): no column(s) {missing} "
-                                  f"(it has {ds.column_names})")
-            ds = ds.select_columns(columns)
+        ds = _select_columns(ds, entry.get("columns"), f"dataset_mixture.datasets[{i}] ({entry['id']})")
         weight = entry.get("weight", 1.0)
         if weight is not None:
             ds = ds.shuffle(seed=seed).select(range(int(len(ds) * weight)))
@@ -319,6 +336,61 @@ def load_mixer(mixer: Mapping[str, float], splits: Sequence[str]) -> Any:
     return datasets.DatasetDict(out)
 
 
+def check_trl_mixture(entries: Any, test_split_size: float | None) -> list[str]:
+    """Every problem of TRL's mixture (the ``datasets`` and ``test_split_size`` keys); empty: valid."""
+    problems = []
+    if not isinstance(entries, list):
+        return [f"datasets must be a list of {{path, name, split, columns, fraction}}, got {entries!r}"]
+    known = f"TRL's DatasetConfig has {', '.join(sorted(_TRL_ENTRY_KEYS))}"
+    for i, entry in enumerate(entries):
+        where = f"datasets[{i}]"
+        problems += _entry_problems(entry, where, "path", _TRL_ENTRY_KEYS, known, handbook_keys=True)
+        fraction = entry.get("fraction") if isinstance(entry, Mapping) else None
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or fraction < 0):
+            problems.append(f"{where}.fraction must be a number >= 0 (a share of the mixture), got {fraction!r}")
+    given = [isinstance(e, Mapping) and e.get("fraction") is not None for e in entries]
+    if any(given) and not all(given):
+        problems.append("datasets: fraction must be set for every dataset of the mixture or for none (as TRL)")
+    elif all(given) and entries and not any(e.get("fraction", 0) > 0 for e in entries if isinstance(e, Mapping)):
+        problems.append("datasets: every fraction is 0, so the mixture would be empty")
+    if test_split_size is not None and not (0 < test_split_size < 1 or (test_split_size >= 1 and
+                                                                        float(test_split_size).is_integer())):
+        problems.append(f"test_split_size must be a row count >= 1 or a fraction in (0, 1), got {test_split_size:g}")
+    return problems
+
+
+def load_trl_mixture(entries: Sequence[Mapping[str, Any]], test_split_size: float | None, seed: int) -> Any:
+    """TRL's mixture as a DatasetDict with ``train`` (and ``test``); see the module docstring."""
+    _raise(check_trl_mixture(list(entries), test_split_size))
+    datasets = _require("datasets", "datasets", "loading a datasets mixture")
+    parts = []
+    for i, entry in enumerate(entries):
+        ds = load_hub_dataset(entry["path"], config=entry.get("name"), split=entry.get("split") or "train",
+                              data_dir=entry.get("data_dir"), data_files=entry.get("data_files"))
+        parts.append(_select_columns(ds, entry.get("columns"), f"datasets[{i}] ({entry['path']})"))
+    fractions = [entry.get("fraction") for entry in entries]
+    if fractions[0] is not None:
+        shares = [f / sum(fractions) for f in fractions]
+        # the largest mixture in which no dataset gives more rows than it has
+        total = min(len(ds) / share for ds, share in zip(parts, shares) if share > 0)
+        parts = [ds.select(range(round(share * total))) for ds, share in zip(parts, shares)]
+    mixed = _concatenate(datasets, parts, [e["path"] for e in entries])
+    if test_split_size is None:
+        return datasets.DatasetDict({"train": mixed})
+    size = int(test_split_size) if test_split_size >= 1 else test_split_size
+    return mixed.train_test_split(test_size=size, seed=seed)
+
+
+def _select_columns(ds: Any, columns: Sequence[str] | None, where: str) -> Any:
+    if columns is None:
+        return ds
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ConfigError(f"{where}: no column(s) {missing} (it has {ds.column_names})")
+    return ds.select_columns(list(columns))
+
+
 def _concatenate(datasets: Any, parts: list[Any], names: list[str]) -> Any:
     if len(parts) == 1:
         return parts[0]
@@ -327,4 +399,4 @@ def _concatenate(datasets: Any, parts: list[Any], names: list[str]) -> Any:
     except ValueError as e:
         features = "; ".join(f"{n}: {sorted(p.column_names)}" for n, p in zip(names, parts))
         raise DataError(f"the datasets of the mixture cannot be concatenated ({e}); their columns: {features}. "
-                        "Select the same columns from each ('columns' in dataset_mixture)") from None
+                        "Select the same columns from each (each entry's 'columns')") from None

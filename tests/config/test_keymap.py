@@ -115,3 +115,27 @@ def test_the_tables_do_not_shadow_real_keys():
         for key in (set(IGNORED) | set(UNSUPPORTED)) - scoped:
             if key in fields:
                 assert key in ("overwrite_output_dir", "router_aux_loss_coef", "dataset_num_proc"), (stage.__name__, key)
+
+
+# Where a stage's default for a TRL-named key is not TRL's, and why (each in the README's "Coming from TRL").
+DEFAULTS_DIFFER = {
+    "output_dir": "runs/<stage> rather than trainer_output",
+    "bf16": "CPUs without bf16 units run it several times slower (TRL: None, i.e. on where supported)",
+    "padding_free": "auto: packing, checked against padded rows on a probe (the same numbers)",
+    "precompute_ref_log_probs": "null = true unless sync_ref_model (the same numbers, computed once)",
+    "num_generations": "RLConfig serves ppo and reinforce too (one sample per prompt); rloo asks for >= 2",
+}
+SAME = {"report_to": lambda v: [v] if isinstance(v, str) else v, "fsdp": lambda v: v or False,
+        "model_name_or_path": lambda v: v or ""}
+
+
+@pytest.mark.parametrize("theirs, ours", COUNTERPARTS[:5], ids=lambda c: c.__name__)
+def test_defaults_of_trl_named_keys_are_trls(theirs, ours):
+    own = {f.name: f for f in dataclasses.fields(ours)}
+    differ = {}
+    for f in dataclasses.fields(theirs):
+        if f.name in own and f.name not in DEFAULTS_DIFFER:
+            normal = SAME.get(f.name, lambda v: v)
+            if normal(default(f)) != normal(default(own[f.name])):
+                differ[f.name] = (default(f), default(own[f.name]))
+    assert differ == {}

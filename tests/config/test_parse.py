@@ -3,6 +3,7 @@
 import pytest
 
 from preftune.config import DPOConfig, Text, cli_overrides, load_config, read_settings
+from preftune.config.parse import valued_keys
 from preftune.errors import ConfigError
 
 BASE = ["model_name_or_path=m", "train_file=t.jsonl"]
@@ -42,6 +43,14 @@ def test_every_command_line_spelling_trl_users_type():
     assert cfg.beta == 0.2 and cfg.bf16 is True and cfg.loss_type == ["sigmoid", "ipo"]
     assert cfg.max_length == 64 and cfg.seed == 3 and cfg.loss_weights == [1.0, 0.5]
     assert cfg.precompute_ref_log_probs is False and cfg.use_peft is True and cfg.padding_free is False
+
+
+def test_a_value_with_an_equals_sign_after_a_key_that_takes_values_is_that_value():
+    tokens = ["--optim", "sgd", "--optim_args", "momentum=0.9,nesterov=true", "--use_peft", "lora_r=8"]
+    cfg = load_config(DPOConfig, None, BASE + cli_overrides(tokens, valued_keys(DPOConfig)))
+    assert cfg.optim_args == "momentum=0.9,nesterov=true" and cfg.use_peft is True and cfg.lora_r == 8
+    assert {"optim_args", "learning_rate", "loss_type"} <= valued_keys(DPOConfig)
+    assert not {"use_peft", "padding_free", "bf16", "precompute_ref_log_probs"} & valued_keys(DPOConfig)
 
 
 def test_a_stray_word_on_the_command_line_is_an_error():

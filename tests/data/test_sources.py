@@ -178,3 +178,56 @@ def test_mixtures_read_save_to_disk_folders_too(dict_folder, tmp_path):
     datasets.Dataset.from_list(rows("a-t", 2)).save_to_disk(str(per_split / "test"))
     train, held_out = resolve_sources(DataSpec(dataset_mixer={str(per_split): 0.5}))
     assert sorted(prompts(train)) == ["a 0", "a 1"] and len(prompts(held_out)) == 2
+
+
+@pytest.fixture
+def two_local_sets(tmp_path):
+    """Two local dataset folders (data files + card), readable by TRL's get_dataset and by preftune alike."""
+    return [str(write_dataset_repo(tmp_path / name, {"default": {"train": rows(name, n)}}))
+            for name, n in (("a", 20), ("b", 8))]
+
+
+@pytest.mark.parametrize("fractions", [None, (0.5, 0.5), (3, 1), (1, 0)])
+def test_trl_mixture_equals_trls_get_dataset(two_local_sets, fractions):
+    from trl import DatasetMixtureConfig, get_dataset
+    from trl.scripts.utils import DatasetConfig
+
+    entries = [{"path": path, "split": "train", "columns": ["prompt", "chosen", "rejected"]}
+               for path in two_local_sets]
+    if fractions:
+        entries = [{**e, "fraction": f} for e, f in zip(entries, fractions)]
+    theirs = get_dataset(DatasetMixtureConfig(datasets=[DatasetConfig(**e) for e in entries]))["train"]["prompt"]
+    train, held_out = resolve_sources(DataSpec(datasets=entries))
+    assert prompts(train) == theirs and held_out is None
+    # (3, 1): shares ¾ and ¼; a (20 rows) caps the mixture at 26⅔ rows: all 20 of a, round(6⅔) = 7 of b
+    if fractions == (3, 1):
+        assert (sum(p.startswith("a") for p in theirs), sum(p.startswith("b") for p in theirs)) == (20, 7)
+
+
+def test_trl_mixture_test_split_size_holds_out_rows_seeded(two_local_sets):
+    entries = [{"path": path} for path in two_local_sets]
+    train, held_out = resolve_sources(DataSpec(datasets=entries, test_split_size=6, seed=1))
+    assert (len(prompts(train)), len(prompts(held_out))) == (22, 6)
+    assert sorted(prompts(train) + prompts(held_out)) == sorted([f"a {i}" for i in range(20)] +
+                                                                [f"b {i}" for i in range(8)])
+    assert prompts(resolve_sources(DataSpec(datasets=entries, test_split_size=6, seed=1))[1]) == prompts(held_out)
+    assert len(prompts(resolve_sources(DataSpec(datasets=entries, test_split_size=0.25))[1])) == 7
+
+
+def test_trl_mixture_problems_are_config_errors_all_at_once():
+    from preftune.config import DPOConfig
+
+    with pytest.raises(ConfigError) as e:
+        DPOConfig(model_name_or_path="m", datasets=[{"id": "org/a", "fraction": 1}, {"path": "org/b"}],
+                  test_split_size=1.5, streaming=True)
+    assert e.value.problems == [
+        "streaming=True is not supported: the data is read and tokenized in full before training",
+        "datasets[0]: unknown key 'id' (TRL's DatasetConfig has columns, data_dir, data_files, fraction, name, path, "
+        "split; 'id', 'config' and 'weight' are dataset_mixture's, the alignment-handbook's format)",
+        "datasets[0].path must name a dataset (a Hub id or a local folder)",
+        "datasets: fraction must be set for every dataset of the mixture or for none (as TRL)",
+        "test_split_size must be a row count >= 1 or a fraction in (0, 1), got 1.5"]
+    with pytest.raises(ConfigError, match="test_split_size is set but datasets is not"):
+        DPOConfig(model_name_or_path="m", test_split_size=10)
+    with pytest.raises(ConfigError, match="dataset_name and datasets are all set"):
+        DPOConfig(model_name_or_path="m", dataset_name="x", datasets=[{"path": "y"}])

@@ -38,10 +38,10 @@ def hub(tmp_path, offline_hub, model_dir, splits: dict[str, list[dict]], repo: s
     save_to_hub_cache(write_dataset_repo(tmp_path / "repo", {config: splits}), repo, offline_hub, repo_type="dataset")
 
 
-def preftune(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def preftune(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "preftune", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=timeout)
 
 
 def recipe(name: str, size: str, tmp_path: Path) -> Path:
@@ -93,6 +93,33 @@ def test_zephyr_dpo_qlora_recipe_runs_unchanged_but_for_4bit_without_cuda(tiny_m
     assert (out / "final" / "model.safetensors").is_file()
 
 
+def test_a_split_the_dataset_lacks_is_exit_code_2_before_the_model_loads(tiny_model_dir, tmp_path, offline_hub):
+    hub(tmp_path, offline_hub, tiny_model_dir, {"train_prefs": h4_rows(8), "test_prefs": h4_rows(8)})
+    proc = preftune(["dpo", "--model_name_or_path", TINY_MODEL, "--dataset_name", TINY_DATA, "--output_dir", "out"],
+                    cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{TINY_DATA}: no split 'train' (it has train_prefs, test_prefs); set dataset_train_split" in proc.stderr
+    assert "policy:" not in proc.stdout and not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_trls_own_mixture_format_trains(tiny_model_dir, tmp_path, offline_hub):
+    # trl dpo's DatasetMixtureConfig keys, as TRL's docs write them in a YAML config.
+    hub(tmp_path, offline_hub, tiny_model_dir, {"train_prefs": h4_rows(12), "test_prefs": h4_rows(4)})
+    config = tmp_path / "trl.yaml"
+    config.write_text(f"model_name_or_path: {TINY_MODEL}\noutput_dir: out\nmax_steps: 1\n"
+                      f"per_device_train_batch_size: 4\neval_strategy: steps\nstreaming: false\n"
+                      f"datasets:\n  - path: {TINY_DATA}\n    split: train_prefs\n    columns: [chosen, rejected]\n"
+                      f"    fraction: 1.0\n  - path: {TINY_DATA}\n    split: test_prefs\n    columns: [chosen, rejected]\n"
+                      f"    fraction: 0.5\n"
+                      f"test_split_size: 3\n")
+    proc = preftune(["dpo", "--config", str(config)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # shares ⅔ and ⅓; test_prefs (4 rows) caps the mixture at 12 rows: 8 + 4, of which 3 are held out
+    assert "train data: datasets [train]: 9 examples" in proc.stdout
+    assert "eval data: datasets [test]: 3 examples" in proc.stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl", "eval")] == [1]
+
+
 # TRL 1.16's documented command lines (trl/scripts/dpo.py), flag for flag.
 TRL_DPO = ["--dataset_name", "trl-lib/ultrafeedback_binarized", "--model_name_or_path", "Qwen/Qwen2-0.5B-Instruct",
            "--learning_rate", "5.0e-7", "--num_train_epochs", "1", "--per_device_train_batch_size", "2",
@@ -108,7 +135,8 @@ def test_trl_dpo_command_lines_run_unchanged(tiny_model_dir, tmp_path, offline_h
         repo="tiny-org/trl-ultrafeedback-binarized-tiny")
     names = {"trl-lib/ultrafeedback_binarized": "tiny-org/trl-ultrafeedback-binarized-tiny",
              "Qwen/Qwen2-0.5B-Instruct": TINY_MODEL}
-    proc = preftune(["dpo", *[names.get(f, f) for f in flags]], cwd=tmp_path)
+    # 1000 steps: about 12 minutes on 2 busy cores
+    proc = preftune(["dpo", *[names.get(f, f) for f in flags]], cwd=tmp_path, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "Qwen2-0.5B-DPO"
     assert len(read_metrics(out / "metrics.jsonl", "eval")) == 20   # every 50 of the 1000 steps

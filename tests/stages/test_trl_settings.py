@@ -123,6 +123,10 @@ def test_preftune_eval_reads_beta_loss_and_reference_from_the_run(tiny_model_dir
     # A value given to eval wins over the run's.
     other = eval_main(None, [f"model_name_or_path={out / 'final'}", f"eval_file={held_out}", "beta=0.6"])
     assert other["rewards/margins"] == pytest.approx(2 * metrics["rewards/margins"], rel=1e-4)
+    # So does a reference: the policy against itself has no margin.
+    itself = eval_main(None, [f"model_name_or_path={out}", f"eval_file={held_out}",
+                              f"ref_model_name_or_path={out / 'final'}"])
+    assert itself["rewards/margins"] == pytest.approx(0.0, abs=1e-6) and metrics["rewards/margins"] != 0
 
 
 def test_push_to_hub_offline_is_an_error_before_any_work(tiny_model_dir, tmp_path, monkeypatch):

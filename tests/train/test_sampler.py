@@ -36,6 +36,38 @@ def test_total_steps():
     assert total_steps(3, 2.5, -1) == 8 and total_steps(4, 0.3, -1) == 2 and total_steps(7, 1 / 7, -1) == 1
 
 
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    from transformers import Trainer, TrainingArguments
+
+    from preftune.testing import tiny_llama
+
+    return Trainer(model=tiny_llama(64), args=TrainingArguments(str(tmp_path_factory.mktemp("t")), report_to="none"))
+
+
+@pytest.mark.parametrize("examples", [48, 96, 51, 100, 7 * 24 + 5])
+@pytest.mark.parametrize("batch, accumulation", [(1, 1), (4, 1), (2, 3), (3, 4)])
+@pytest.mark.parametrize("epochs", [1, 3, 0.3, 2.5, 1 / 7, 0.99])
+def test_run_length_is_the_trainers_on_the_examples_an_epoch_uses(trainer, examples, batch, accumulation, epochs):
+    # transformers' Trainer.set_initial_training_values, given a DataLoader of the examples an epoch uses (preftune
+    # leaves a final partial global batch out of each epoch; the Trainer would run it as a smaller step).
+    from dataclasses import replace
+
+    from torch.utils.data import DataLoader
+
+    sampler = StepSampler(examples, batch, accumulation)
+    used = sampler.steps_per_epoch * sampler.global_batch
+    args = replace(trainer.args, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                   num_train_epochs=epochs)
+    theirs = trainer.set_initial_training_values(args, DataLoader(range(used), batch_size=batch))
+    num_update_steps_per_epoch, max_steps = theirs[1], theirs[-1]
+    assert sampler.steps_per_epoch == num_update_steps_per_epoch
+    assert total_steps(sampler.steps_per_epoch, epochs, -1) == max_steps
+    args = replace(args, max_steps=11)
+    assert total_steps(sampler.steps_per_epoch, epochs, 11) == trainer.set_initial_training_values(
+        args, DataLoader(range(used), batch_size=batch))[-1]
+
+
 def _padding(sampler, lengths, steps):
     """Padding tokens over ``steps`` steps: each micro-batch is padded to its longest example."""
     total = 0
