@@ -112,9 +112,10 @@ def _probe(lm: nn.Module) -> tuple[Tensor, Tensor]:
     was_training = lm.training
     lm.eval()
     try:
-        with torch.autocast(weight.device.type, enabled=False):
+        with torch.autocast(weight.device.type, enabled=False):   # a caller's autocast would round both
             ids = torch.zeros(1, len(rows), dtype=torch.long, device=weight.device)
             logits = lm(input_ids=ids, use_cache=False).logits
+            raw = F.linear(hidden, weight, head.bias)
     finally:
         for handle in handles:
             handle.remove()
@@ -125,7 +126,6 @@ def _probe(lm: nn.Module) -> tuple[Tensor, Tensor]:
     if logits.shape[-1] != weight.shape[0] or logits.shape[1] != len(rows):
         raise OutputTransformError(f"{_model_type(lm)}: logits of shape {tuple(logits.shape)} from an output layer "
                                    f"of {weight.shape[0]} rows: preftune cannot reproduce them")
-    raw = F.linear(hidden, weight, head.bias)
     return raw[0].double(), logits[0].double()
 
 

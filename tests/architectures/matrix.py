@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch._dynamo.utils import counters
 
 from preftune.errors import ConfigError
 from preftune.modeling.layers import compile_decoder_layers
@@ -131,6 +132,11 @@ class Matrix:
                 return Measured(0.0, 0.0, "lean refused (nothing applies)")
             applied.append(f"lean {counts['norms']}n/{counts['mlps']}m/{counts['attention']}a" if took else "lean off")
         if setting.compile:
+            # A fresh compile cache per family: every family's layers run through one transformers function
+            # (GradientCheckpointingLayer.__call__), whose recompile limit (8) would leave later families
+            # running eager, silently. The graphs compiled for this family are counted into ``applied``.
+            torch._dynamo.reset()
+            graphs_before = counters["stats"]["unique_graphs"]
             applied.append(f"compiled {compile_decoder_layers(model)} layers")
         try:
             packed = resolve_padding_free(model, setting.padding_free, lambda _: None)
@@ -149,6 +155,8 @@ class Matrix:
         applied.append(("shared" if any(s.startswith("prefix sharing: on") for s in said) else "packed") if packed
                        else "padded")
         (out.logps * _WEIGHTS).sum().backward()
+        if setting.compile:
+            applied.append(f"{counters['stats']['unique_graphs'] - graphs_before} graphs")
         logps, per_token = out.logps.detach().double(), out.tokens.detach().double()
         logp = max(float((logps - sums).abs().max()), float((per_token - tokens).abs().max()))
         grad = 0.0

@@ -17,4 +17,6 @@ def matrix() -> Matrix:
 def test_compiled_layers_give_the_models_own_logprobs_and_gradients(matrix, arch):
     got = matrix.measure(arch, COMPILE)
     assert "compiled 2 layers" in got.applied
+    graphs = int(got.applied.split(" graphs")[0].rsplit(" ", 1)[-1])
+    assert graphs > 0, got.applied   # dynamo compiled this family's layers (no silent fallback to eager)
     assert got.logp <= TOLERANCE and got.grad <= TOLERANCE, (arch, got)

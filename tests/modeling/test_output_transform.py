@@ -34,6 +34,13 @@ def test_a_16_bit_model_is_read_within_its_precision(arch, scale, softcap, dtype
     assert found.softcap == (None if softcap is None else pytest.approx(softcap, rel=1e-2))
 
 
+def test_found_the_same_under_a_callers_bf16_autocast():
+    # The probe's own output-layer product must not be autocast while the model's logits are not.
+    lm = tiny_llama(512, hidden_size=128, num_layers=1)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert derive_output_transform(lm) == OutputTransform()
+
+
 class _ScaledAndCapped(LlamaForCausalLM):
     """A family that scales its logits and then soft-caps them (neither is a Llama config setting)."""
 
