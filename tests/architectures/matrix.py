@@ -205,7 +205,8 @@ def run_stages(model_dir: str, out, *extra: str, reward=None) -> dict[str, objec
                              train_data=PAIRS)
     results["rm"] = run_rm(load_config(RMConfig, None, [*common, f"output_dir={out}/rm", "learning_rate=1e-3"]),
                            train_data=PAIRS)
-    rl = [*common, f"output_dir={out}/rl", "algorithm=reinforce", f"reward={reward or results['rm'].final_dir}",
-          "max_new_tokens=4", "learning_rate=1e-3"]
+    # The online stages bound completions with max_new_tokens, not max_length.
+    rl = [*(c for c in common if not c.startswith("max_length=")), f"output_dir={out}/rl", "algorithm=reinforce",
+          f"reward={reward or results['rm'].final_dir}", "max_new_tokens=4", "learning_rate=1e-3"]
     results["rl"] = run_rl(load_config(RLConfig, None, rl), train_data=[{"prompt": p["prompt"]} for p in PAIRS])
     return results
