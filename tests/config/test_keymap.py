@@ -20,7 +20,8 @@ REQUIRED = {DPOConfig: {}, SFTConfig: {}, RMConfig: {}, RLConfig: {"reward": "m:
 COUNTERPARTS = [(trl.DPOConfig, DPOConfig), (trl.RewardConfig, RMConfig), (trl.RLOOConfig, RLConfig),
                 (trl.SFTConfig, SFTConfig), (trl.ScriptArguments, DPOConfig), (trl.GRPOConfig, GRPOConfig),
                 (OnlineDPOConfigTRL, OnlineDPOConfig)]
-COUNTERPARTS += [(cls, stage) for cls in (TrainingArguments, trl.ModelConfig) for stage in REQUIRED]
+COUNTERPARTS += [(cls, stage) for cls in (TrainingArguments, trl.ModelConfig, trl.DatasetMixtureConfig)
+                 for stage in REQUIRED]
 
 
 def default(f: dataclasses.Field):
