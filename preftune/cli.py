@@ -24,6 +24,7 @@ from preftune.config import (
 )
 from preftune.config.parse import valued_keys
 from preftune.errors import PreftuneError
+from preftune.train.signals import RunInterrupted
 
 STAGES = {
     "sft": (SFTConfig, "supervised fine-tuning on completions (builds π_ref when no SFT model exists)"),
@@ -132,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "online-dpo":
             from preftune.stages.online_dpo import main as stage
             stage(args.config, args.overrides)
+    except RunInterrupted as e:   # SIGTERM / SIGINT: a checkpoint is saved, say how to continue
+        print(f"preftune {args.stage}: {e}", file=sys.stderr)
+        return e.exit_code
     except PreftuneError as e:
         print(f"preftune {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:     # Ctrl-C before a run installed its handlers (while loading): nothing to save
+        print(f"preftune {args.stage}: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     return 0
 
 

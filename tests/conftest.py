@@ -117,3 +117,22 @@ def pre_trl(settings, held_out: bool = False, online: bool = False) -> list[str]
     if held_out or "eval_file" in keys or (sizes and sizes[-1] != "0"):
         out += PRE_TRL_EVAL
     return out + settings
+
+
+class _Touch:
+    """Unpickling this runs a shell command that creates a marker file: what an attacker's payload does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def pickle_payload(marker: Path) -> bytes:
+    """A pickle whose loading creates ``marker`` (no file appears unless something unpickles it)."""
+    import pickle
+
+    return pickle.dumps(_Touch(marker))

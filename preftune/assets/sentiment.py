@@ -9,9 +9,11 @@ logistic regression. Reviews are the cleaned texts of :func:`~preftune.assets.im
 share is held out and the classifier's accuracy on it is logged when it is trained (about 0.90 on
 the 4,980 held-out full reviews; lower on short snippets, whose first words are often plot summary).
 
-Trained once (≈ 40 s on 2 cores, most of it building the 2-gram vocabulary) and cached with joblib
-under ``cache_dir()/sentiment/<key>.joblib``; the key hashes the data file's bytes, the settings and
-the scikit-learn version (pickles do not travel across versions). Use it as an RL reward::
+Trained once (≈ 40 s on 2 cores, most of it building the 2-gram vocabulary) and cached under
+``cache_dir()/sentiment/<key>.npz``: the fitted numbers (vocabulary, idf weights, coefficients) and the
+vectorizer's settings, no pickles (``np.load(allow_pickle=False)``), so a planted cache file can hold
+wrong numbers but never run code; its sha256 sits beside it and a damaged file is retrained. The key
+hashes the data file's bytes, the settings and the scikit-learn version. Use it as an RL reward::
 
     preftune rloo ... reward=preftune.assets.sentiment:positive_probability   # in [0, 1]
     preftune rloo ... reward=preftune.assets.sentiment:positive_logit         # log-odds, unbounded
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import random
 import time
@@ -31,10 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preftune.assets.cache import cache_dir
+import numpy as np
+
+from preftune.assets.cache import cache_dir, read_verified, write_verified
 from preftune.assets.imdb import imdb_csv_path, load_imdb_reviews
 
-__all__ = ["SentimentClassifier", "load_classifier", "positive_logit", "positive_probability"]
+__all__ = ["SentimentClassifier", "load_classifier", "load_pipeline", "positive_logit", "positive_probability",
+           "save_pipeline"]
 
 SETTINGS = {"ngram_range": [1, 2], "min_df": 2, "max_features": 100_000, "sublinear_tf": True, "C": 4.0,
             "held_out_fraction": 0.2}
@@ -122,26 +128,72 @@ def load_classifier(*, max_reviews: int | None = None, seed: int = 0, cache: boo
     if max_reviews is not None and max_reviews < 10:
         raise ValueError(f"max_reviews must be >= 10 (or None for all), got {max_reviews}")
     key = _key(max_reviews, seed)  # checks that scikit-learn is installed
-    import joblib  # a scikit-learn dependency
-
-    path = cache_dir() / "sentiment" / f"{key}.joblib"
-    if cache and path.is_file():
-        saved = joblib.load(path)  # written by this function into our own cache folder
-        log(f"sentiment: cache hit {path} (held-out accuracy {saved['held_out_accuracy']:.3f})")
-        return SentimentClassifier(saved["pipeline"], saved["held_out_accuracy"], saved["num_train"],
-                                   saved["num_held_out"], path)
+    path = cache_dir() / "sentiment" / f"{key}.npz"
+    saved = read_verified(path, load_pipeline, "sentiment classifier", log) if cache else None
+    if saved is not None:
+        pipeline, info = saved
+        log(f"sentiment: cache hit {path} (held-out accuracy {info['held_out_accuracy']:.3f})")
+        return SentimentClassifier(pipeline, info["held_out_accuracy"], info["num_train"], info["num_held_out"], path)
     started = time.perf_counter()
     pipeline, accuracy, n_train, n_held = _fit(_reviews(max_reviews, seed))
     log(f"sentiment: trained TF-IDF (1-2 grams) + logistic regression on {n_train} IMDb reviews in "
         f"{time.perf_counter() - started:.1f}s; held-out accuracy {accuracy:.3f} on {n_held} reviews")
     if not cache:
         return SentimentClassifier(pipeline, accuracy, n_train, n_held, None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    joblib.dump({"pipeline": pipeline, "held_out_accuracy": accuracy, "num_train": n_train,
-                 "num_held_out": n_held, "settings": SETTINGS}, tmp)
-    tmp.replace(path)  # complete or absent, never half-written
-    return SentimentClassifier(pipeline, accuracy, n_train, n_held, path)
+    info = {"held_out_accuracy": accuracy, "num_train": n_train, "num_held_out": n_held, "settings": SETTINGS}
+    written = save_pipeline(pipeline, path, info, log)
+    return SentimentClassifier(pipeline, accuracy, n_train, n_held, path if written else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fitted pipeline as plain arrays + JSON (no pickle), and back
+
+# The TfidfVectorizer settings that decide how a text becomes a vector (given the fitted vocabulary).
+_VECTORIZER_KEYS = ("analyzer", "binary", "decode_error", "dtype", "encoding", "input", "lowercase", "ngram_range",
+                    "norm", "smooth_idf", "strip_accents", "sublinear_tf", "token_pattern", "use_idf")
+
+
+def save_pipeline(pipeline: Any, path: Path, info: dict[str, Any], log: Callable[[str], object] = print) -> bool:
+    """Write a fitted TF-IDF + logistic-regression pipeline (and JSON ``info``) to ``path`` (.npz), with its
+    checksum; False, after a warning, when it cannot be written."""
+    (_, vectorizer), (_, regression) = pipeline.steps
+    params = vectorizer.get_params()
+    if params["tokenizer"] is not None or params["preprocessor"] is not None or callable(params["analyzer"]):
+        raise ValueError("only a vectorizer with its built-in analyzer can be saved as numbers")
+    settings = {k: (np.dtype(params[k]).name if k == "dtype" else params[k]) for k in _VECTORIZER_KEYS}
+    meta = {"format": 1, "vectorizer": settings, "vocabulary": {t: int(i) for t, i in vectorizer.vocabulary_.items()},
+            "classes": regression.classes_.tolist(), "info": info}
+
+    def write(tmp: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), idf=vectorizer.idf_,
+                 coef=regression.coef_, intercept=regression.intercept_)
+        tmp.write_bytes(buffer.getvalue())
+
+    return write_verified(path, write, log)
+
+
+def load_pipeline(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(pipeline, info) from a file written by :func:`save_pipeline`; never unpickles."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    with np.load(path, allow_pickle=False) as arrays:
+        meta = json.loads(arrays["meta"].tobytes().decode())
+        idf, coef, intercept = arrays["idf"], arrays["coef"], arrays["intercept"]
+    if meta.get("format") != 1:
+        raise ValueError(f"unknown classifier format {meta.get('format')!r}")
+    settings = dict(meta["vectorizer"])
+    settings["ngram_range"] = tuple(settings["ngram_range"])
+    settings["dtype"] = np.dtype(settings["dtype"]).type
+    vectorizer = TfidfVectorizer(vocabulary=meta["vocabulary"], **settings)
+    vectorizer.idf_ = idf
+    regression = LogisticRegression()
+    regression.coef_, regression.intercept_ = coef, intercept
+    regression.classes_ = np.asarray(meta["classes"])
+    regression.n_features_in_ = coef.shape[1]
+    return make_pipeline(vectorizer, regression), meta["info"]
 
 
 @functools.lru_cache(maxsize=1)

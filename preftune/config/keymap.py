@@ -75,7 +75,7 @@ IGNORED: dict[str, str] = {
     "use_cache": "the KV cache is off in training and on when sampling",
     "use_bnb_nested_quant": "load_in_4bit always quantises the quantisation constants too",
     "ds3_gather_for_generation": _SAME, "log_completions": _SAME, "log_multimodal": _SAME,
-    "log_unique_prompts": _SAME, "num_completions_to_print": _SAME, "overwrite_output_dir": _SAME,
+    "log_unique_prompts": _SAME, "num_completions_to_print": _SAME,
     "shuffle_dataset": "the data order is always a seeded shuffle, epoch by epoch",
     "preprocessing_num_workers": "tokenization runs in this process",
     "log_completions_hub_repo": "completions are not logged to the Hub",

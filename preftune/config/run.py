@@ -39,6 +39,9 @@ class RunGroup:
     """The run: output, seed, when to log, evaluate and save, resuming, where metrics go."""
 
     output_dir: str = setting("runs/run", "Folder for checkpoints, metrics.jsonl and the final model.")
+    overwrite_output_dir: bool = setting(False, "Start afresh in an output_dir that holds another run: its files "
+                                                "are moved to <output_dir>.previous-<time> (never deleted). Without "
+                                                "it such a folder is refused (resume=latest continues the run there).")
     seed: int = setting(42, "Seed for initialisation, dropout and (unless data_seed) the data order.")
     logging_strategy: str = setting("steps", "When to log train metrics: steps (every logging_steps), epoch or no.",
                                     choices=STRATEGIES)

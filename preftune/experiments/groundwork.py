@@ -49,7 +49,7 @@ def make_rstar(exp: SentimentExperiment) -> dict:
     pipeline, metrics = rstar.train_classifier(rows, window_words=cfg.classifier_window_words,
                                                max_reviews=cfg.classifier_max_reviews, seed=cfg.seed,
                                                log=exp.log)
-    rstar.save(pipeline, exp.out / "rstar" / "classifier.joblib", cfg.reward_includes_prompt)
+    rstar.save(pipeline, exp.out / "rstar" / "classifier.npz", cfg.reward_includes_prompt)
     return {"reward": "classifier", **metrics}
 
 def make_sft(exp: SentimentExperiment) -> dict:

@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from preftune.assets.cache import read_verified
 from preftune.assets.imdb import load_imdb_reviews
 from preftune.assets.sentiment import SETTINGS as SENTIMENT_SETTINGS
+from preftune.assets.sentiment import load_pipeline, save_pipeline
 from preftune.errors import ConfigError
 
 ENV = "PREFTUNE_SENTIMENT_RSTAR"
@@ -85,25 +87,27 @@ def train_classifier(rows: Sequence[int], *, window_words: int, max_reviews: int
 
 
 def save(pipeline: Any, path: Path, include_prompt: bool) -> None:
-    import joblib
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    joblib.dump({"pipeline": pipeline, "include_prompt": include_prompt}, tmp)
-    tmp.replace(path)
+    """The classifier as numbers + JSON with its checksum (``preftune.assets.sentiment.save_pipeline``)."""
+    if not save_pipeline(pipeline, path, {"include_prompt": include_prompt}):
+        raise OSError(f"could not write the r* classifier {path} (see the warning above)")
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> dict[str, Any]:
-    import joblib
-
-    return joblib.load(path)  # written by this module into the experiment's own folder
+    problems: list[str] = []
+    saved = read_verified(Path(path), load_pipeline, "r* classifier", problems.append)
+    if saved is None:
+        raise ConfigError(f"${ENV} = {path}: {problems[0] if problems else 'missing'}; run the r* stage of "
+                          "`preftune experiment sentiment` again (delete its rstar/ folder)")
+    pipeline, info = saved
+    return {"pipeline": pipeline, "include_prompt": info["include_prompt"]}
 
 
 def _classifier() -> dict[str, Any]:
     path = os.environ.get(ENV)
     if not path or not Path(path).is_file():
         raise ConfigError(f"preftune.experiments.rstar needs ${ENV} = the classifier file written by "
-                          f"`preftune experiment sentiment` (<output_dir>/rstar/classifier.joblib); got {path!r}")
+                          f"`preftune experiment sentiment` (<output_dir>/rstar/classifier.npz); got {path!r}")
     return _load(str(Path(path).resolve()))
 
 

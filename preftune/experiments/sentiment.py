@@ -156,7 +156,7 @@ class SentimentExperiment:
 
     def reward_spec(self) -> str:
         if self.cfg.reward == "classifier":
-            os.environ[rstar.ENV] = str((self.out / "rstar" / "classifier.joblib").resolve())
+            os.environ[rstar.ENV] = str((self.out / "rstar" / "classifier.npz").resolve())
             return RSTAR_SPEC
         return self.cfg.reward
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from preftune.device import pick_device  # noqa: F401  (re-exported: callers that load a model pick its device here)
 from preftune.errors import ConfigError
+from preftune.storage import damaged_safetensors
 
 EMBEDDED_MODELS = ("smollm2",)
 
@@ -69,6 +70,9 @@ def _hub_snapshot(repo_id: str, revision: str | None, trust_remote_code: bool, c
     return folder
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(name_or_path: str, *, revision: str | None = None,
                    trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a model folder, Hub id or 'smollm2' (see :func:`resolve_model_path`).
@@ -77,6 +81,10 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None,
     attention and loss masks, so any id works, and EOS is the usual choice.
     """
     folder = resolve_model_path(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    if not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model {name_or_path!r}: {folder} has no tokenizer files (none of "
+                          f"{', '.join(TOKENIZER_FILES)}); save the tokenizer next to the weights "
+                          "(tokenizer.save_pretrained(folder))")
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return ensure_pad_token(tokenizer)
 
@@ -176,6 +184,9 @@ def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
     # A Hub revision picks the snapshot folder; a local folder has no revisions for from_pretrained to apply.
     folder = resolve_model_path(name_or_path, revision=kwargs.pop("revision", None),
                                 trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+    damaged = damaged_safetensors(Path(folder))
+    if damaged:
+        raise ConfigError(f"model {name_or_path!r}: {damaged}")
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except TypeError as e:

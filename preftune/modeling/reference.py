@@ -8,8 +8,9 @@
 - ``PrecomputedReference``: log-probs computed once before training, looked up by example index,
   and cached on disk under a key of everything that changes them (:func:`cache_key`: the reference
   model's weights, full config and attention implementation, the tokenizer, the tokenized data, the
-  precision). A frozen
-  reference gives the same numbers every epoch, so recomputing it each step is pure waste.
+  precision). A frozen reference gives the same numbers every epoch, so recomputing it each step is
+  pure waste. The cache file is safetensors with its sha256 beside it (``preftune.assets.cache``): a
+  damaged one is reported and recomputed, one that cannot be written is a warning.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from preftune.assets.cache import read_verified, write_verified
 from preftune.data.collate import Rows
 from preftune.modeling.logprobs import SequenceLogprobModel, SequenceLogps
 
@@ -170,12 +172,13 @@ def precompute_reference(
     list) stay 0 and are never read. Under torchrun each rank scores a strided shard and the shards
     are summed into the full table on every rank.
     """
-    if cache_file is not None and cache_file.is_file():
-        table = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if table.shape == (num_examples, num_columns):
+    if cache_file is not None:
+        table = read_verified(cache_file, _read_table, f"{desc} log-probs", log)
+        if table is not None and table.shape == (num_examples, num_columns):
             log(f"{desc} log-probs: cache hit ({cache_file})")
             return table
-        log(f"{desc} log-probs: cache file {cache_file} has the wrong shape; recomputing")
+        if table is not None:
+            log(f"{desc} log-probs: cache file {cache_file} has the wrong shape; recomputing")
     start = time.perf_counter()
     table = torch.zeros(num_examples, num_columns, dtype=torch.float32)
     mine = list(range(rank, num_examples, world_size))
@@ -184,12 +187,20 @@ def precompute_reference(
             table[rows.example.cpu(), rows.column.cpu()] = logps.float().cpu()
     table = all_reduce(table)
     seconds = time.perf_counter() - start
-    if cache_file is not None and rank == 0:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        torch.save(table, tmp)
-        tmp.replace(cache_file)
+    if cache_file is not None and rank == 0 and write_verified(cache_file, lambda tmp: _write_table(table, tmp), log):
         log(f"{desc} log-probs: computed {num_examples} examples in {seconds:.1f}s, cached at {cache_file}")
     else:
         log(f"{desc} log-probs: computed {num_examples} examples in {seconds:.1f}s")
     return table
+
+
+def _read_table(path: Path) -> Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["logps"]
+
+
+def _write_table(table: Tensor, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"logps": table.contiguous()}, str(path))

@@ -39,6 +39,7 @@ from preftune.data.collate import collate_completions
 from preftune.data.load import Record
 from preftune.data.render import CompletionText, render_completion
 from preftune.data.tokenize import tokenize_completion
+from preftune.errors import ConfigError
 from preftune.modeling.load import (
     check_attn_implementation,
     load_tokenizer,
@@ -51,6 +52,7 @@ from preftune.modeling.load import (
 from preftune.modeling.moe import recorded_router_logits, router_aux, token_weights
 from preftune.modeling.prefix_sharing import packed_decoder_states
 from preftune.modeling.reward_head import ScalarHeadModel, has_sequence_classification, is_head_folder
+from preftune.storage import damaged_safetensors
 
 __all__ = [
     "REWARD_SETTINGS_FILE",
@@ -86,6 +88,9 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labe
     from transformers.utils import logging as hf_logging
 
     folder = resolve_model_path(path)
+    damaged = damaged_safetensors(Path(folder))
+    if damaged:
+        raise ConfigError(f"model {path!r}: {damaged}")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     kwargs = dict(model_init_kwargs)
     dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))   # as load_causal_lm reads a TRL recipe

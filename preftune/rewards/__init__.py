@@ -6,7 +6,8 @@ A reward is named by a string, in this order of lookup:
   folder with one label), scored in batches without gradients;
 - ``module:function``: a Python callable, e.g. ``preftune.assets.sentiment:positive_probability`` or
   your own ``my_rewards:length_penalty`` (installed packages come first; a module next to the working
-  directory is found too). Arbitrary Python runs with your permissions, like any import;
+  directory is found too), or ``path/to/my_rewards.py:length_penalty`` (a file, imported without
+  touching ``sys.path``). Arbitrary Python runs with your permissions, like any import;
 - a built-in name from :mod:`preftune.rewards.verifiable`: ``exact_answer``, ``answer_format``,
   ``countdown``;
 - otherwise a Hugging Face Hub id of a reward model (downloaded once, then read from the local cache).
@@ -53,11 +54,14 @@ def import_callable(spec: str, key: str = "reward") -> Callable[..., Any]:
     """The callable ``module:function`` names. The module is imported the normal way first, so an
     installed package always wins over a same-named file; only if no such module exists is the working
     directory searched (at the end of ``sys.path``, never ahead of installed packages)."""
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"{key}={spec!r}: not of the form 'module:function'")
+        raise ConfigError(f"{key}={spec!r}: not of the form 'module:function' or 'path/to/file.py:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_file(Path(module_name)) if module_name.endswith(".py") else importlib.import_module(
+            module_name)
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise ConfigError(f"{key}={spec!r}: cannot import {module_name!r} ({e})") from None
     except ModuleNotFoundError as e:
         if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
             raise ConfigError(f"{key}={spec!r}: importing {module_name!r} failed ({e})") from None
@@ -76,6 +80,19 @@ def import_callable(spec: str, key: str = "reward") -> Callable[..., Any]:
     if not callable(fn):
         raise ConfigError(f"{key}={spec!r}: module {module_name!r} has no callable {attr!r}")
     return fn
+
+
+def _import_file(path: Path) -> Any:
+    """The module defined by the Python file ``path``, imported under its own name without touching sys.path."""
+    import importlib.util
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}")
+    spec = importlib.util.spec_from_file_location(f"preftune_reward_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_reward(spec: str, device: torch.device | str = "cpu", *, batch_size: int = 32) -> RewardFn:

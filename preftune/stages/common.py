@@ -7,10 +7,11 @@ reads top to bottom.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,31 @@ from preftune.stages.inputs import (
 )
 from preftune.stages.publish import prepare_push
 from preftune.stages.startup import apply_runtime_settings, check_before_model, ignored_lines
+from preftune.train import faults, signals
+from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import (
+    checkpoint_run_id,
+    folder_run_id,
     is_peft,
+    list_checkpoints,
     load_trainer_state,
     save_checkpoint,
     save_final,
     seed_everything,
     set_rng_state,
 )
-from preftune.train.distributed import DistInfo, init_distributed, shutdown
+from preftune.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from preftune.train.loop import LoopState
 from preftune.train.metrics import MetricsLogger
-from preftune.train.preflight import check_free_space, check_resume, checkpoint_bytes, run_fingerprints
+from preftune.train.preflight import (
+    check_free_space,
+    check_resume,
+    checkpoint_bytes,
+    peak_bytes,
+    run_fingerprints,
+)
 from preftune.train.reporters import open_reporters
+from preftune.train.run_folder import claim_output_dir
 from preftune.train.sampler import StepSampler, total_steps
 
 
@@ -70,6 +83,8 @@ class Run:
     cfg: Any
     info: DistInfo
     output_dir: Path
+    run_id: str | None = None      # in run.json and every checkpoint's manifest (preftune.train.run_folder)
+    resumed: tuple[int, str] | None = None      # (step, evaluations) of the checkpoint resumed from
     data_report: list[str] = field(default_factory=list)   # repeated at the end: drops and cuts, counted
     sources: tuple[Any, Any] | None = None                  # (train, held-out) rows, see stages/inputs.py
     model_fingerprint: str | None = None                    # of a model object passed from Python
@@ -100,8 +115,27 @@ class RunResult:
     seconds: float = 0.0
 
 
+# What start_run takes (the folder lock, the signal handlers), given back when the stage returns or fails.
+_TAKEN: list[Callable[[], None]] = []
+
+
+def stage(run_fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Decorate a stage's ``run_*`` function: the output folder's lock and the signal handlers that
+    ``start_run`` installs are released when it returns or raises (also inside a notebook or a test)."""
+    @functools.wraps(run_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> RunResult:
+        depth = len(_TAKEN)
+        try:
+            return run_fn(*args, **kwargs)
+        finally:
+            while len(_TAKEN) > depth:
+                _TAKEN.pop()()
+    return wrapper
+
+
 def start_run(cfg: TrainingConfig) -> Run:
-    """Threads, process group, seeds, and an output folder checked to be writable before any work."""
+    """Threads, process group, seeds, and an output folder that is writable, locked for this process and
+    not another run's (``preftune.train.run_folder``), all before any work; SIGTERM/SIGINT stop cleanly."""
     quiet_transformers()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -109,6 +143,7 @@ def start_run(cfg: TrainingConfig) -> Run:
     info = init_distributed(cfg.device)
     seed_everything(cfg.seed)
     output_dir = Path(cfg.output_dir)
+    run = Run(cfg=cfg, info=info, output_dir=output_dir)
     if info.is_main:
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +152,15 @@ def start_run(cfg: TrainingConfig) -> Run:
             probe.unlink()
         except OSError as e:
             raise ConfigError(f"output_dir {output_dir}: not writable ({e})") from None
+        claim = claim_output_dir(output_dir, resume=cfg.resume, overwrite=cfg.overwrite_output_dir,
+                                 stage=type(cfg).__name__, log=run.log)
+        _TAKEN.append(claim.lock.release)
         (output_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    run = Run(cfg=cfg, info=info, output_dir=output_dir)
+    barrier(info)
+    run.run_id = claim.run_id if info.is_main else folder_run_id(output_dir)
+    _TAKEN.append(signals.install())
     run.log(f"{type(cfg).__name__} · {info.world_size} process(es) · device {info.device} · "
-            f"threads {torch.get_num_threads()} · output {output_dir}")
+            f"threads {torch.get_num_threads()} · output {output_dir} · run {run.run_id}")
     for line in ignored_lines(cfg):
         run.log(line)
     if info.is_main:
@@ -205,7 +245,8 @@ def load_data(run: Run, build, train_data: Any, eval_data: Any, tokenizer: Any, 
 
 def metrics_logger(run: Run, resume_step: int | None) -> MetricsLogger:
     """metrics.jsonl and the reporters of ``report_to`` (rank 0 writes; the others hold a silent logger)."""
-    return MetricsLogger(run.output_dir, enabled=run.info.is_main, resume_step=resume_step, reporters=run.reporters)
+    return MetricsLogger(run.output_dir, enabled=run.info.is_main, resume_step=resume_step, reporters=run.reporters,
+                         log=run.log)
 
 
 def model_kwargs(cfg: Any) -> dict[str, Any]:
@@ -375,11 +416,21 @@ def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
     return sampler, steps
 
 
+def planned_saves(cfg: Any, num_examples: int, world_size: int) -> int:
+    """Checkpoints the run will write (its save strategy over the steps its sampler will count; at least
+    one, which a SIGTERM / SIGINT writes even with save_strategy=no)."""
+    accumulation = getattr(cfg, "gradient_accumulation_steps", 1)
+    per_epoch = max(num_examples // (cfg.per_device_train_batch_size * accumulation * world_size), 1)
+    steps = total_steps(per_epoch, cfg.num_train_epochs, cfg.max_steps)
+    cadence = Cadence.of(cfg, steps, per_epoch)
+    return max(sum(cadence.save(step) for step in range(1, steps + 1)), 1)
+
+
 def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Optimizer,
-                  root: nn.Module | None = None, restore_extra: Any = None) -> LoopState:
-    """Optimizer, counters and RNG from a checkpoint; on a fresh run, per-rank dropout streams.
-    ``root``: the (possibly FSDP-sharded) module whose weights a sharded checkpoint holds;
-    ``restore_extra(saved)``: reads what the stage's ``extra`` added to the trainer state."""
+                  root: nn.Module | None = None, extra: Callable[[dict[str, Any]], None] | None = None) -> LoopState:
+    """Optimizer, counters, evaluations and RNG from a checkpoint; on a fresh run, per-rank dropout
+    streams. ``root``: the (possibly FSDP-sharded) module whose weights a sharded checkpoint holds;
+    ``extra(saved)`` restores what a stage saved besides (see ``checkpoint_saver``)."""
     if resume_dir is None:
         torch.manual_seed(run.cfg.seed + run.info.rank)  # same init everywhere, distinct dropout per rank
         return LoopState()
@@ -393,10 +444,34 @@ def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Opti
     else:
         optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
-    if restore_extra is not None:
-        restore_extra(saved)
-    run.log(f"resumed from {resume_dir} at step {saved['step']}")
-    return LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"])
+    if extra is not None:
+        extra(saved)
+    state = LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"],
+                      evals=saved.get("evals", {}))
+    run.resumed = (state.step, _snapshot(state))
+    run.log(f"resumed from {resume_dir} at step {state.step}")
+    return state
+
+
+def _snapshot(state: LoopState) -> str:
+    return json.dumps(state.evals, sort_keys=True)
+
+
+def eval_before(state: LoopState, evaluate: Callable[[int], dict[str, float]]) -> dict[str, float]:
+    """The held-out evaluation before training: run (and logged) on a fresh run, read from the
+    checkpoint on a resumed one, so summary.json keeps it across resumes."""
+    if "before" not in state.evals and state.step == 0:
+        state.evals["before"] = {"step": 0, "metrics": evaluate(0)}
+    return state.evals.get("before", {}).get("metrics", {})
+
+
+def eval_after(state: LoopState, evaluate: Callable[[int], dict[str, float]]) -> dict[str, float]:
+    """The held-out evaluation after training; a run killed after its final checkpoint (which holds it)
+    and resumed does not evaluate, nor log it, a second time."""
+    done = state.evals.get("after")
+    if done is None or done.get("step") != state.step:
+        state.evals["after"] = done = {"step": state.step, "metrics": evaluate(state.step)}
+    return done["metrics"]
 
 
 def require_optimizer_state(saved: dict[str, Any], resume_dir: Path) -> None:
@@ -418,25 +493,36 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
                      run.info.world_size)
     if run.info.is_main:
         one, final = checkpoint_bytes(model, cfg.optim, cfg.use_peft)
-        check_free_space(run.output_dir, one + final, "a checkpoint (weights + optimizer state) and the final model")
+        ours = [p for p in list_checkpoints(run.output_dir) if checkpoint_run_id(p) == run.run_id]
+        need, how = peak_bytes(one, final, planned_saves(cfg, len(train), run.info.world_size), cfg.save_total_limit,
+                               kept_already=len(ours))
+        check_free_space(run.output_dir, need, how)
     return meta
 
 
 def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
                      meta: dict[str, Any] | None = None, root: nn.Module | None = None,
-                     extra_models: dict[str, nn.Module] | None = None, extra: Any = None):
-    """``save(state)``, called on every process. ``extra(state) -> dict``: more trainer state a stage
-    keeps (online stages: the KL controller, a rollout in progress); ``extra_models``: more weights saved
-    with the checkpoint (TR-DPO's moving reference, PPO's value head)."""
+                     extra_models: dict[str, nn.Module] | None = None,
+                     extra: Callable[[LoopState], dict[str, Any]] | None = None) -> Callable[[LoopState], None]:
+    """``save(state)``, called on every process: a checkpoint of this run. ``extra(state) -> dict``: more
+    trainer state a stage keeps (online stages: the KL controller, a rollout in progress); ``extra_models``:
+    more weights saved with the checkpoint (TR-DPO's moving reference, PPO's value head). Saving a state
+    that is already on disk (the step resumed from, or one just saved) is a no-op."""
     sharded_root = root if getattr(run.cfg, "fsdp", False) else None
+    last = run.resumed
 
     def save(state: LoopState) -> None:
-        more = extra(state) if extra is not None else {}
+        nonlocal last
+        if last == (state.step, _snapshot(state)):
+            return
+        trainer_state = {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
+                         "evals": state.evals, "config": to_dict(run.cfg),
+                         **(extra(state) if extra is not None else {})}
         path = save_checkpoint(run.output_dir, state.step, model, tokenizer,
-                               None if run.cfg.save_only_model else optimizer,
-                               {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
-                                "config": to_dict(run.cfg), **more}, run.info, run.cfg.save_total_limit, meta,
-                               sharded_root=sharded_root, extra_models=extra_models)
+                               None if run.cfg.save_only_model else optimizer, trainer_state, run.info,
+                               run.cfg.save_total_limit, meta, sharded_root=sharded_root, run_id=run.run_id,
+                               extra_models=extra_models)
+        last = (state.step, _snapshot(state))
         run.log(f"checkpoint saved: {path}" + (" (model only: save_only_model)" if run.cfg.save_only_model else ""))
         publish(run, path / "model", f"Training in progress, step {state.step}", final=False)
     return save
@@ -469,6 +555,7 @@ def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger,
         run.log(f"{state.skipped_steps} step(s) skipped for a non-finite loss or gradient")
     if run.cfg.save_strategy != "no":
         save(state)
+    faults.kill_if("kill_before_final", state.step, run.info.rank)
     from preftune.train.fsdp import gather_full_state, is_fsdp
 
     if root is not None and is_fsdp(root):

@@ -46,6 +46,8 @@ from preftune.stages.common import (
     Run,
     RunResult,
     checkpoint_saver,
+    eval_after,
+    eval_before,
     eval_mode,
     finish,
     load_data,
@@ -58,6 +60,7 @@ from preftune.stages.common import (
     policy_tokenizer,
     preflight,
     restore_state,
+    stage,
     start_run,
 )
 from preftune.stages.inputs import Objects, policy_path, resolve_data, with_peft_config
@@ -139,7 +142,7 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
     precision = "bf16" if cfg.bf16 else "fp32"
     data_key = dataset.fingerprint() if reduce is None else f"{dataset.fingerprint()}|{reduce}"
     key = cache_key(model_fingerprint(lm_for_key), tokenizer_fingerprint(tokenizer), data_key, precision)
-    cache_file = cache_dir() / "reference_logps" / f"{key}.pt"
+    cache_file = cache_dir() / "reference_logps" / f"{key}.safetensors"
 
     def compute(indices: list[int]) -> list[tuple[Rows, Tensor]]:
         batch, _ = get_batch(indices)
@@ -184,6 +187,7 @@ def describe_eval(step: int, metrics: dict[str, float]) -> str:
     return f"eval @ step {step}: " + " · ".join(shown)
 
 
+@stage
 def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, model: nn.Module | None = None,
             ref_model: nn.Module | None = None, tokenizer: Any = None, processing_class: Any = None,
             peft_config: Any = None) -> RunResult:
@@ -250,12 +254,15 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
 
     # 6. Held-out evaluation before training. When the reference table was scored by this very
     #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
-    if held_out is not None and state.step == 0 and cfg.eval_on_start:
+    def before(step: int) -> dict[str, float]:
         from_table = (isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None
                       and not objective.score_options(cfg))  # the table holds sums, not per-token statistics
         if from_table:
             run.log("eval @ step 0: π_θ = π_ref, so the policy's log-probs are read from the reference table")
-        result.eval_before = do_eval(0, reference_as_policy(eval_reference) if from_table else None)
+        return do_eval(step, reference_as_policy(eval_reference) if from_table else None)
+
+    if held_out is not None and cfg.eval_on_start:
+        result.eval_before = eval_before(state, before)
 
     # 7. Train.
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -275,7 +282,7 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
 
     # 8. Evaluate after, save.
     if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = do_eval(state.step)
+        result.eval_after = eval_after(state, do_eval)
     return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
 
 

@@ -38,6 +38,8 @@ from preftune.rewards import load_rewards
 from preftune.stages.common import (
     RunResult,
     checkpoint_saver,
+    eval_after,
+    eval_before,
     eval_mode,
     finish,
     load_data,
@@ -46,6 +48,7 @@ from preftune.stages.common import (
     policy_tokenizer,
     preflight,
     restore_state,
+    stage,
     start_run,
 )
 from preftune.stages.inputs import resolve_data
@@ -96,6 +99,7 @@ def advantages_of(cfg: GRPOConfig, per_function: Tensor, weights: Tensor, info) 
     return adv[mine], total[mine], scored.std().item() if scored.numel() > 1 else 0.0
 
 
+@stage
 def run_grpo(cfg: GRPOConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Train with the GRPO family; ``train_data``/``eval_data`` may be in-memory prompt records."""
     started = time.perf_counter()
@@ -198,8 +202,8 @@ def run_grpo(cfg: GRPOConfig, *, train_data: Any = None, eval_data: Any = None) 
         return metrics
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and state.step == 0 and cfg.eval_on_start:
-        result.eval_before = do_eval(0)
+    if held_out is not None and cfg.eval_on_start:
+        result.eval_before = eval_before(state, do_eval)
 
     # 6. Train: the shared loop, fed by the rollout source.
     state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
@@ -208,7 +212,7 @@ def run_grpo(cfg: GRPOConfig, *, train_data: Any = None, eval_data: Any = None) 
 
     # 7. Evaluate after, save.
     if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = do_eval(state.step)
+        result.eval_after = eval_after(state, do_eval)
     return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
 
 

@@ -36,6 +36,8 @@ from preftune.rewards import load_rewards
 from preftune.stages.common import (
     RunResult,
     checkpoint_saver,
+    eval_after,
+    eval_before,
     eval_mode,
     finish,
     load_data,
@@ -44,6 +46,7 @@ from preftune.stages.common import (
     policy_tokenizer,
     preflight,
     restore_state,
+    stage,
     start_run,
 )
 from preftune.stages.inputs import resolve_data
@@ -84,6 +87,7 @@ def reorder(rows: Rows, order: Tensor) -> Rows:
                 rows.position[order], rows.column[order])
 
 
+@stage
 def run_online_dpo(cfg: OnlineDPOConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Online DPO (or any pairwise loss_type); ``train_data``/``eval_data`` may be in-memory prompt records."""
     started = time.perf_counter()
@@ -162,8 +166,8 @@ def run_online_dpo(cfg: OnlineDPOConfig, *, train_data: Any = None, eval_data: A
         return metrics
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and state.step == 0 and cfg.eval_on_start:
-        result.eval_before = do_eval(0)
+    if held_out is not None and cfg.eval_on_start:
+        result.eval_before = eval_before(state, do_eval)
 
     # 6. Train: the shared loop, fed by the rollout source.
     state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
@@ -172,7 +176,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, *, train_data: Any = None, eval_data: A
 
     # 7. Evaluate after, save.
     if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = do_eval(state.step)
+        result.eval_after = eval_after(state, do_eval)
     return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
 
 

@@ -52,6 +52,8 @@ from preftune.stages.common import (
     checkpoint_saver,
     disable_dropout,
     enable_gradient_checkpointing,
+    eval_after,
+    eval_before,
     eval_mode,
     finish,
     load_data,
@@ -62,6 +64,7 @@ from preftune.stages.common import (
     plan_steps,
     preflight,
     restore_state,
+    stage,
     start_run,
 )
 from preftune.stages.inputs import policy_path, resolve_data
@@ -174,6 +177,7 @@ def describe_eval(step: int, metrics: dict[str, float]) -> str:
     return f"eval @ step {step}: " + " · ".join(shown)
 
 
+@stage
 def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Train a reward model. ``train_data``/``eval_data`` may be in-memory ``datasets.Dataset`` objects
     or lists of dicts instead of the config's files."""
@@ -214,8 +218,8 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         return metrics
 
     # 5. Held-out evaluation before training (a new head: rewards near 0, loss near log 2).
-    if held_out is not None and state.step == 0 and cfg.eval_on_start:
-        result.eval_before = do_eval(0)
+    if held_out is not None and cfg.eval_on_start:
+        result.eval_before = eval_before(state, do_eval)
 
     # 6. Train.
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -228,7 +232,7 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
 
     # 7. Evaluate after, save: the final folder plus the data settings a scorer must reproduce.
     if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = do_eval(state.step)
+        result.eval_after = eval_after(state, do_eval)
     result = finish(run, result, state, logger, model, tokenizer, save, started)
     if result.final_dir is not None:
         templated = (cfg.use_chat_template if cfg.use_chat_template is not None

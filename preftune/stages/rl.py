@@ -40,6 +40,8 @@ from preftune.rewards import load_rewards
 from preftune.stages.common import (
     RunResult,
     checkpoint_saver,
+    eval_after,
+    eval_before,
     eval_mode,
     finish,
     load_data,
@@ -48,6 +50,7 @@ from preftune.stages.common import (
     policy_tokenizer,
     preflight,
     restore_state,
+    stage,
     start_run,
 )
 from preftune.stages.inputs import resolve_data
@@ -82,6 +85,7 @@ def schedule_of(cfg: RLConfig) -> Schedule:
                     accumulation=cfg.gradient_accumulation_steps)
 
 
+@stage
 def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Online RL with ``cfg.algorithm``; ``train_data``/``eval_data`` may be in-memory prompt records."""
     started = time.perf_counter()
@@ -210,8 +214,8 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         return metrics
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and state.step == 0 and cfg.eval_on_start:
-        result.eval_before = do_eval(0)
+    if held_out is not None and cfg.eval_on_start:
+        result.eval_before = eval_before(state, do_eval)
 
     # 6. Train: the shared loop, fed by the rollout source.
     state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
@@ -220,10 +224,12 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
 
     # 7. Evaluate after, save (the value head next to the final model, for a later PPO run to start from).
     if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = do_eval(state.step)
+        result.eval_after = eval_after(state, do_eval)
     result = finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
     if value_head is not None and info.is_main and result.final_dir is not None:
-        torch.save(value_head.state_dict(), Path(result.final_dir) / "value_head.pt")
+        from safetensors.torch import save_file
+
+        save_file(value_head.state_dict(), str(Path(result.final_dir) / "value_head.safetensors"))
     return result
 
 

@@ -28,6 +28,8 @@ from preftune.stages.common import (
     Run,
     RunResult,
     checkpoint_saver,
+    eval_after,
+    eval_before,
     finish,
     load_data,
     load_policy,
@@ -38,6 +40,7 @@ from preftune.stages.common import (
     policy_tokenizer,
     preflight,
     restore_state,
+    stage,
     start_run,
 )
 from preftune.stages.inputs import Objects, resolve_data, with_peft_config
@@ -84,6 +87,7 @@ def evaluate(run: Run, policy: SequenceLogprobModel, dataset: BuiltDataset, get_
     return metrics
 
 
+@stage
 def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, model: nn.Module | None = None,
             tokenizer: Any = None, processing_class: Any = None, peft_config: Any = None) -> RunResult:
     """Supervised fine-tuning. From Python: in-memory ``train_data``/``eval_data``, a ``model`` object
@@ -124,8 +128,8 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
         return metrics
 
     # 5. Held-out NLL before.
-    if held_out is not None and state.step == 0 and cfg.eval_on_start:
-        result.eval_before = do_eval(0)
+    if held_out is not None and cfg.eval_on_start:
+        result.eval_before = eval_before(state, do_eval)
 
     # 6. Train.
     def compute_loss(batch: CompletionBatch):
@@ -138,7 +142,7 @@ def run_sft(cfg: SFTConfig, *, train_data: Any = None, eval_data: Any = None, mo
 
     # 7. Evaluate after, save.
     if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = do_eval(state.step)
+        result.eval_after = eval_after(state, do_eval)
     return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
 
 

@@ -5,6 +5,10 @@ by killing a real run at that exact point. ``PREFTUNE_FAULT`` names the points, 
 
     kill_after_step:7      SIGKILL the process right after optimizer step 7 (before any save at 7)
     kill_in_save:4         SIGKILL while checkpoint-4 is half written
+    kill_after_resume:4    SIGKILL right after a run resumed from checkpoint-4 opened its metrics log
+    kill_before_final:6    SIGKILL after the last checkpoint (step 6) is saved, before final/ is written
+    pause_after_step:3     after step 3, wait (up to 20 s) for a signal before the step-boundary check, so
+                           a test can send SIGTERM/SIGINT at a known step
     nan_loss:3             make the loss of optimizer step 3 NaN (``nan_loss:3-5`` a range)
     nan_loss:3@1           ... on rank 1 only
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "PREFTUNE_FAULT"
 
@@ -45,3 +50,11 @@ def kill_if(point: str, step: int, rank: int = 0) -> None:
 def nan_if(point: str, step: int, rank: int = 0) -> float:
     """NaN at ``point`` of ``step`` (multiply a loss by it), else 1.0."""
     return float("nan") if _matches(point, step, rank) else 1.0
+
+
+def pause_if(point: str, step: int, rank: int = 0, until: object = lambda: False) -> None:
+    """Wait at ``point`` of ``step`` until ``until()`` is true (a signal arrived) or 20 s have passed."""
+    if _matches(point, step, rank):
+        deadline = time.monotonic() + 20
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.02)

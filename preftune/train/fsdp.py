@@ -57,12 +57,13 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
 
 def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load shards saved by any number of processes into this run's sharding (a collective)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from preftune.train import dcp_safe
 
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(folder))
+    dcp_safe.load(state, folder)   # never unpickles beyond DCP's own index records
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

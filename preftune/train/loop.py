@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from preftune.config import TrainingConfig
 from preftune.errors import PreftuneError
-from preftune.train import faults
+from preftune.train import faults, signals
 from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import list_checkpoints
 from preftune.train.distributed import DistInfo, all_reduce_sum
@@ -75,6 +76,9 @@ class LoopState:
     skipped_steps: int = 0
     consecutive_skips: int = 0    # non-finite steps in a row (not saved: a resumed run starts afresh)
     history: list[dict[str, float]] = field(default_factory=list)
+    # Held-out evaluations already made ({"before"|"after": {"step", "metrics"}}), saved in checkpoints so a
+    # resumed run neither loses them nor logs them twice.
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def autocast(cfg_bf16: bool, device: torch.device) -> contextlib.AbstractContextManager:
@@ -138,6 +142,25 @@ def stop_if_diverged(state: LoopState, limit: int, output_dir: str) -> None:
         f"stopped at step {state.step}: {state.consecutive_skips} optimizer steps in a row had a non-finite loss or "
         f"gradient (max_consecutive_skips={limit}); {kept}. Lower learning_rate, enable gradient clipping "
         f"(max_grad_norm), or check the data of these steps.")
+
+
+def stop_if_signalled(state: LoopState, votes: float, save: Callable[[LoopState], None] | None,
+                      output_dir: str) -> None:
+    """At a step boundary: when any rank was asked to stop (``votes`` > 0: SIGTERM / SIGINT, see
+    ``preftune.train.signals``), save a checkpoint (a no-op when this step's was just written; none
+    inside a run of non-finite steps) and raise RunInterrupted with one line on how to continue."""
+    if votes <= 0:
+        return
+    signum = signals.requested() or signal.SIGTERM
+    if save is not None and state.consecutive_skips == 0:
+        save(state)
+        kept = f"checkpoint-{state.step} is saved"
+    else:
+        found = list_checkpoints(output_dir)
+        kept = (f"no checkpoint was saved now (the last steps were non-finite); the last one is {found[-1].name}"
+                if found else "no checkpoint exists yet")
+    raise signals.RunInterrupted(signum, f"stopped by {signals.name(signum)} after step {state.step}; {kept}. "
+                                         "Continue with the same command plus resume=latest")
 
 
 def train_loop(
@@ -215,10 +238,13 @@ def train_loop(
 
         # 3. Mean over the step's global items (DDP has already averaged over ranks, hence × world
         #    size), then clip and step, or skip a non-finite update.
+        #    Each rank's stop vote (a signal arrived) rides along, so all ranks stop after the same step.
+        local_stop = float(signals.requested() is not None)
         reduced = all_reduce_sum(torch.stack([units.double(), nonfinite.double(),
                                               torch.tensor(float(step_tokens), dtype=torch.float64,
-                                                           device=info.device)]), info)
-        units, nonfinite, tokens = reduced[0].float(), reduced[1].float(), reduced[2]
+                                                           device=info.device),
+                                              torch.tensor(local_stop, dtype=torch.float64, device=info.device)]), info)
+        units, nonfinite, tokens, votes = reduced[0].float(), reduced[1].float(), reduced[2], reduced[3]
         pending_tokens = pending_tokens + tokens
         window_tokens = window_tokens + tokens
         scale = info.world_size / units.clamp(min=1)
@@ -269,6 +295,12 @@ def train_loop(
                 bar.write(f"step {state.step}: checkpoint not saved, the last {state.consecutive_skips} step(s) "
                           "were skipped as non-finite")
             window_start = time.perf_counter()
+        faults.pause_if("pause_after_step", state.step, info.rank, until=lambda: signals.requested() is not None)
+        # One process reads its flag now; several use the votes reduced with this step's counts.
+        stop = votes.item() if info.enabled else local_stop
+        if stop > 0:
+            flush_tokens()   # the checkpoint it saves counts every token so far
+        stop_if_signalled(state, stop, save, cfg.output_dir)
         faults.kill_if("kill_after_step", state.step, info.rank)
     flush_tokens()
     bar.close()

@@ -2,24 +2,38 @@
 
 Only rank 0 writes. Values arrive as plain floats: the loop reduces device tensors once per logging
 step, so nothing here forces a host sync.
+
+``metrics.jsonl`` is only ever appended to, one flushed line per record. Resuming never rewrites it in
+place: the records up to the checkpoint are copied to a temporary file that replaces the log in one
+rename, so a crash at any moment leaves the old log or the new one, never a truncated one. A crash in
+the middle of a write leaves at most a torn last line, which readers drop and report; a damaged line
+anywhere else is an error naming the file and line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from preftune.errors import DataError, PreftuneError
+from preftune.storage import describe_write_error
+from preftune.train import faults
+
 
 class MetricsLogger:
-    """``resume_step`` None starts ``metrics.jsonl`` afresh (a new run in an old folder must not mix
-    its curve with the old one); on resume the records after ``resume_step`` — logged by the run that
+    """``resume_step`` None starts ``metrics.jsonl`` afresh (the output folder holds no other run: see
+    ``preftune.train.run_folder``); on resume the records after ``resume_step`` — logged by the run that
     was interrupted after its last checkpoint — are dropped, since they are about to be logged again."""
 
     def __init__(self, output_dir: str | Path, report_to: str | list[str] = "none", enabled: bool = True,
-                 resume_step: int | None = None, reporters: list | None = None) -> None:
+                 resume_step: int | None = None, reporters: list | None = None,
+                 log: Callable[[str], None] = print) -> None:
         """``reporters``: opened ``preftune.train.reporters`` (else opened here from ``report_to``)."""
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
@@ -28,12 +42,17 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = ""
         if resume_step is not None and self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = "".join(line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step)
-        self._file = self.path.open("w", encoding="utf-8")
-        self._file.write(kept)
+            records, torn = parse_metrics(self.path)
+            if torn:
+                log(f"{self.path}: {torn}; dropped")
+            kept = [r for r in records if r["step"] <= resume_step]
+            if len(kept) < len(records) or torn or not _ends_with_newline(self.path):
+                _replace(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._file = self.path.open("a", encoding="utf-8")
+            faults.kill_if("kill_after_resume", resume_step)
+        else:
+            self._file = self.path.open("w", encoding="utf-8")
         if reporters is None:
             from preftune.train.reporters import open_reporters
 
@@ -49,8 +68,12 @@ class MetricsLogger:
             return
         record: dict[str, Any] = {"step": step, "split": split, "time": round(time.time(), 3)}
         record.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise MetricsWriteError(f"{describe_write_error(e, self.path)}; the records before step {step} are "
+                                    "intact") from e
         for reporter in self._reporters:
             reporter.log(step, metrics, split)
 
@@ -63,8 +86,61 @@ class MetricsLogger:
         self._reporters = []
 
 
+class MetricsWriteError(PreftuneError):
+    """metrics.jsonl could not be appended to (a full disk)."""
+
+
+def _replace(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename (written and fsynced first)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(records, what was wrong with the last line or None). A last line that is not a valid record is
+    what a crash mid-write leaves: dropped and described. Any other bad line is a DataError naming the
+    file and line."""
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":                           # the file ends with a newline
+        lines.pop()
+    records, torn = [], None
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = number == len(lines)
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            if last:
+                torn = f"line {number} is torn (cut off by a crash while it was written: {e})"
+                break
+            raise DataError(f"{path}:{number}: damaged record ({type(e).__name__}: {e}); lines after it are "
+                            "intact, so this is not a crash mid-write: repair or remove that line") from None
+        records.append(record)
+    return records, torn
+
+
 def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl (those of ``split`` when given); a torn last line is dropped with a
+    warning, a damaged line elsewhere is a DataError naming file and line."""
+    rows, torn = parse_metrics(Path(path))
+    if torn:
+        warnings.warn(f"{path}: {torn}; dropped", stacklevel=2)
     return [r for r in rows if split is None or r["split"] == split]
 
 

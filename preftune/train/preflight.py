@@ -2,7 +2,8 @@
 
 - Resuming: the checkpoint's settings and fingerprints (data, tokenizer, model config) must match the
   run's, or the resumed run would silently be a different experiment; each difference is named.
-- Disk: the output folder must have room for a checkpoint and the final model.
+- Disk: the output folder must have room for what the run holds at its peak: a new checkpoint is
+  written in full before the oldest one is rotated out, and the final model comes on top.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 from torch import nn
 
 from preftune.errors import ConfigError
+from preftune.storage import format_bytes
 
 # Settings a resumed run may change: where and how often it reports, on what hardware it runs, and
 # how it computes the same numbers.
 # Everything else (seed, data, model, loss, batch, schedule, ...) decides the numbers of the run.
 CHANGEABLE_ON_RESUME = frozenset({
-    "output_dir", "resume", "force_resume", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+    "output_dir", "overwrite_output_dir", "resume", "force_resume", "logging_steps", "eval_steps", "save_steps",
+    "save_total_limit",
     "progress_bar", "report_to", "threads", "device", "per_device_eval_batch_size", "max_consecutive_skips",
     "logprob_chunk_size", "gradient_checkpointing", "torch_compile", "padding_free", "prefix_sharing",
     "lean_activations",
@@ -92,7 +95,15 @@ def check_resume(checkpoint: Path, config: dict[str, Any], fingerprints: dict[st
     if not meta_file.is_file():
         diffs = ["the checkpoint has no meta.json to compare with (saved by an older preftune)"]
     else:
-        diffs = resume_differences(json.loads(meta_file.read_text()), config, fingerprints, world_size)
+        try:
+            saved = json.loads(meta_file.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict) or not all(isinstance(saved.get(k, {}), dict)
+                                                      for k in ("config", "fingerprints")):
+                raise ValueError("not an object with 'config' and 'fingerprints' objects")
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"resume from {checkpoint}: {meta_file} is not a valid meta.json ({type(e).__name__}: "
+                              f"{str(e)[:200]}); this checkpoint cannot be checked against the run") from None
+        diffs = resume_differences(saved, config, fingerprints, world_size)
     if not diffs:
         return
     if force:
@@ -112,8 +123,28 @@ def checkpoint_bytes(model: nn.Module, optimizer: str, peft: bool) -> tuple[int,
     return weights + optimizer_states * trainable, everything
 
 
+def peak_bytes(checkpoint: int, final: int, saves: int, keep: int | None, kept_already: int = 0) -> tuple[int, str]:
+    """(bytes a run must still find free at its peak, how that was counted).
+
+    ``saves`` checkpoints are written (the last at the end), at most ``keep`` of this run are kept
+    (None: all). The new checkpoint is complete before the oldest kept one is removed, so up to
+    keep + 1 exist at once; the final model is written after the last checkpoint. ``kept_already``
+    checkpoints of a resumed run are on disk now and need no new space.
+    """
+    at_once = saves if keep is None else min(saves, keep + 1)
+    with_final = (saves if keep is None else min(saves, keep)) * checkpoint + final
+    peak = max(at_once * checkpoint, with_final)
+    need = max(peak - kept_already * checkpoint, 0)
+    how = (f"{at_once} checkpoint(s) of {format_bytes(checkpoint)} at once"
+           + (f" (save_total_limit={keep} plus the new one, written before the oldest is removed)"
+              if keep is not None and at_once == keep + 1 else "")
+           + f", and the final model of {format_bytes(final)}")
+    return need, how
+
+
 def check_free_space(output_dir: Path, need: int, what: str) -> None:
     free = shutil.disk_usage(output_dir).free
     if free < need:
-        raise ConfigError(f"output_dir {output_dir}: {free / 1e9:.2f} GB free, but {what} need about "
-                          f"{need / 1e9:.2f} GB; free some space or point output_dir elsewhere")
+        raise ConfigError(f"output_dir {output_dir}: {format_bytes(free)} free, but this run needs about "
+                          f"{format_bytes(need)} more at its peak ({what}); free some space, lower "
+                          "save_total_limit, or point output_dir elsewhere")

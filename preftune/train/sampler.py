@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from preftune.errors import ConfigError
+
 
 class StepSampler:
     """Indices for every (step, micro-step, rank).
@@ -46,7 +48,7 @@ class StepSampler:
         self.global_batch = per_device_batch_size * accumulation * world_size
         self.steps_per_epoch = num_examples // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{num_examples} training examples are fewer than one global batch "
                 f"({per_device_batch_size} per device × {accumulation} accumulation × {world_size} processes "
                 f"= {self.global_batch}); lower the batch size or add data")

@@ -56,7 +56,7 @@ def test_other_settings_miss_the_cache_and_cache_false_writes_nothing(small):
     logs: list[str] = []
     other = sentiment.load_classifier(max_reviews=200, seed=1, cache=False, log=logs.append)
     assert "trained" in logs[0] and other.path is None
-    assert [p.name for p in clf.path.parent.iterdir()] == [clf.path.name]
+    assert sorted(p.name for p in clf.path.parent.iterdir()) == [clf.path.name, f"{clf.path.name}.sha256"]
     assert sentiment._key(200, 1) != sentiment._key(1000, 0) != sentiment._key(1000, 1)
 
 
@@ -74,3 +74,33 @@ def test_positive_text_scores_above_negative_text(small):
 def test_rejects_too_few_reviews():
     with pytest.raises(ValueError, match="max_reviews"):
         sentiment.load_classifier(max_reviews=5)
+
+
+def test_the_cache_holds_numbers_not_pickles_and_reloads_to_the_same_scores(small, tmp_path):
+    clf, _ = small
+    assert clf.path.suffix == ".npz"
+    import numpy as np
+
+    with np.load(clf.path, allow_pickle=False) as arrays:       # loads without allowing a single pickle
+        assert set(arrays.files) == {"meta", "idf", "coef", "intercept"}
+    pipeline, info = sentiment.load_pipeline(clf.path)
+    texts = [POSITIVE, NEGATIVE, "an unseen word soup", ""]
+    assert (pipeline.predict_proba(texts) == clf.pipeline.predict_proba(texts)).all()       # exactly
+    assert info["held_out_accuracy"] == clf.held_out_accuracy
+
+
+def test_a_planted_pickle_in_the_cache_runs_nothing_and_is_retrained(small, tmp_path, monkeypatch):
+    # Old behaviour: joblib.load, i.e. unpickling whatever file sits at the cache path.
+    from preftune.assets.cache import write_verified
+    from tests.conftest import pickle_payload
+
+    clf, _ = small
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "cache" / "sentiment" / clf.path.name
+    marker = tmp_path / "payload-ran"
+    write_verified(path, lambda tmp: tmp.write_bytes(pickle_payload(marker)))   # with a matching checksum
+    logs: list[str] = []
+    again = sentiment.load_classifier(max_reviews=1000, log=logs.append)
+    assert not marker.exists()
+    assert f"the cache file {path} is damaged (it cannot be read" in logs[0] and "trained" in logs[1]
+    assert again.probability([POSITIVE]) == pytest.approx(clf.probability([POSITIVE]))

@@ -230,6 +230,7 @@ def test_a_full_disk_fails_before_any_work(tiny_model_dir, train_file, tmp_path,
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
-    with pytest.raises(ConfigError, match=r"GB free, but a checkpoint \(weights \+ optimizer state\) and the final"):
+    with pytest.raises(ConfigError, match=r": 1000 B free, but this run needs about [0-9.]+ MiB more at its peak "
+                                          r"\(2 checkpoint\(s\) of [0-9.]+ KiB at once, and the final model of"):
         run_dpo(cfg(tiny_model_dir, train_file, tmp_path / "out"))
     assert not (tmp_path / "out" / "metrics.jsonl").exists()

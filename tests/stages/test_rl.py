@@ -82,7 +82,7 @@ def test_ppo_resume_inside_a_rollout_continues_exactly(tiny_model_dir, tmp_path)
     for a, b in zip(full.history[6:], resumed.history, strict=True):
         for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss", "grad_norm"):
             assert a[key] == b[key], key
-    assert (full.final_dir / "value_head.pt").is_file()
+    assert (full.final_dir / "value_head.safetensors").is_file()
 
 
 def test_rl_config_errors_name_the_key():

@@ -8,7 +8,13 @@ from torch import nn
 
 from preftune.errors import ConfigError
 from preftune.train import preflight
-from preftune.train.preflight import check_free_space, check_resume, checkpoint_bytes, resume_differences
+from preftune.train.preflight import (
+    check_free_space,
+    check_resume,
+    checkpoint_bytes,
+    peak_bytes,
+    resume_differences,
+)
 
 SAVED = {"config": {"seed": 0, "beta": 0.1, "loss_type": ["sigmoid"], "logging_steps": 1, "output_dir": "a"},
          "fingerprints": {"train_data": "a" * 64, "tokenizer": "b" * 64}}
@@ -62,12 +68,26 @@ def test_checkpoint_size_by_hand():
     assert checkpoint_bytes(model, "adamw", peft=True) == ((55 + 2 * 55) * 4, 165 * 4)
 
 
-def test_too_little_free_space_is_an_error_before_any_work(tmp_path, monkeypatch):
+def test_too_little_free_space_is_an_error_in_useful_units(tmp_path, monkeypatch):
+    # Old behaviour: "0.00 GB free, but ... need about 0.00 GB" for a small model on a nearly full disk.
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
-    with pytest.raises(ConfigError, match=r"0.01 GB free, but the checkpoint need about 0.02 GB"):
-        check_free_space(tmp_path, 2 * 10**7, "the checkpoint")
-    check_free_space(tmp_path, 4 * 10**6, "the checkpoint")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 3 * 2**20, 3 * 2**20))
+    with pytest.raises(ConfigError, match=r": 3 MiB free, but this run needs about 4.5 MiB more at its peak "
+                                          r"\(the checkpoint\)"):
+        check_free_space(tmp_path, 9 * 2**19, "the checkpoint")
+    check_free_space(tmp_path, 3 * 2**20, "the checkpoint")
+
+
+def test_the_peak_counts_the_new_checkpoint_before_the_oldest_is_removed_and_the_final_model():
+    c, f = 100, 30
+    # keep 2, 5 saves: at the 3rd save three checkpoints exist at once (300) > two + final (230).
+    # Old behaviour: one checkpoint + final = 130.
+    assert peak_bytes(c, f, saves=5, keep=2)[0] == 300
+    assert "3 checkpoint(s) of 100 B at once (save_total_limit=2 plus the new one" in peak_bytes(c, f, 5, 2)[1]
+    assert peak_bytes(c, f, saves=1, keep=2)[0] == 130          # only the last checkpoint, then final
+    assert peak_bytes(c, 300, saves=5, keep=1)[0] == 400         # a final larger than a checkpoint: 1 + final
+    assert peak_bytes(c, f, saves=4, keep=None)[0] == 430        # keep all: every checkpoint + final
+    assert peak_bytes(c, f, saves=5, keep=2, kept_already=2)[0] == 100   # a resumed run's two are on disk
 
 
 def test_another_process_count_may_split_the_same_global_batch_differently():
