@@ -161,6 +161,11 @@ OUT_OF_RANGE = [
     (TrainingConfig, ["warmup_ratio=-0.1"], "warmup_ratio must be in [0, 1], got -0.1"),
     (TrainingConfig, ["max_grad_norm=-1"], "max_grad_norm must be >= 0, got -1.0"),
     (TrainingConfig, ["eval_size=-1"], "eval_size must be >= 0, got -1"),
+    (TrainingConfig, ["max_row_bytes=0"], "max_row_bytes must be > 0 or null, got 0"),
+    (TrainingConfig, ["seed=1.0e+30"], "seed must be in [0, 4294967295], got 1000000000000000019884624838656"),
+    (TrainingConfig, ["seed=-1"], "seed must be in [0, 4294967295], got -1"),
+    (EvalConfig, ["loss_type=kto", "seed=-1"], "seed must be in [0, 4294967295], got -1"),
+    (TrainingConfig, ["data_seed=-1"], "data_seed must be in [0, 4294967295], got -1"),
     (TrainingConfig, ["max_consecutive_skips=-1"], "max_consecutive_skips must be >= 0, got -1"),
     (TrainingConfig, ["eval_steps=0"], "eval_steps must be a whole number of steps >= 1 or a fraction of the total "
                                        "steps in (0, 1), got 0"),
@@ -300,8 +305,6 @@ def test_unknown_keys_are_errors_with_a_suggestion(cls, key, near):
 # Numeric keys with no range, and why: the audit below fails for any other key left unchecked.
 NO_RANGE = {
     "reward_weights": "a reward's weight may be any real: negative makes it a penalty, 0 logs it without training on it",
-    "seed": "any integer seeds every generator (numpy's takes it mod 2**32)",
-    "data_seed": "any integer seeds the data order",
     "bco_delta": "a reward shift δ: any real",
     "f_alpha_divergence_coef": "f'(u) = (u^(α-1) - 1)/(α - 1) is increasing for every real α (α = 1: its log limit)",
 }

@@ -245,11 +245,15 @@ class DataGroup:
     prompt_field: str = setting("prompt", "Column holding the prompt (e.g. 'question' for Intel/orca_dpo_pairs).")
     system_field: str | None = setting(None, "Column holding a system text, which becomes the conversation's "
                                              "system message (empty text: none); needs a chat template.")
+    max_row_bytes: int | None = setting(8 << 20, "Largest record read (a JSONL line, a CSV row, a dataset row), in "
+                                                 "bytes: a bigger one is an error naming it, raised before any time "
+                                                 "goes into parsing or tokenizing it (null = no limit).")
 
     def check(self, p: Problems) -> None:
         from preftune.data.sources import check_mixer, check_mixture, check_trl_mixture
 
         non_negative(self, p, "eval_size")
+        positive_or_null(self, p, "max_row_bytes")
         sources = [k for k in ("train_file", "dataset_name", "dataset_mixture", "dataset_mixer", "datasets")
                    if getattr(self, k)]
         if len(sources) > 1:

@@ -89,6 +89,7 @@ class OptimGroup:
         in_range(self, p, "warmup_ratio", "[0, 1]")
         in_range(self, p, "adam_beta1", "[0, 1)")
         in_range(self, p, "adam_beta2", "[0, 1)")
+        in_range(self, p, "data_seed", "[0, 4294967295]")   # as seed
         if self.max_steps != -1 and self.max_steps <= 0:
             p.add(f"max_steps must be -1 (no limit) or > 0, got {self.max_steps}", "max_steps")
         if self.warmup_steps >= 1 and not float(self.warmup_steps).is_integer():

@@ -42,9 +42,53 @@ def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
 _RawLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
+MAX_YAML_VALUES = 100_000   # far more than any config; a "billion laughs" alias bomb expands past it
+
+
 def load_yaml_text(text: str) -> Any:
-    """YAML with unquoted scalars kept as :class:`Text` (the key's type interprets them later)."""
-    return yaml.load(text, Loader=_RawLoader)
+    """YAML with unquoted scalars kept as :class:`Text` (the key's type interprets them later). Aliases
+    that would expand to more than MAX_YAML_VALUES values, and nesting deeper than Python can follow,
+    are refused with a short message before anything is built."""
+    loader = _RawLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_values(node, {}) > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
+                                 "refusing to build it")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise yaml.YAMLError("it is nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_values(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (each shared node counted at
+    every place it appears; computed once per node, so an alias bomb costs no time here)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1                     # a node that contains itself counts once
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_values(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_values(k, memo) + _expanded_values(v, memo) for k, v in node.value)
+    else:
+        total = 1
+    memo[id(node)] = total
+    return total
+
+
+def shown_error(error: Exception, limit: int = 400) -> str:
+    text = str(error)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message stays a line, whatever the value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def resolve(value: Any) -> Any:
@@ -70,7 +114,7 @@ def read_settings(path: str | Path | None = None, overrides: typing.Sequence[Ove
         try:
             loaded = load_yaml_text(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from None
+            raise ConfigError(f"{path}: cannot read config: {shown_error(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of key: value")
         raw.update({str(k): v for k, v in loaded.items()})
@@ -157,7 +201,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {shown(value)}")
     if origin is list or tp is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if isinstance(value, Text):
@@ -168,25 +212,25 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is dict or tp is dict:
         mapping = resolve(load_yaml_text(value) if isinstance(value, str) else value)
         if not isinstance(mapping, dict):
-            raise ConfigError(f"{key} must be a mapping (e.g. {{name: value}}), got {mapping!r}")
+            raise ConfigError(f"{key} must be a mapping (e.g. {{name: value}}), got {shown(mapping)}")
         return mapping
     if tp is str:
         if isinstance(value, str):
             return str(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        raise ConfigError(f"{key} must be a string, got {shown(value)}")
     value = resolve(Text(value)) if isinstance(value, str) else value  # "5e-7", "true": read as YAML
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {shown(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -197,10 +241,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {shown(value)}")
         if not math.isfinite(number):
             # nan slips through every `<= 0` range check, and inf is no setting of any key.
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            raise ConfigError(f"{key} must be a finite number, got {shown(value)}")
         return number
     raise ConfigError(f"{key}: unsupported type {tp}")
 

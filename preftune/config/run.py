@@ -11,7 +11,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from preftune.config.fields import Problems, non_negative, positive_or_null, setting
+from preftune.config.fields import Problems, in_range, non_negative, positive_or_null, setting
 
 STRATEGIES = ("no", "steps", "epoch")
 # report_to name -> the module it needs and the pip extra that installs it
@@ -42,7 +42,8 @@ class RunGroup:
     overwrite_output_dir: bool = setting(False, "Start afresh in an output_dir that holds another run: its files "
                                                 "are moved to <output_dir>.previous-<time> (never deleted). Without "
                                                 "it such a folder is refused (resume=latest continues the run there).")
-    seed: int = setting(42, "Seed for initialisation, dropout and (unless data_seed) the data order.")
+    seed: int = setting(42, "Seed for initialisation, dropout and (unless data_seed) the data order (0 to "
+                            "2**32 - 1, as numpy and TRL take it).")
     logging_strategy: str = setting("steps", "When to log train metrics: steps (every logging_steps), epoch or no.",
                                     choices=STRATEGIES)
     logging_steps: float = setting(10, "Log every N optimizer steps, or a fraction of the total steps in (0, 1) "
@@ -78,6 +79,7 @@ class RunGroup:
     progress_bar: bool = setting(True, "Show a live progress bar (rank 0).")
 
     def check(self, p: Problems) -> None:
+        in_range(self, p, "seed", "[0, 4294967295]")   # torch overflows past 2**63, numpy past 2**32
         steps_or_fraction(self, p, "logging_steps", "eval_steps", "save_steps")
         non_negative(self, p, "max_consecutive_skips", "eval_delay")
         positive_or_null(self, p, "save_total_limit")

@@ -301,6 +301,7 @@ class EvalGroup:
             p.add("eval_file is required (or dataset_name)", "eval_file")
         require(self, p, "ref_model_name_or_path", "is required")
         positive(self, p, "per_device_eval_batch_size")
+        in_range(self, p, "seed", "[0, 4294967295]")   # as the training run's seed
         if self.seed != 42 and getattr(self, "loss_type", None) != ["kto"]:
             p.add("seed is set but only loss_type kto uses it (for its KL partners)", "seed")
 

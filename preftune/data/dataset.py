@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from preftune.data.formats import RowFormat, prepare
-from preftune.data.load import Record, load_records, source_name
+from preftune.data.load import DEFAULT_MAX_ROW_BYTES, Record, load_records, source_name
 from preftune.data.render import render_completion, render_preference
 from preftune.data.render_unpaired_ranked import render_ranking, render_unpaired
 from preftune.data.tokenize import (
@@ -62,6 +62,7 @@ class DataSettings:
     truncation_mode: str = "keep_start"     # or keep_end (data/tokenize.py)
     add_eos: bool = True
     row_format: RowFormat = field(default_factory=RowFormat)  # which columns hold what (data/formats.py)
+    max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES  # a bigger record is an error (decides no token id)
 
     def __post_init__(self) -> None:
         # Fail at configuration time, not on the first example of a long build.
@@ -122,9 +123,9 @@ class BuiltDataset:
         invalidate a cache whose log-probs are still correct.
         """
         h = hashlib.sha256()
-        # The row format and the truncation mode / completion cap are not hashed: what they change shows
-        # in the ids, and hashing them would move every fingerprint made before they existed.
-        unhashed = ("row_format", "max_completion_length", "truncation_mode")
+        # The row format, the truncation mode / completion cap and the row size limit are not hashed: what
+        # they change shows in the ids, and hashing them would move every fingerprint made before they existed.
+        unhashed = ("row_format", "max_completion_length", "truncation_mode", "max_row_bytes")
         settings = {k: v for k, v in asdict(self.settings).items() if k not in unhashed}
         h.update(json.dumps(settings, sort_keys=True).encode())
         for ex in self.examples:
@@ -299,7 +300,7 @@ def _build(
     source: Any, settings: DataSettings, split: str, step: Callable[[Record, Counter[str]], Example], layout: str
 ) -> BuiltDataset:
     name = source_name(source, split)
-    records = load_records(source, split=split)
+    records = load_records(source, split=split, max_row_bytes=settings.max_row_bytes)
     examples: list[Example] = []
     dropped: Counter[str] = Counter()
     truncated: Counter[str] = Counter()

@@ -3,7 +3,7 @@
 Every render function (pairs, SFT completions, KTO examples, ranked lists, RL prompts) validates its
 fields and applies the chat template through these, so the rules are the same for all: a text field
 is a non-empty valid-Unicode string or a non-empty list of ``{role, content}`` messages (a CSV cell
-may hold that list as JSON); with a chat template the completion is ``full[len(prompt):]`` and the
+may hold that list as JSON; a string read from any other format is always text); with a chat template the completion is ``full[len(prompt):]`` and the
 prompt must render as a prefix of every conversation (the prompt-prefix invariant), checked for
 every example. Errors name a field by the column it was read from (``Record.label``).
 """
@@ -37,7 +37,7 @@ def field_value(record: Record, name: str, *, required: bool = True) -> TextOrMe
         null = " (it is null)" if name in record.fields else ""
         raise DataError(f"{origin}: missing field '{label}'{null}")
     if isinstance(value, str):
-        messages = _parse_json_messages(value)
+        messages = _parse_json_messages(value, f"{origin}: field '{label}'") if record.text_cells else None
         if messages is None:
             if not value:  # whitespace-only is kept: it may be meaningful (code, formatting)
                 raise DataError(f"{origin}: field '{label}' is empty")
@@ -51,13 +51,16 @@ def field_value(record: Record, name: str, *, required: bool = True) -> TextOrMe
     return _check_messages(list(value), label, origin)
 
 
-def _parse_json_messages(text: str) -> list | None:
-    """A CSV cell can only hold a string: accept one that is a JSON list of message objects."""
+def _parse_json_messages(text: str, where: str) -> list | None:
+    """A CSV cell can only hold a string: accept one that is a JSON list of message objects. (Only CSV:
+    a string from JSON, Parquet or a dataset is text, even when it looks like a message list.)"""
     if not text.lstrip().startswith("["):
         return None
     try:
         parsed = json.loads(text)
-    except json.JSONDecodeError:
+    except RecursionError:
+        raise DataError(f"{where} holds JSON nested too deeply to read") from None
+    except ValueError:
         return None  # text that merely starts with '[' is ordinary text
     if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
         return parsed

@@ -87,7 +87,7 @@ def prepare(record: Record, fmt: RowFormat, layout: str, index: int) -> Record:
         if column in record.fields:
             fields[key] = fields.pop(column)
         labels[key] = labels.get(column, column)
-    out = Record(fields, record.origin, labels)
+    out = Record(fields, record.origin, labels, record.text_cells)
     if layout == "preference":
         _require_pair_fields(out)
     return out
@@ -116,13 +116,13 @@ def _ultrafeedback(record: Record, fmt: RowFormat, layout: str, index: int) -> R
         if layout != "prompt":
             raise DataError(f"{origin}: an UltraFeedback row (instruction + scored completions) holds preferences; "
                             "train on it with `preftune dpo` or `preftune rm`")
-        return Record(base, origin, labels)
+        return Record(base, origin, labels, record.text_cells)
     if len(scored) < 2:
         raise SkipExample(TOO_FEW_SCORED, origin)
     if layout == "ranking":
         base.update(completions=[r for _, r, _ in scored], scores=[s for _, _, s in scored])
         labels.update({f"completions[{k}]": f"completions[{i}].response" for k, (i, _, _) in enumerate(scored)})
-        return Record(base, origin, labels)
+        return Record(base, origin, labels, record.text_cells)
     best = max(scored, key=lambda t: t[2])  # the first of equal bests, as max() keeps the first
     worse = [t for t in scored if t[2] < best[2]]
     if not worse:
@@ -133,7 +133,7 @@ def _ultrafeedback(record: Record, fmt: RowFormat, layout: str, index: int) -> R
         rejected = random.Random(f"{fmt.seed}:{index}").choice(worse)
     base.update(chosen=best[1], rejected=rejected[1])
     labels.update(chosen=f"completions[{best[0]}].response", rejected=f"completions[{rejected[0]}].response")
-    return Record(base, origin, labels)
+    return Record(base, origin, labels, record.text_cells)
 
 
 def _score(completion: Mapping[str, Any], how: str, origin: str, i: int) -> float | None:

@@ -5,8 +5,10 @@ later step can report exactly where a bad example came from. Rows in files are n
 like an editor or a spreadsheet does (a CSV header is not a row); ``dataset[i]`` is a Python index.
 
 Loading does no validation of the fields themselves: that is render's job, which knows which
-fields a task needs. Only structural problems (unreadable JSON, a row that is not an object,
-bytes that are not UTF-8, an empty file) are reported here.
+fields a task needs. Only structural problems (unreadable JSON, JSON nested deeper than Python can
+read, a row that is not an object, bytes that are not UTF-8, an empty file, a record over
+``max_row_bytes``) are reported here. The size limit is checked before a JSONL line is parsed, so a
+pathological line fails in milliseconds instead of minutes of parsing and tokenizing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import csv
 import importlib
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,11 @@ from typing import Any
 
 from preftune.data.encoding import first_undecoded, undecoded_error, undecoded_field
 from preftune.errors import DataError
+from preftune.storage import format_bytes
 
-__all__ = ["Record", "Source", "load_records", "source_name"]
+__all__ = ["DEFAULT_MAX_ROW_BYTES", "Record", "Source", "load_records", "source_name"]
+
+DEFAULT_MAX_ROW_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,10 @@ class Record:
     fields: Mapping[str, Any]
     origin: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Every value is the text of a CSV cell, which cannot hold a list: a cell that is a JSON list of
+    # messages (or of completions) is read as one. Values from JSON, Parquet or datasets keep their type,
+    # and a string there stays the string it is, whatever it looks like.
+    text_cells: bool = False
 
     def label(self, key: str) -> str:
         return self.labels.get(key, key)
@@ -54,26 +64,27 @@ class Source:
     name: str
 
 
-def load_records(source: str | os.PathLike | Any, *, split: str = "train") -> list[Record]:
+def load_records(source: str | os.PathLike | Any, *, split: str = "train",
+                 max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES) -> list[Record]:
     """Read all records of ``source`` into memory, each tagged with its origin.
 
     ``source`` is a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a folder written by
     ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` folder picks ``split``), an in-memory
     ``datasets.Dataset``/``DatasetDict``, a pandas DataFrame, a sequence of mappings, or a
     :class:`Source` naming one of these. ``split`` only matters for dataset dicts. Raises DataError
-    for missing, empty or malformed input.
+    for missing, empty or malformed input, and for a record over ``max_row_bytes`` (None: no limit).
     """
     name = source_name(source, split)
     if isinstance(source, Source):
         inner = source.rows
         if isinstance(inner, (str, os.PathLike)):
-            records = _load_path(Path(inner), split)
+            records = _load_path(Path(inner), split, max_row_bytes)
         else:
-            records = _from_rows(_in_memory_rows(inner, split, name), name, file_rows=True)
+            records = _from_rows(_in_memory_rows(inner, split, name), name, file_rows=True, limit=max_row_bytes)
     elif isinstance(source, (str, os.PathLike)):
-        records = _load_path(Path(source), split)
+        records = _load_path(Path(source), split, max_row_bytes)
     else:
-        records = _from_rows(_in_memory_rows(source, split, name), name, file_rows=False)
+        records = _from_rows(_in_memory_rows(source, split, name), name, file_rows=False, limit=max_row_bytes)
     if not records:
         raise DataError(f"{name}: no records (the source is empty)")
     return records
@@ -104,11 +115,11 @@ def _in_memory_rows(source: Any, split: str, name: str) -> Any:
     )
 
 
-def _load_path(path: Path, split: str) -> list[Record]:
+def _load_path(path: Path, split: str, limit: int | None) -> list[Record]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        return _load_hf_folder(path, split)
+        return _load_hf_folder(path, split, limit)
     suffix = path.suffix.lower()
     readers = {".jsonl": _load_jsonl, ".json": _load_json, ".csv": _load_csv, ".parquet": _load_parquet}
     if suffix not in readers:
@@ -116,10 +127,37 @@ def _load_path(path: Path, split: str) -> list[Record]:
             f"{path}: unsupported file type '{suffix}' (expected .jsonl, .json, .csv, .parquet "
             "or a folder saved with datasets' save_to_disk)"
         )
-    return readers[suffix](path)
+    return readers[suffix](path, limit)
 
 
-def _load_jsonl(path: Path) -> list[Record]:
+def _too_big(origin: str, size: int, limit: int) -> DataError:
+    return DataError(f"{origin}: the record is {format_bytes(size)}, over max_row_bytes ({format_bytes(limit)}): "
+                     "parsing and tokenizing it would take minutes and gigabytes, only for it to be cut to "
+                     "max_length tokens. Shorten it, or raise max_row_bytes (null: no limit)")
+
+
+def _too_deep(origin: str) -> DataError:
+    return DataError(f"{origin}: JSON nested too deeply to read (over {sys.getrecursionlimit()} levels)")
+
+
+def _size(value: Any, limit: int) -> int:
+    """About how many bytes ``value`` holds (its strings' lengths; 8 per other scalar); stops past ``limit``."""
+    stack, total = [value], 0
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def _load_jsonl(path: Path, limit: int | None) -> list[Record]:
     records = []
     # utf-8-sig: files written on Windows often start with a BOM, which json.loads rejects.
     # surrogateescape: a byte that is not UTF-8 must be reported with its line, not as a bare
@@ -129,6 +167,10 @@ def _load_jsonl(path: Path) -> list[Record]:
             if not line.strip():
                 continue
             origin = f"{path}:{lineno}"
+            if limit is not None and len(line) * 4 > limit:   # a character is at most 4 bytes
+                size = len(line.encode("utf-8", "surrogateescape"))
+                if size > limit:
+                    raise _too_big(origin, size, limit)
             bad = first_undecoded(line)
             try:
                 # Without its newline, an error at the end of the line gets this line's column
@@ -138,6 +180,10 @@ def _load_jsonl(path: Path) -> list[Record]:
                 if bad is not None:  # the bad byte is the likelier cause, and the actionable one
                     raise undecoded_error(origin, bad[1], f"at column {bad[0] + 1}", None) from None
                 raise DataError(f"{origin}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise _too_deep(origin) from None
+            except ValueError as e:      # e.g. an integer with more digits than Python converts
+                raise DataError(f"{origin}: invalid JSON ({e})") from None
             if bad is not None:
                 raise undecoded_error(origin, bad[1], f"at column {bad[0] + 1}", undecoded_field(obj))
             if not isinstance(obj, dict):
@@ -146,7 +192,7 @@ def _load_jsonl(path: Path) -> list[Record]:
     return records
 
 
-def _load_json(path: Path) -> list[Record]:
+def _load_json(path: Path, limit: int | None) -> list[Record]:
     text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
     if not text.strip():
         raise DataError(f"{path}: file is empty")
@@ -157,11 +203,15 @@ def _load_json(path: Path) -> list[Record]:
         if bad is not None:
             raise _json_undecoded(path, text, bad, None) from None
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise _too_deep(str(path)) from None
+    except ValueError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
     if bad is not None:
         raise _json_undecoded(path, text, bad, obj)
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a top-level JSON list of objects, got {_json_type(obj)}")
-    return _from_rows(obj, str(path), file_rows=True)
+    return _from_rows(obj, str(path), file_rows=True, limit=limit)
 
 
 def _json_undecoded(path: Path, text: str, bad: tuple[int, int], obj: Any) -> DataError:
@@ -178,9 +228,18 @@ def _json_undecoded(path: Path, text: str, bad: tuple[int, int], obj: Any) -> Da
     return undecoded_error(f"{path}:{line}", byte, where, None)
 
 
-def _load_csv(path: Path) -> list[Record]:
+def _load_csv(path: Path, limit: int | None) -> list[Record]:
     # The csv module rather than pandas: every cell stays the exact string in the file (pandas
     # would turn "1" into an int and an empty cell into NaN), and no optional dependency is needed.
+    # Its own cell limit (128 KiB by default, a bare csv.Error) gives way to max_row_bytes.
+    previous = csv.field_size_limit(min(limit + 1, sys.maxsize) if limit is not None else sys.maxsize)
+    try:
+        return _read_csv(path, limit)
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_csv(path: Path, limit: int | None) -> list[Record]:
     records = []
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
@@ -193,18 +252,30 @@ def _load_csv(path: Path) -> list[Record]:
                 where = f"on line {reader.line_num}"
                 raise undecoded_error(str(path), bad[1], where, None, f"the header (column {column})")
         row_no = 0
-        for cells in reader:
+        while True:
+            try:
+                cells = next(reader, None)
+            except csv.Error as e:
+                origin = f"{path} row {row_no + 1} (ending on line {reader.line_num})"
+                if "field larger than field limit" in str(e) and limit is not None:
+                    raise DataError(f"{origin}: a cell is over max_row_bytes ({format_bytes(limit)}); shorten it, "
+                                    "or raise max_row_bytes (null: no limit)") from None
+                raise DataError(f"{origin}: not valid CSV ({e})") from None
+            if cells is None:
+                break
             if not cells:  # a blank line; csv yields [] for it
                 continue
             row_no += 1
             origin = f"{path} row {row_no}"
+            if limit is not None and sum(len(c) for c in cells) > limit:
+                raise _too_big(origin, sum(len(c.encode("utf-8", "surrogateescape")) for c in cells), limit)
             if len(cells) != len(header):
                 raise DataError(
                     f"{origin}: has {len(cells)} cells but the header has {len(header)} "
                     f"(columns {header}); a value with a comma must be quoted"
                 )
             _check_csv_cells(cells, header, origin, reader.line_num)
-            records.append(Record(dict(zip(header, cells)), origin))
+            records.append(Record(dict(zip(header, cells)), origin, text_cells=True))
     return records
 
 
@@ -216,16 +287,16 @@ def _check_csv_cells(cells: list[str], header: list[str], origin: str, line: int
             raise undecoded_error(origin, bad[1], f"in a row ending on line {line}", name)
 
 
-def _load_parquet(path: Path) -> list[Record]:
+def _load_parquet(path: Path, limit: int | None) -> list[Record]:
     pq = _require("pyarrow.parquet", "pyarrow", "reading Parquet files")
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # noqa: BLE001 - pyarrow raises several unrelated types for a corrupt file
         raise DataError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e})") from None
-    return _from_rows(rows, str(path), file_rows=True)
+    return _from_rows(rows, str(path), file_rows=True, limit=limit)
 
 
-def _load_hf_folder(path: Path, split: str) -> list[Record]:
+def _load_hf_folder(path: Path, split: str, limit: int | None) -> list[Record]:
     datasets = _require("datasets", "datasets", "reading a datasets folder")
     try:
         ds = datasets.load_from_disk(str(path))
@@ -237,7 +308,7 @@ def _load_hf_folder(path: Path, split: str) -> list[Record]:
     if isinstance(ds, Mapping):  # a DatasetDict: rows are named after the split too
         ds = _pick_split(ds, split, name)
         name = f"{path} [{split}]"
-    return _from_rows(ds, name, file_rows=True)
+    return _from_rows(ds, name, file_rows=True, limit=limit)
 
 
 def _pick_split(ds: Any, split: str, name: str) -> Any:
@@ -248,12 +319,14 @@ def _pick_split(ds: Any, split: str, name: str) -> Any:
     return ds[split]
 
 
-def _from_rows(rows: Any, name: str, *, file_rows: bool) -> list[Record]:
+def _from_rows(rows: Any, name: str, *, file_rows: bool, limit: int | None = DEFAULT_MAX_ROW_BYTES) -> list[Record]:
     records = []
     for i, row in enumerate(rows):
         origin = f"{name} row {i + 1}" if file_rows else f"{name}[{i}]"
         if not isinstance(row, Mapping):
             raise DataError(f"{origin}: expected an object with named fields, got {type(row).__name__}")
+        if limit is not None and (size := _size(row, limit)) > limit:
+            raise _too_big(origin, size, limit)
         records.append(Record(_plain(row), origin))
     return records
 

@@ -47,7 +47,7 @@ def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *,
     ``system_field`` message if set, rendered and cut from the left to ``max_prompt_length`` tokens."""
     templated = use_template(tokenizer, settings.use_chat_template)
     examples = []
-    records = load_records(source, split=split)
+    records = load_records(source, split=split, max_row_bytes=settings.max_row_bytes)
     for index, raw in enumerate(records):
         record = prepare(raw, settings.row_format, "prompt", index)
         prompt = field_value(record, "prompt")

@@ -158,16 +158,18 @@ def _scores(record: Record, count: int) -> list[float] | None:
 
 
 def _json_list(record: Record, name: str) -> list:
-    """A list field; a string that is a JSON list is accepted too (a CSV cell can only hold a string)."""
+    """A list field; in a CSV file, a cell that is a JSON list too (a CSV cell can only hold a string)."""
     origin = record.origin
     value = record.fields.get(name)
     if value is None:
         null = " (it is null)" if name in record.fields else ""
         raise DataError(f"{origin}: missing field '{name}'{null}")
-    if isinstance(value, str) and value.lstrip().startswith("["):
+    if record.text_cells and isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except RecursionError:
+            raise DataError(f"{origin}: field '{name}' holds JSON nested too deeply to read") from None
+        except ValueError:
             pass  # reported below as a string
     if not isinstance(value, (list, tuple)):
         raise DataError(f"{origin}: field '{name}' must be a list, got {type(value).__name__}")

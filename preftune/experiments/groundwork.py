@@ -12,8 +12,7 @@ from preftune.config import RMConfig, SFTConfig
 from preftune.experiments import rstar, sampling
 from preftune.experiments.data import make_pairs as pairs_from_samples
 from preftune.experiments.data import split_reviews
-from preftune.experiments.io import read_json, read_lines, write_json
-from preftune.train.checkpoint import list_checkpoints
+from preftune.experiments.io import continue_or_restart, read_json, read_lines, write_json
 
 if TYPE_CHECKING:
     from preftune.experiments.sentiment import SentimentExperiment
@@ -62,7 +61,7 @@ def make_sft(exp: SentimentExperiment) -> dict:
         "max_length": cfg.max_prompt_length + 2 * cfg.sft_max_words, "learning_rate": cfg.sft_learning_rate,
         "per_device_train_batch_size": cfg.sft_batch_size, "per_device_eval_batch_size": cfg.sft_batch_size,
         "num_train_epochs": cfg.sft_epochs, "eval_size": max(1, min(32, len(rows) // 8)), **EVALUATE,
-        "save_total_limit": 1, "resume": "latest" if list_checkpoints(exp.out / "sft") else None,
+        "save_total_limit": 1, **continue_or_restart(exp.out / "sft"),
     }, cfg.sft_extra)
     result = run_sft(sft_cfg, train_data=rows)
     exp.prune(exp.out / "sft")
@@ -141,7 +140,7 @@ def make_reward_model(exp: SentimentExperiment) -> dict:
               "per_device_train_batch_size": cfg.rm_batch_size, "per_device_eval_batch_size": cfg.rm_batch_size,
               "num_train_epochs": cfg.rm_epochs, "eval_size": eval_size, "save_total_limit": 1, **EVALUATE,
               "lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.1,
-              "resume": "latest" if list_checkpoints(exp.out / "rm") else None}
+              **continue_or_restart(exp.out / "rm")}
     rm_cfg = exp.stage_config(RMConfig, values, cfg.rm_extra)
     result = run_rm(rm_cfg, train_data=str(exp.out / "pairs" / "pairs.jsonl"))
     exp.prune(exp.out / "rm")

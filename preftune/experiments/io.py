@@ -1,4 +1,5 @@
-"""Small file helpers of the experiment: JSON written atomically (a marker is either whole or absent)."""
+"""Small file helpers of the experiment: JSON written atomically (a marker is either whole or absent), and
+whether a stage's training run continues or starts again."""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def write_json(path: Path, payload: Any) -> Path:
 
 def read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def continue_or_restart(folder: Path) -> dict[str, Any]:
+    """A stage's training run continues from its checkpoint; without one (it died before its first, or
+    its checkpoints were pruned before done.json was written) it starts again, the leftovers moved aside
+    (``overwrite_output_dir``: a stage run refuses a folder that holds another run)."""
+    from preftune.train.checkpoint import list_checkpoints
+
+    found = bool(list_checkpoints(folder))
+    return {"resume": "latest" if found else None, "overwrite_output_dir": not found}

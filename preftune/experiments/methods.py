@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from preftune.experiments.io import continue_or_restart
+
 if TYPE_CHECKING:
     from preftune.experiments.config import SentimentExperimentConfig
     from preftune.experiments.sentiment import SentimentExperiment
@@ -70,15 +72,9 @@ def _prompts(exp: SentimentExperiment) -> list[dict]:
     return [{"prompt": json.loads(line)["prompt"]} for line in lines if line.strip()]
 
 
-def _resume(folder: Path) -> str | None:
-    from preftune.train.checkpoint import list_checkpoints
-
-    return "latest" if list_checkpoints(folder) else None
-
-
 def _common(exp: SentimentExperiment, folder: Path) -> dict[str, Any]:
     cfg = exp.cfg
-    return {"model_name_or_path": str(exp.sft_dir), "output_dir": str(folder), "resume": _resume(folder),
+    return {"model_name_or_path": str(exp.sft_dir), "output_dir": str(folder), **continue_or_restart(folder),
             "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8, "lr_scheduler_type": "constant"}
 
 

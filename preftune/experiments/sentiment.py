@@ -51,8 +51,8 @@ RSTAR_SPEC = "preftune.experiments.rstar:positive_probability"
 # The stages' settings this experiment was designed with (preftune's defaults before TRL's became them).
 STAGE_SETTINGS = {"max_grad_norm": 10.0, "logging_steps": 1, "gradient_checkpointing": False, "optim": "adamw_torch",
                   "disable_dropout": False}
-RESERVED = ("output_dir", "model_name_or_path", "train_file", "eval_file", "resume", "save_steps",
-            "save_total_limit", "max_steps", "num_train_epochs", "reward", "ref_model_name_or_path")
+RESERVED = ("output_dir", "overwrite_output_dir", "model_name_or_path", "train_file", "eval_file", "resume",
+            "save_steps", "save_total_limit", "max_steps", "num_train_epochs", "reward", "ref_model_name_or_path")
 # Keys a rerun may change without invalidating finished stages (they add runs or change nothing measured).
 ADDITIVE = ("methods", *{m.sweep_key for m in METHODS.values()}, "best_of_n", "threads", "progress_bar",
             "report_to", "keep_checkpoints", "device", "output_dir", "size", "bootstrap", "run_pilot")

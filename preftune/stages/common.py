@@ -21,6 +21,7 @@ from torch import nn
 
 from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
+from preftune.data.load import DEFAULT_MAX_ROW_BYTES
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError, PreftuneError
 from preftune.modeling.layers import compile_decoder_layers
@@ -51,6 +52,7 @@ from preftune.stages.startup import apply_runtime_settings, check_before_model, 
 from preftune.train import faults, signals
 from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import (
+    CheckpointError,
     checkpoint_run_id,
     folder_run_id,
     is_peft,
@@ -201,7 +203,8 @@ def data_settings(cfg: Any) -> DataSettings:
     return DataSettings(max_length=getattr(cfg, "max_length", None), max_prompt_length=cfg.max_prompt_length,
                         use_chat_template=cfg.use_chat_template, row_format=row_format(cfg),
                         max_completion_length=getattr(cfg, "max_completion_length", None),
-                        truncation_mode=getattr(cfg, "truncation_mode", "keep_start"))
+                        truncation_mode=getattr(cfg, "truncation_mode", "keep_start"),
+                        max_row_bytes=getattr(cfg, "max_row_bytes", DEFAULT_MAX_ROW_BYTES))
 
 
 def split_off_eval(train: BuiltDataset, eval_size: int, seed: int) -> tuple[BuiltDataset, BuiltDataset]:
@@ -296,9 +299,11 @@ def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = Non
         if needs_reference and reference_is_a_copy(cfg, run, resume_dir):
             run.reference_model = frozen_copy(model)
         if resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
-            load_weights_into(model, resume_dir / "model")
+            with reading_checkpoint(resume_dir):
+                load_weights_into(model, resume_dir / "model")
     elif resume_dir is not None and not cfg.use_peft and not getattr(cfg, "fsdp", False):
-        model = load_causal_lm(str(resume_dir / "model"), run.info.device, **model_kwargs(cfg))
+        with reading_checkpoint(resume_dir):
+            model = load_causal_lm(str(resume_dir / "model"), run.info.device, **model_kwargs(cfg))
     else:
         model = load_causal_lm(path, run.info.device, **model_kwargs(cfg))
     if cfg.disable_dropout:
@@ -306,7 +311,8 @@ def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = Non
     apply_lean_activations(run, model)
     apply_router_aux(run, model)
     if cfg.use_peft:
-        model = with_adapter(cfg, model, objects.peft_config, resume_dir)
+        with reading_checkpoint(resume_dir) if resume_dir is not None else contextlib.nullcontext():
+            model = with_adapter(cfg, model, objects.peft_config, resume_dir)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model, cfg.gradient_checkpointing_kwargs)
     if getattr(cfg, "torch_compile", False):  # the stages that compile have the key
@@ -323,6 +329,18 @@ def load_policy(run: Run, resume_dir: Path | None, objects: Objects | None = Non
 
 def _trust(cfg: Any) -> dict[str, Any]:
     return {"trust_remote_code": True} if getattr(cfg, "trust_remote_code", False) else {}
+
+
+@contextlib.contextmanager
+def reading_checkpoint(resume_dir: Path) -> Iterator[None]:
+    """A checkpoint's model files that do not load are a CheckpointError naming the checkpoint (the
+    loader's own message, kept, names the file), not a traceback from inside transformers or peft."""
+    try:
+        yield
+    except PreftuneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers / peft / safetensors raise many types
+        raise CheckpointError(f"cannot load the model of {resume_dir}: {type(e).__name__}: {e}") from None
 
 
 def apply_lean_activations(run: Run, model: nn.Module) -> None:
@@ -417,12 +435,13 @@ def plan_steps(run: Run, train: BuiltDataset) -> tuple[StepSampler, int]:
 
 
 def planned_saves(cfg: Any, num_examples: int, world_size: int) -> int:
-    """Checkpoints the run will write (its save strategy over the steps its sampler will count; at least
-    one, which a SIGTERM / SIGINT writes even with save_strategy=no)."""
-    accumulation = getattr(cfg, "gradient_accumulation_steps", 1)
-    per_epoch = max(num_examples // (cfg.per_device_train_batch_size * accumulation * world_size), 1)
-    steps = total_steps(per_epoch, cfg.num_train_epochs, cfg.max_steps)
-    cadence = Cadence.of(cfg, steps, per_epoch)
+    """Checkpoints the run will write: its save strategy over the steps its sampler will count (at least
+    one, which a SIGTERM / SIGINT writes even with save_strategy=no). Fewer examples than one global
+    batch is a ConfigError here, before any expensive work."""
+    sampler = StepSampler(num_examples, cfg.per_device_train_batch_size, getattr(cfg, "gradient_accumulation_steps", 1),
+                          world_size)
+    steps = total_steps(sampler.steps_per_epoch, cfg.num_train_epochs, cfg.max_steps)
+    cadence = Cadence.of(cfg, steps, sampler.steps_per_epoch)
     return max(sum(cadence.save(step) for step in range(1, steps + 1)), 1)
 
 
@@ -491,11 +510,11 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
     if resume_dir is not None:
         check_resume(resume_dir, meta["config"], meta["fingerprints"], cfg.force_resume, run.log,
                      run.info.world_size)
+    saves = planned_saves(cfg, len(train), run.info.world_size)   # every rank: too little data fails everywhere
     if run.info.is_main:
         one, final = checkpoint_bytes(model, cfg.optim, cfg.use_peft)
         ours = [p for p in list_checkpoints(run.output_dir) if checkpoint_run_id(p) == run.run_id]
-        need, how = peak_bytes(one, final, planned_saves(cfg, len(train), run.info.world_size), cfg.save_total_limit,
-                               kept_already=len(ours))
+        need, how = peak_bytes(one, final, saves, cfg.save_total_limit, kept_already=len(ours))
         check_free_space(run.output_dir, need, how)
     return meta
 

@@ -23,6 +23,7 @@ holds ``preftune_reward.json``, which :class:`~preftune.modeling.reward_model.Re
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,7 @@ from preftune.stages.common import (
     packing,
     plan_steps,
     preflight,
+    reading_checkpoint,
     restore_state,
     stage,
     start_run,
@@ -118,8 +120,10 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
     """Step 3: the model to train (fp32), from the checkpoint when resuming. The reward-model
     counterpart of ``common.load_policy`` (which loads causal LMs)."""
     cfg: RMConfig = run.cfg
-    source = str(resume_dir / "model") if resume_dir is not None and not cfg.use_peft else policy_path(cfg)
-    model = load_reward_model(source, run.info.device, tokenizer=tokenizer, **model_kwargs(cfg))
+    from_checkpoint = resume_dir is not None and not cfg.use_peft
+    source = str(resume_dir / "model") if from_checkpoint else policy_path(cfg)
+    with reading_checkpoint(resume_dir) if from_checkpoint else contextlib.nullcontext():
+        model = load_reward_model(source, run.info.device, tokenizer=tokenizer, **model_kwargs(cfg))
     if cfg.disable_dropout:
         disable_dropout(model)
     apply_lean_activations(run, model)
@@ -128,7 +132,8 @@ def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.
         if resume_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(resume_dir / "model"), is_trainable=True)
+            with reading_checkpoint(resume_dir):
+                model = PeftModel.from_pretrained(model, str(resume_dir / "model"), is_trainable=True)
         else:
             model = apply_reward_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing:

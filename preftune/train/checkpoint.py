@@ -130,6 +130,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, tokeniz
             for name, extra in (extra_models or {}).items():
                 extra.save_pretrained(tmp / name)
             faults.kill_if("kill_in_save", step, info.rank)
+            faults.pause_if("pause_in_save", step, info.rank)
             if meta is not None:
                 (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             # No optimizer: save_only_model (the checkpoint cannot be resumed from).
@@ -192,7 +193,7 @@ def _fsync_dir(path: Path) -> None:
 def write_manifest(folder: Path, step: int, run_id: str | None = None) -> None:
     """Hash and fsync every file of ``folder``, then write (and fsync) ``manifest.json`` last."""
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST):
         _fsync_file(path)
         files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     for sub in sorted({p.parent for p in folder.rglob("*")} | {folder}):

@@ -9,6 +9,7 @@ by killing a real run at that exact point. ``PREFTUNE_FAULT`` names the points, 
     kill_before_final:6    SIGKILL after the last checkpoint (step 6) is saved, before final/ is written
     pause_after_step:3     after step 3, wait (up to 20 s) for a signal before the step-boundary check, so
                            a test can send SIGTERM/SIGINT at a known step
+    pause_in_save:3        wait 20 s while checkpoint-3 is half written (a second signal arrives mid-save)
     nan_loss:3             make the loss of optimizer step 3 NaN (``nan_loss:3-5`` a range)
     nan_loss:3@1           ... on rank 1 only
 

@@ -23,7 +23,7 @@ from preftune.storage import format_bytes
 # how it computes the same numbers.
 # Everything else (seed, data, model, loss, batch, schedule, ...) decides the numbers of the run.
 CHANGEABLE_ON_RESUME = frozenset({
-    "output_dir", "overwrite_output_dir", "resume", "force_resume", "logging_steps", "eval_steps", "save_steps",
+    "output_dir", "overwrite_output_dir", "resume", "force_resume", "max_row_bytes", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit",
     "progress_bar", "report_to", "threads", "device", "per_device_eval_batch_size", "max_consecutive_skips",
     "logprob_chunk_size", "gradient_checkpointing", "torch_compile", "padding_free", "prefix_sharing",

@@ -76,7 +76,8 @@ def test_csv_values_stay_strings(tmp_path):
         w.writerow(["1", "yes, sir", messages])
         w.writerow(["", "b", "c"])
     records = load_records(path)
-    assert records[0] == Record({"prompt": "1", "chosen": "yes, sir", "rejected": messages}, f"{path} row 1")
+    assert records[0] == Record({"prompt": "1", "chosen": "yes, sir", "rejected": messages}, f"{path} row 1",
+                                text_cells=True)
     assert records[1].fields["prompt"] == "" and records[1].origin == f"{path} row 2"
 
 

@@ -6,82 +6,20 @@ losses and final weights must be bitwise equal — with shuffling, dropout and a
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from preftune.config import DPOConfig, load_config
 from preftune.errors import ConfigError
 from preftune.stages.dpo import run_dpo
-from preftune.testing import tiny_llama, tiny_tokenizer
 from preftune.train.checkpoint import verify_checkpoint
 from preftune.train.loop import TrainingDiverged
 from preftune.train.metrics import read_metrics
-from tests.conftest import pre_trl, separable_rows, write_jsonl
-
-# 48 examples, global batch 4 × 2 accumulation = 8: 6 steps per epoch, 2 epochs.
-SETTINGS = pre_trl(["max_length=48", "max_prompt_length=16", "per_device_train_batch_size=4",
-                    "gradient_accumulation_steps=2", "num_train_epochs=2", "learning_rate=1e-3", "logging_steps=1",
-                    "progress_bar=false", "report_to=none", "threads=1", "seed=3"])
-
-
-@pytest.fixture(scope="module")
-def dropout_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama-dropout")
-    tokenizer = tiny_tokenizer()
-    tiny_llama(len(tokenizer), attention_dropout=0.2).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory) -> Path:
-    return write_jsonl(separable_rows(48, seed=5), tmp_path_factory.mktemp("data") / "train.jsonl")
-
-
-def preftune_dpo(out: Path, model: Path, data: Path, *extra: str, fault: str | None = None,
-                 cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(cache)}
-    env.pop("PREFTUNE_FAULT", None)
-    if fault:
-        env["PREFTUNE_FAULT"] = fault
-    cmd = [sys.executable, "-m", "preftune", "dpo", f"model_name_or_path={model}", f"train_file={data}",
-           f"output_dir={out}", *SETTINGS, *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def train_records(out: Path) -> list[tuple[int, float, float]]:
-    return [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(out / "metrics.jsonl", "train")]
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(out / "final" / "model.safetensors")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(dropout_model, train_file, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("uninterrupted")
-    ok(preftune_dpo(root / "out", dropout_model, train_file, cache=root / "cache"))
-    return root / "out"
-
-
-def assert_bitwise_equal_runs(a: Path, b: Path) -> None:
-    assert train_records(a) == train_records(b)          # exact floats, every step
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+from tests.conftest import separable_rows, write_jsonl
+from tests.stages.conftest import SETTINGS, assert_bitwise_equal_runs, ok, preftune_dpo, train_records
 
 
 @pytest.mark.parametrize("save_steps, killed_after, where", [
