@@ -7,11 +7,10 @@ reads top to bottom.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.load import DEFAULT_MAX_ROW_BYTES
 from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
-from preftune.errors import ConfigError, PreftuneError
+from preftune.errors import ConfigError
 from preftune.modeling.layers import compile_decoder_layers
 from preftune.modeling.lean_layers import make_lean
 from preftune.modeling.load import (
@@ -47,21 +46,28 @@ from preftune.stages.inputs import (
     row_format,
     with_adapter,
 )
+from preftune.stages.lifecycle import (  # noqa: F401 - stage scripts import these from here
+    checkpoint_saver,
+    eval_after,
+    eval_before,
+    hold,
+    publish,
+    reading_checkpoint,
+    require_optimizer_state,
+    restore_state,
+    stage,
+)
 from preftune.stages.publish import prepare_push
 from preftune.stages.startup import apply_runtime_settings, check_before_model, ignored_lines
 from preftune.train import faults, signals
 from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import (
-    CheckpointError,
     checkpoint_run_id,
     folder_run_id,
     is_peft,
     list_checkpoints,
-    load_trainer_state,
-    save_checkpoint,
     save_final,
     seed_everything,
-    set_rng_state,
 )
 from preftune.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from preftune.train.loop import LoopState
@@ -117,24 +123,6 @@ class RunResult:
     seconds: float = 0.0
 
 
-# What start_run takes (the folder lock, the signal handlers), given back when the stage returns or fails.
-_TAKEN: list[Callable[[], None]] = []
-
-
-def stage(run_fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
-    """Decorate a stage's ``run_*`` function: the output folder's lock and the signal handlers that
-    ``start_run`` installs are released when it returns or raises (also inside a notebook or a test)."""
-    @functools.wraps(run_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> RunResult:
-        depth = len(_TAKEN)
-        try:
-            return run_fn(*args, **kwargs)
-        finally:
-            while len(_TAKEN) > depth:
-                _TAKEN.pop()()
-    return wrapper
-
-
 def start_run(cfg: TrainingConfig) -> Run:
     """Threads, process group, seeds, and an output folder that is writable, locked for this process and
     not another run's (``preftune.train.run_folder``), all before any work; SIGTERM/SIGINT stop cleanly."""
@@ -156,11 +144,11 @@ def start_run(cfg: TrainingConfig) -> Run:
             raise ConfigError(f"output_dir {output_dir}: not writable ({e})") from None
         claim = claim_output_dir(output_dir, resume=cfg.resume, overwrite=cfg.overwrite_output_dir,
                                  stage=type(cfg).__name__, log=run.log)
-        _TAKEN.append(claim.lock.release)
+        hold(claim.lock.release)
         (output_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     barrier(info)
     run.run_id = claim.run_id if info.is_main else folder_run_id(output_dir)
-    _TAKEN.append(signals.install())
+    hold(signals.install())
     run.log(f"{type(cfg).__name__} · {info.world_size} process(es) · device {info.device} · "
             f"threads {torch.get_num_threads()} · output {output_dir} · run {run.run_id}")
     for line in ignored_lines(cfg):
@@ -331,18 +319,6 @@ def _trust(cfg: Any) -> dict[str, Any]:
     return {"trust_remote_code": True} if getattr(cfg, "trust_remote_code", False) else {}
 
 
-@contextlib.contextmanager
-def reading_checkpoint(resume_dir: Path) -> Iterator[None]:
-    """A checkpoint's model files that do not load are a CheckpointError naming the checkpoint (the
-    loader's own message, kept, names the file), not a traceback from inside transformers or peft."""
-    try:
-        yield
-    except PreftuneError:
-        raise
-    except Exception as e:  # noqa: BLE001 - transformers / peft / safetensors raise many types
-        raise CheckpointError(f"cannot load the model of {resume_dir}: {type(e).__name__}: {e}") from None
-
-
 def apply_lean_activations(run: Run, model: nn.Module) -> None:
     """``lean_activations``; call it before LoRA wraps the model (the lean MLP calls whatever gate / up /
     down modules it holds at call time, adapters included). auto: where it applies, else one log line;
@@ -445,60 +421,6 @@ def planned_saves(cfg: Any, num_examples: int, world_size: int) -> int:
     return max(sum(cadence.save(step) for step in range(1, steps + 1)), 1)
 
 
-def restore_state(run: Run, resume_dir: Path | None, optimizer: torch.optim.Optimizer,
-                  root: nn.Module | None = None, extra: Callable[[dict[str, Any]], None] | None = None) -> LoopState:
-    """Optimizer, counters, evaluations and RNG from a checkpoint; on a fresh run, per-rank dropout
-    streams. ``root``: the (possibly FSDP-sharded) module whose weights a sharded checkpoint holds;
-    ``extra(saved)`` restores what a stage saved besides (see ``checkpoint_saver``)."""
-    if resume_dir is None:
-        torch.manual_seed(run.cfg.seed + run.info.rank)  # same init everywhere, distinct dropout per rank
-        return LoopState()
-    saved = load_trainer_state(resume_dir, run.info)
-    if not getattr(run.cfg, "fsdp", False):
-        require_optimizer_state(saved, resume_dir)
-    if getattr(run.cfg, "fsdp", False):
-        from preftune.train.fsdp import load_sharded
-
-        load_sharded(resume_dir / "dcp", root, optimizer)
-    else:
-        optimizer.load_state_dict(saved["optimizer"])
-    set_rng_state(saved["rng"])
-    if extra is not None:
-        extra(saved)
-    state = LoopState(step=saved["step"], tokens_seen=saved["tokens_seen"], skipped_steps=saved["skipped_steps"],
-                      evals=saved.get("evals", {}))
-    run.resumed = (state.step, _snapshot(state))
-    run.log(f"resumed from {resume_dir} at step {state.step}")
-    return state
-
-
-def _snapshot(state: LoopState) -> str:
-    return json.dumps(state.evals, sort_keys=True)
-
-
-def eval_before(state: LoopState, evaluate: Callable[[int], dict[str, float]]) -> dict[str, float]:
-    """The held-out evaluation before training: run (and logged) on a fresh run, read from the
-    checkpoint on a resumed one, so summary.json keeps it across resumes."""
-    if "before" not in state.evals and state.step == 0:
-        state.evals["before"] = {"step": 0, "metrics": evaluate(0)}
-    return state.evals.get("before", {}).get("metrics", {})
-
-
-def eval_after(state: LoopState, evaluate: Callable[[int], dict[str, float]]) -> dict[str, float]:
-    """The held-out evaluation after training; a run killed after its final checkpoint (which holds it)
-    and resumed does not evaluate, nor log it, a second time."""
-    done = state.evals.get("after")
-    if done is None or done.get("step") != state.step:
-        state.evals["after"] = done = {"step": state.step, "metrics": evaluate(state.step)}
-    return done["metrics"]
-
-
-def require_optimizer_state(saved: dict[str, Any], resume_dir: Path) -> None:
-    if saved.get("optimizer") is None:
-        raise ConfigError(f"{resume_dir} was saved with save_only_model=true: it holds no optimizer state, so a run "
-                          "cannot resume from it (start a new run from its model/ folder)")
-
-
 def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: Any, train: BuiltDataset
               ) -> dict[str, Any]:
     """Before any expensive work: a resumed run must match its checkpoint (seed, data, tokenizer, model
@@ -517,50 +439,6 @@ def preflight(run: Run, resume_dir: Path | None, model: nn.Module, tokenizer: An
         need, how = peak_bytes(one, final, saves, cfg.save_total_limit, kept_already=len(ours))
         check_free_space(run.output_dir, need, how)
     return meta
-
-
-def checkpoint_saver(run: Run, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-                     meta: dict[str, Any] | None = None, root: nn.Module | None = None,
-                     extra_models: dict[str, nn.Module] | None = None,
-                     extra: Callable[[LoopState], dict[str, Any]] | None = None) -> Callable[[LoopState], None]:
-    """``save(state)``, called on every process: a checkpoint of this run. ``extra(state) -> dict``: more
-    trainer state a stage keeps (online stages: the KL controller, a rollout in progress); ``extra_models``:
-    more weights saved with the checkpoint (TR-DPO's moving reference, PPO's value head). Saving a state
-    that is already on disk (the step resumed from, or one just saved) is a no-op."""
-    sharded_root = root if getattr(run.cfg, "fsdp", False) else None
-    last = run.resumed
-
-    def save(state: LoopState) -> None:
-        nonlocal last
-        if last == (state.step, _snapshot(state)):
-            return
-        trainer_state = {"tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
-                         "evals": state.evals, "config": to_dict(run.cfg),
-                         **(extra(state) if extra is not None else {})}
-        path = save_checkpoint(run.output_dir, state.step, model, tokenizer,
-                               None if run.cfg.save_only_model else optimizer, trainer_state, run.info,
-                               run.cfg.save_total_limit, meta, sharded_root=sharded_root, run_id=run.run_id,
-                               extra_models=extra_models)
-        last = (state.step, _snapshot(state))
-        run.log(f"checkpoint saved: {path}" + (" (model only: save_only_model)" if run.cfg.save_only_model else ""))
-        publish(run, path / "model", f"Training in progress, step {state.step}", final=False)
-    return save
-
-
-def publish(run: Run, folder: Path, message: str, final: bool) -> None:
-    """push_to_hub: the final model at the end; with hub_strategy every_save, each saved model too."""
-    publisher = run.publisher
-    if publisher is None or not run.info.is_main or not (final or publisher.every_save):
-        return
-    if not folder.is_dir():
-        run.log(f"push_to_hub: {folder} holds no plain model folder (a sharded checkpoint); pushed at the end")
-        return
-    try:
-        run.log(f"pushed to the Hub: {publisher.push(folder, message)}")
-    except Exception as e:
-        raise PreftuneError(f"push_to_hub: uploading {folder} to {publisher.repo_id} failed ({type(e).__name__}: "
-                            f"{e}); the model is saved there: upload it later with `hf upload "
-                            f"{publisher.repo_id} {folder}`") from None
 
 
 def finish(run: Run, result: RunResult, state: LoopState, logger: MetricsLogger, model: nn.Module,

@@ -7,9 +7,9 @@ by killing a real run at that exact point. ``PREFTUNE_FAULT`` names the points, 
     kill_in_save:4         SIGKILL while checkpoint-4 is half written
     kill_after_resume:4    SIGKILL right after a run resumed from checkpoint-4 opened its metrics log
     kill_before_final:6    SIGKILL after the last checkpoint (step 6) is saved, before final/ is written
-    pause_after_step:3     after step 3, wait (up to 20 s) for a signal before the step-boundary check, so
+    pause_after_step:3     after step 3, wait (up to 120 s) for a signal before the step-boundary check, so
                            a test can send SIGTERM/SIGINT at a known step
-    pause_in_save:3        wait 20 s while checkpoint-3 is half written (a second signal arrives mid-save)
+    pause_in_save:3        wait 120 s while checkpoint-3 is half written (a second signal arrives mid-save)
     nan_loss:3             make the loss of optimizer step 3 NaN (``nan_loss:3-5`` a range)
     nan_loss:3@1           ... on rank 1 only
 
@@ -54,8 +54,8 @@ def nan_if(point: str, step: int, rank: int = 0) -> float:
 
 
 def pause_if(point: str, step: int, rank: int = 0, until: object = lambda: False) -> None:
-    """Wait at ``point`` of ``step`` until ``until()`` is true (a signal arrived) or 20 s have passed."""
+    """Wait at ``point`` of ``step`` until ``until()`` is true (a signal arrived) or 120 s have passed."""
     if _matches(point, step, rank):
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while not until() and time.monotonic() < deadline:
             time.sleep(0.02)

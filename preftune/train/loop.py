@@ -157,8 +157,9 @@ def stop_if_signalled(state: LoopState, votes: float, save: Callable[[LoopState]
         kept = f"checkpoint-{state.step} is saved"
     else:
         found = list_checkpoints(output_dir)
-        kept = (f"no checkpoint was saved now (the last steps were non-finite); the last one is {found[-1].name}"
-                if found else "no checkpoint exists yet")
+        why = "the last steps were non-finite" if state.consecutive_skips else "this loop saves none"
+        kept = (f"no checkpoint was saved now ({why}); the last one is {found[-1].name}" if found
+                else f"no checkpoint was saved ({why})")
     raise signals.RunInterrupted(signum, f"stopped by {signals.name(signum)} after step {state.step}; {kept}. "
                                          "Continue with the same command plus resume=latest")
 

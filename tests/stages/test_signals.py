@@ -80,7 +80,7 @@ def test_a_second_signal_stops_at_once_without_saving(dropout_model, train_file,
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     stdout, stderr = proc.communicate(timeout=300)
-    assert time.monotonic() - started < 15                                    # not after the 20 s stall
+    assert time.monotonic() - started < 60                                    # not after the 120 s stall
     assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert "second signal (SIGINT): stopping now without saving" in stderr
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]        # the half-written one is not one
