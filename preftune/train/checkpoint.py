@@ -222,6 +222,11 @@ def verify_checkpoint(path: Path) -> str | None:
             return f"{name} has {file.stat().st_size} bytes, the manifest says {size}"
         if file_sha256(file) != sha:
             return f"{name} does not match its sha256 in the manifest (damaged after saving)"
+    listed = {name for name, _, _ in items} | {MANIFEST}
+    extra = sorted(q.relative_to(path).as_posix() for q in path.rglob("*") if q.is_file()
+                   and q.relative_to(path).as_posix() not in listed)
+    if extra:   # a loader might read it (e.g. a pytorch_model.bin beside the safetensors)
+        return f"{extra[0]} is not in the manifest: added after saving"
     return None
 
 

@@ -239,3 +239,41 @@ def test_a_folder_made_before_a_key_existed_resumes_while_the_key_keeps_its_defa
     with pytest.raises(ConfigError, match="rloo_batch_size: 8 -> 3"):
         SentimentExperiment(load_experiment_config(None, [f"output_dir={tmp_path}", "rloo_batch_size=3"])
                             ).check_settings()
+
+
+def _tiny_pipeline():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts = ["good great fine", "bad awful poor", "great good", "awful bad"] * 3
+    return make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 0, 1, 0] * 3)
+
+
+def test_the_rstar_classifier_file_holds_numbers_and_scores_as_trained(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    from preftune.experiments import rstar
+
+    pipeline = _tiny_pipeline()
+    path = tmp_path / "classifier.npz"
+    rstar.save(pipeline, path, include_prompt=False)
+    monkeypatch.setenv(rstar.ENV, str(path))
+    rstar._load.cache_clear()
+    texts = ["good film", "awful film"]
+    assert rstar.positive_probability(["p", "p"], texts) == [float(p) for p in pipeline.predict_proba(texts)[:, 1]]
+
+
+def test_a_planted_pickle_as_the_rstar_classifier_runs_nothing(tmp_path, monkeypatch):
+    # Old behaviour: joblib.load of $PREFTUNE_SENTIMENT_RSTAR, i.e. unpickling whatever file it names.
+    pytest.importorskip("sklearn")
+    from preftune.assets.cache import write_verified
+    from preftune.experiments import rstar
+    from tests.conftest import pickle_payload
+
+    path, marker = tmp_path / "classifier.npz", tmp_path / "payload-ran"
+    write_verified(path, lambda tmp: tmp.write_bytes(pickle_payload(marker)))   # checksum made to match
+    monkeypatch.setenv(rstar.ENV, str(path))
+    rstar._load.cache_clear()
+    with pytest.raises(ConfigError, match=rf"{path}: .*the cache file {path} is damaged \(it cannot be read"):
+        rstar.positive_probability(["p"], ["good"])
+    assert not marker.exists()

@@ -67,6 +67,8 @@ def test_keep_last_n_rotation_deletes_only_after_a_complete_save(saved):
     (lambda c: (c / "rng_rank0.json").unlink(), "rng_rank0.json is missing"),
     (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
     (lambda c: (c / "manifest.json").write_text("{not json"), "manifest.json is unreadable"),
+    (lambda c: (c / "model" / "pytorch_model.bin").write_bytes(b"planted"),
+     "model/pytorch_model.bin is not in the manifest: added after saving"),
 ])
 def test_a_damaged_newest_checkpoint_is_refused_by_name_and_the_previous_one_used(saved, damage, reason):
     out, *_ = saved
