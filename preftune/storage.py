@@ -8,6 +8,7 @@ failed write on a disk with (almost) nothing free is reported as what it is: no 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,14 @@ def damaged_safetensors(folder: Path) -> str | None:
         except Exception as e:  # noqa: BLE001 - safetensors' own error type; the message says what is wrong
             return f"{path} is not a complete safetensors file ({e})"
     return None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, the text written and fsynced first: a crash leaves
+    the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from preftune.errors import DataError, PreftuneError
-from preftune.storage import describe_write_error
+from preftune.storage import describe_write_error, write_text_atomic
 from preftune.train import faults
 
 
@@ -48,7 +48,7 @@ class MetricsLogger:
                 log(f"{self.path}: {torn}; dropped")
             kept = [r for r in records if r["step"] <= resume_step]
             if len(kept) < len(records) or torn or not _ends_with_newline(self.path):
-                _replace(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+                write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self._file = self.path.open("a", encoding="utf-8")
             faults.kill_if("kill_after_resume", resume_step)
         else:
@@ -88,16 +88,6 @@ class MetricsLogger:
 
 class MetricsWriteError(PreftuneError):
     """metrics.jsonl could not be appended to (a full disk)."""
-
-
-def _replace(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename (written and fsynced first)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _ends_with_newline(path: Path) -> bool:

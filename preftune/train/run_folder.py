@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preftune.errors import ConfigError
+from preftune.storage import write_text_atomic
 from preftune.train.checkpoint import RUN_FILE, checkpoint_run_id, folder_run_id, list_checkpoints
 
 LOCK_FILE = ".preftune.lock"
@@ -95,7 +96,7 @@ def claim_output_dir(output_dir: Path, *, resume: str | None, overwrite: bool, s
             moved = move_aside(output_dir, what)
             log(f"overwrite_output_dir: the earlier run in {output_dir} ({', '.join(what)}) was moved to {moved}")
         if here != run_id:
-            _write_atomic(output_dir / RUN_FILE, json.dumps({"format": 1, "run_id": run_id, "stage": stage}))
+            write_text_atomic(output_dir / RUN_FILE, json.dumps({"format": 1, "run_id": run_id, "stage": stage}))
     except BaseException:
         lock.release()
         raise
@@ -108,15 +109,6 @@ def _occupied(output_dir: Path, what: list[str]) -> str:
             f"metrics and checkpoints. Continue that run with resume=latest, choose another output_dir, or set "
             f"overwrite_output_dir=true to move the earlier run aside (to {output_dir.name}.previous-<time>; "
             "nothing is deleted)")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------
