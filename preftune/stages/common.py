@@ -11,7 +11,6 @@ import json
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,8 @@ from preftune.stages.inputs import (
     with_adapter,
 )
 from preftune.stages.lifecycle import (  # noqa: F401 - stage scripts import these from here
+    Run,
+    RunResult,
     checkpoint_saver,
     eval_after,
     eval_before,
@@ -69,7 +70,7 @@ from preftune.train.checkpoint import (
     save_final,
     seed_everything,
 )
-from preftune.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from preftune.train.distributed import barrier, init_distributed, shutdown
 from preftune.train.loop import LoopState
 from preftune.train.metrics import MetricsLogger
 from preftune.train.preflight import (
@@ -82,45 +83,6 @@ from preftune.train.preflight import (
 from preftune.train.reporters import open_reporters
 from preftune.train.run_folder import claim_output_dir
 from preftune.train.sampler import StepSampler, total_steps
-
-
-@dataclass
-class Run:
-    """What a stage knows about the process it runs in."""
-
-    cfg: Any
-    info: DistInfo
-    output_dir: Path
-    run_id: str | None = None      # in run.json and every checkpoint's manifest (preftune.train.run_folder)
-    resumed: tuple[int, str] | None = None      # (step, evaluations) of the checkpoint resumed from
-    data_report: list[str] = field(default_factory=list)   # repeated at the end: drops and cuts, counted
-    sources: tuple[Any, Any] | None = None                  # (train, held-out) rows, see stages/inputs.py
-    model_fingerprint: str | None = None                    # of a model object passed from Python
-    reference_model: nn.Module | None = None                # a frozen reference object (ref_model=, or a copy)
-    publisher: Any = None                                   # push_to_hub (stages/publish.py), checked at start
-    reporters: list[Any] = field(default_factory=list)      # report_to (train/reporters.py), opened at start
-    _noted: set[str] = field(default_factory=set)
-
-    def log(self, message: str) -> None:
-        if self.info.is_main:
-            print(f"[preftune] {message}", flush=True)
-
-    def note(self, message: str) -> None:
-        """Log ``message`` the first time only (a fallback that policy and reference both take)."""
-        if message not in self._noted:
-            self._noted.add(message)
-            self.log(message)
-
-
-@dataclass
-class RunResult:
-    output_dir: Path
-    final_dir: Path | None
-    metrics_file: Path
-    eval_before: dict[str, float] = field(default_factory=dict)
-    eval_after: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def start_run(cfg: TrainingConfig) -> Run:

@@ -1,6 +1,7 @@
 """What a run takes and gives back, saves and restores: the pieces of a stage that make a run safe to
 stop, kill and resume.
 
+- ``Run`` / ``RunResult``: what a stage knows about the process it runs in, and what it returns.
 - ``@stage``: the folder lock and the signal handlers ``start_run`` takes are given back when the stage
   returns or raises (also inside a notebook or a test).
 - ``checkpoint_saver`` / ``restore_state``: a checkpoint holds the optimizer, counters, RNG and the
@@ -16,8 +17,9 @@ import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,10 +27,49 @@ from torch import nn
 from preftune.config import to_dict
 from preftune.errors import ConfigError, PreftuneError
 from preftune.train.checkpoint import CheckpointError, load_trainer_state, save_checkpoint, set_rng_state
+from preftune.train.distributed import DistInfo
 from preftune.train.loop import LoopState
 
-if TYPE_CHECKING:
-    from preftune.stages.common import Run, RunResult
+
+@dataclass
+class Run:
+    """What a stage knows about the process it runs in."""
+
+    cfg: Any
+    info: DistInfo
+    output_dir: Path
+    run_id: str | None = None      # in run.json and every checkpoint's manifest (preftune.train.run_folder)
+    resumed: tuple[int, str] | None = None      # (step, evaluations) of the checkpoint resumed from
+    data_report: list[str] = field(default_factory=list)   # repeated at the end: drops and cuts, counted
+    sources: tuple[Any, Any] | None = None                  # (train, held-out) rows, see stages/inputs.py
+    model_fingerprint: str | None = None                    # of a model object passed from Python
+    reference_model: nn.Module | None = None                # a frozen reference object (ref_model=, or a copy)
+    publisher: Any = None                                   # push_to_hub (stages/publish.py), checked at start
+    reporters: list[Any] = field(default_factory=list)      # report_to (train/reporters.py), opened at start
+    _noted: set[str] = field(default_factory=set)
+
+    def log(self, message: str) -> None:
+        if self.info.is_main:
+            print(f"[preftune] {message}", flush=True)
+
+    def note(self, message: str) -> None:
+        """Log ``message`` the first time only (a fallback that policy and reference both take)."""
+        if message not in self._noted:
+            self._noted.add(message)
+            self.log(message)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_dir: Path | None
+    metrics_file: Path
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 
 # What start_run takes (the folder lock, the signal handlers), given back when the stage returns or fails.
 _TAKEN: list[Callable[[], None]] = []
