@@ -40,8 +40,10 @@ from preftune.train.checkpoint import list_checkpoints, verify_checkpoint  # noq
 from preftune.train.metrics import read_metrics  # noqa: E402
 
 TIMING_KEYS = {"time", "tokens_per_s", "generation_time_share"}
+# Dropout on and no recomputation (TRL's defaults turn dropout off): the RNG state a resume restores matters.
 COMMON = ["max_length=48", "max_prompt_length=16", "learning_rate=1e-3", "logging_steps=1", "progress_bar=false",
-          "report_to=none", "threads=1", "seed=3", "save_steps=2", "save_total_limit=2"]
+          "report_to=none", "threads=1", "seed=3", "save_steps=2", "save_total_limit=2", "disable_dropout=false",
+          "gradient_checkpointing=false"]
 STAGES = {  # stage → (CLI name, data kind, settings): 12 optimizer steps / 8 rollouts, a checkpoint every 2
     "dpo": ("dpo", "pairs", ["per_device_train_batch_size=4", "gradient_accumulation_steps=2", "num_train_epochs=2"]),
     "sft": ("sft", "completions", ["per_device_train_batch_size=4", "gradient_accumulation_steps=2",
