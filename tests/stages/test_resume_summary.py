@@ -19,6 +19,7 @@ from preftune.config import DPOConfig, load_config
 from preftune.stages.dpo import run_dpo
 from preftune.train import faults
 from preftune.train.metrics import read_metrics
+from tests.conftest import PRE_TRL_EVAL
 from tests.stages.conftest import SETTINGS
 
 
@@ -36,7 +37,7 @@ def crash_at(monkeypatch):
 
 def cfg(model, data, out, *extra):
     return load_config(DPOConfig, None, [f"model_name_or_path={model}", f"train_file={data}", f"output_dir={out}",
-                                         *SETTINGS, "max_steps=4", "save_steps=2", "eval_size=8", *extra])
+                                         *SETTINGS, "max_steps=4", "save_steps=2", "eval_size=8", *PRE_TRL_EVAL, *extra])
 
 
 def test_eval_before_survives_a_resume_in_summary_json(tiny_model_dir, train_file, tmp_path, crash_at, monkeypatch):
