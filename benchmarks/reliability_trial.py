@@ -40,15 +40,16 @@ from preftune.train.checkpoint import list_checkpoints, verify_checkpoint  # noq
 from preftune.train.metrics import read_metrics  # noqa: E402
 
 TIMING_KEYS = {"time", "tokens_per_s", "generation_time_share"}
+# (max_length: the offline stages; the online ones bound completions with max_new_tokens.)
 # Dropout on and no recomputation (TRL's defaults turn dropout off): the RNG state a resume restores matters.
-COMMON = ["max_length=48", "max_prompt_length=16", "learning_rate=1e-3", "logging_steps=1", "progress_bar=false",
+COMMON = ["max_prompt_length=16", "learning_rate=1e-3", "logging_steps=1", "progress_bar=false",
           "report_to=none", "threads=1", "seed=3", "save_steps=2", "save_total_limit=2", "disable_dropout=false",
           "gradient_checkpointing=false"]
-STAGES = {  # stage → (CLI name, data kind, settings): 12 optimizer steps / 8 rollouts, a checkpoint every 2
-    "dpo": ("dpo", "pairs", ["per_device_train_batch_size=4", "gradient_accumulation_steps=2", "num_train_epochs=2"]),
-    "sft": ("sft", "completions", ["per_device_train_batch_size=4", "gradient_accumulation_steps=2",
+STAGES = {  # stage → (CLI name, data kind, settings): 12 / 8 optimizer steps, a checkpoint every 2
+    "dpo": ("dpo", "pairs", ["max_length=48", "per_device_train_batch_size=4", "gradient_accumulation_steps=2", "num_train_epochs=2"]),
+    "sft": ("sft", "completions", ["max_length=48", "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
                                    "num_train_epochs=2"]),
-    "rm": ("rm", "pairs", ["per_device_train_batch_size=4", "gradient_accumulation_steps=2", "num_train_epochs=2"]),
+    "rm": ("rm", "pairs", ["max_length=48", "per_device_train_batch_size=4", "gradient_accumulation_steps=2", "num_train_epochs=2"]),
     "ppo": ("ppo", "prompts", ["per_device_train_batch_size=4", "max_new_tokens=6", "max_steps=8",
                                "ppo_epochs=2", "num_mini_batches=2"]),
     "rloo": ("rloo", "prompts", ["per_device_train_batch_size=4", "num_generations=2", "max_new_tokens=6",

@@ -298,7 +298,7 @@ def train_loop(
             window_start = time.perf_counter()
         faults.pause_if("pause_after_step", state.step, info.rank, until=lambda: signals.requested() is not None)
         # One process reads its flag now; several use the votes reduced with this step's counts.
-        stop = votes.item() if info.enabled else local_stop
+        stop = votes.item() if info.enabled else float(signals.requested() is not None)
         if stop > 0:
             flush_tokens()   # the checkpoint it saves counts every token so far
         stop_if_signalled(state, stop, save, cfg.output_dir)

@@ -85,7 +85,7 @@ def test_reward_from_a_local_file_without_the_working_directory_ahead_of_install
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.getcwd()}
     common = [sys.executable, "-m", "preftune", "rloo", f"model_name_or_path={tiny_model_dir}",
-              f"train_file={prompts}", "max_new_tokens=4", "max_prompt_length=8", "max_length=16",
+              f"train_file={prompts}", "max_new_tokens=4", "max_prompt_length=8",
               "per_device_train_batch_size=2", "num_generations=2", "max_steps=1", "threads=1",
               "progress_bar=false", "report_to=auto"]
     proc = subprocess.run([*common, "output_dir=out", "reward=./my_rewards.py:length"], cwd=cwd, env=env,

@@ -102,7 +102,7 @@ def test_rl_config_errors_name_the_key():
 def test_reward_functions_load_and_are_checked(tmp_path):
     fn = load_reward("tests.stages.rl_rewards:letter_e_count")
     assert score(fn, ["p", "p"], ["eee", "x"]).tolist() == [3.0, 0.0]
-    with pytest.raises(ConfigError, match="cannot import .no_such_module_xyz."):
+    with pytest.raises(ConfigError, match="cannot import module"):
         load_reward("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="has no callable"):
         load_reward("tests.stages.rl_rewards:nope")

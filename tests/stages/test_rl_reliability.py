@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from preftune.stages.grpo import run_grpo
 from preftune.stages.rl import run_rl
 from preftune.testing import tiny_llama, tiny_tokenizer
-from preftune.train.checkpoint import verify_checkpoint
+from preftune.train.checkpoint import TRAINER_STATE, verify_checkpoint
 from preftune.train.loop import TrainingDiverged
 from preftune.train.metrics import read_metrics
+from preftune.train.tensor_tree import load_tree
 from tests.stages.test_grpo import PROMPTS, grpo_config
 from tests.stages.test_rl import rl_config
 
@@ -133,7 +134,7 @@ def test_tokens_seen_counts_every_step_not_only_logged_ones(tiny_model_dir, tmp_
     seen = [h["tokens_seen"] for h in every.history]
     assert seen == sorted(seen) and seen[0] > 0
     assert [h["tokens_seen"] for h in sparse.history] == [seen[2], seen[4]]
-    saved = torch.load(tmp_path / "sparse" / "checkpoint-2" / "trainer_state.pt", weights_only=False)
+    saved = load_tree(tmp_path / "sparse" / "checkpoint-2", TRAINER_STATE)
     assert saved["tokens_seen"] == seen[1]        # step 2 was not logged, its tokens are counted all the same
 
 
