@@ -28,8 +28,8 @@ def test_the_demo_settings_build_and_hold_out_disjoint_problems(tmp_path):
 
 @pytest.mark.slow
 def test_a_shortened_demo_raises_held_out_accuracy_by_more_than_two_standard_errors(smollm2_dir, tmp_path):
-    summary = run_demo_grpo([f"model_name_or_path={smollm2_dir}", f"output_dir={tmp_path}", "max_steps=40",
-                             "logging_steps=10"], task={"n_eval": 120})
-    assert summary["held_out"] == 120
+    summary = run_demo_grpo([f"model_name_or_path={smollm2_dir}", f"output_dir={tmp_path}", "max_steps=16",
+                             "logging_steps=1"], task={"n_eval": 60})
+    assert summary["held_out"] == 60
     assert summary["accuracy_after"] > summary["accuracy_before"]
     assert summary["z"] > 2, summary
