@@ -125,6 +125,37 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_rl_run(stage, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_inside_a_generation_saves_and_the_resumed_grpo_run_is_bitwise_equal(dropout_model, prompt_file,
+                                                                                      tmp_path):
+    """The signal guarantee of the shared loop, in an online stage: paused after step 3 (inside generation 0,
+    which trains steps 1-4), SIGTERM stops it there with checkpoint-3 (carrying the generation) and exit 143."""
+    import signal
+    import time
+
+    ok(preftune("grpo", tmp_path / "whole", dropout_model, prompt_file))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+           "PREFTUNE_FAULT": "pause_after_step:3"}
+    cmd = [sys.executable, "-m", "preftune", *STAGES["grpo"], f"model_name_or_path={dropout_model}",
+           f"train_file={prompt_file}", f"output_dir={out}", *COMMON]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").is_file()
+               and any(r["step"] == 3 for r in read_metrics(out / "metrics.jsonl", "train"))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert "checkpoint-3 is saved" in stderr
+    ok(preftune("grpo", out, dropout_model, prompt_file, "resume=latest"))
+    whole, again = (read_metrics(o / "metrics.jsonl", "train") for o in (tmp_path / "whole", out))
+    keys = ["loss", "reward", "grad_norm", "tokens_seen"]
+    assert [[r[k] for k in keys] for r in whole] == [[r[k] for k in keys] for r in again]
+    a, b = load_file(tmp_path / "whole" / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # --- tokens_seen: every step, all ranks, exact at every checkpoint -----------------------------------------
 
 def test_tokens_seen_counts_every_step_not_only_logged_ones(tiny_model_dir, tmp_path):
