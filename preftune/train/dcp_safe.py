@@ -1,8 +1,8 @@
 """Reading a sharded (``torch.distributed.checkpoint``) checkpoint without arbitrary unpickling.
 
 DCP stores its index (``.metadata``) as a pickle and loads non-tensor values (the optimizer's
-hyperparameters) with ``torch.load(weights_only=False)``; either would run code planted in a checkpoint
-folder. Here the index is read by an unpickler that can build only DCP's own metadata records (and
+hyperparameters) through torch's full, unrestricted unpickler; either would run code planted in a
+checkpoint folder. Here the index is read by an unpickler that can build only DCP's own metadata records (and
 torch sizes, dtypes, layouts, paths), and non-tensor values go through ``torch.load(weights_only=True)``.
 Anything else in the file is refused, naming it.
 """

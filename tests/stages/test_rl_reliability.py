@@ -24,15 +24,6 @@ from tests.stages.test_rl import rl_config
 
 
 @pytest.fixture(scope="module")
-def dropout_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama-dropout")
-    tokenizer = tiny_tokenizer()
-    tiny_llama(len(tokenizer), attention_dropout=0.2).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def eos_model(tmp_path_factory) -> Path:
     """A tiny Llama whose EOS is likely: completions of many lengths, so a per-micro-batch token mean
     would weigh short micro-batches' tokens more than the step's mean does."""
