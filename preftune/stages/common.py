@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,9 +100,10 @@ def start_run(cfg: TrainingConfig) -> Run:
     if info.is_main:
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
-            probe = output_dir / ".write_test"
-            probe.write_text("ok")
-            probe.unlink()
+            # A name of our own: two processes started on one folder must not delete each other's probe
+            # (the folder lock, taken next, is what tells the second one the folder is busy).
+            with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test-"):
+                pass
         except OSError as e:
             raise ConfigError(f"output_dir {output_dir}: not writable ({e})") from None
         claim = claim_output_dir(output_dir, resume=cfg.resume, overwrite=cfg.overwrite_output_dir,

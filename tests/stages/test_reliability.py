@@ -161,6 +161,17 @@ def test_an_unwritable_output_folder_fails_before_any_work(tiny_model_dir, train
         run_dpo(cfg(tiny_model_dir, train_file, blocker / "out"))
 
 
+def test_the_writability_probe_only_touches_a_file_of_its_own(tiny_model_dir, train_file, tmp_path):
+    # Two processes started on one folder at once each probe it; a shared probe name let one delete the
+    # other's probe mid-check, so the second run failed "not writable" instead of "in use by PID ...".
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".write_test").write_text("another process's probe")
+    run_dpo(cfg(tiny_model_dir, train_file, out, "max_steps=1"))
+    assert (out / ".write_test").read_text() == "another process's probe"
+    assert not list(out.glob(".write_test-*"))
+
+
 def test_a_full_disk_fails_before_any_work(tiny_model_dir, train_file, tmp_path, monkeypatch):
     from collections import namedtuple
 
