@@ -47,18 +47,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("preftune.stages.evaluate", "preftune.stages.dpo"):
         "evaluate reuses the DPO script's evaluate/make_batches/scorer; one held-out evaluation for every "
         "stage (issue 18, Build 2) moves them to a shared stage module",
-    ("preftune.experiments.methods", "preftune.experiments.sentiment"):
-        "type-only: RunSpec's runner takes the SentimentExperiment that runs it",
-    ("preftune.experiments.methods", "preftune.experiments.config"):
-        "type-only: the method table names the experiment config class, which imports the table",
-    ("preftune.experiments.groundwork", "preftune.experiments.sentiment"):
-        "type-only: groundwork takes the SentimentExperiment that drives it",
-    ("preftune.experiments.report", "preftune.experiments.sentiment"):
-        "type-only: the report reads the SentimentExperiment that writes it (report <-> sentiment)",
-    ("preftune.experiments.report", "preftune.experiments.config"):
-        "deferred: the report reloads the saved experiment config; config imports methods, which report uses",
-    ("preftune.experiments.power", "preftune.experiments.config"):
-        "type-only: the power analysis takes the experiment config, which imports the method table",
 }
 
 

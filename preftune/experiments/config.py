@@ -6,7 +6,7 @@ on 2 cores, sized from the pilot: see the report's power section); ``size: gpu``
 from :data:`GPU_PRESET` instead, a size closer to the paper's, and ``size: pilot`` (``--pilot``) from
 :data:`PILOT_PRESET`; any key set in the file or on the command line still wins over the preset.
 
-Each stage run by the experiment (SFT, DPO, reward model, PPO, RLOO, ...) is built from these keys; anything
+Each stage run by the experiment (SFT, DPO, reward model, PPO, RLOO, GRPO, online DPO) is built from these keys; anything
 else a stage accepts can be passed through its ``*_extra`` list, e.g. ``dpo_extra=[optimizer=rmsprop]``.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from preftune.config import from_dict, read_settings, to_dict
 from preftune.errors import ConfigError
-from preftune.experiments.methods import METHODS as TRAINED
+from preftune.experiments.catalog import METHODS as TRAINED
 
 METHODS = (*TRAINED, "bon")
 PAIR_MODES = ("best_vs_worst", "bradley_terry")
@@ -45,7 +45,8 @@ class SentimentExperimentConfig:
                                             "SmolLM2-135M-Instruct, or a Hugging Face folder).")
     methods: list[str] = _f(list(METHODS), "Which methods to run: dpo, ipo (offline, on the π_SFT pairs), ppo_gt "
                                            "(PPO on r*), ppo_rm (PPO on a reward model trained on the pairs), rloo "
-                                           "(on r*), bon (best-of-N from π_SFT).")
+                                           "(on r*), grpo (on r*), online_dpo (pairs "
+                                           "sampled from the policy, judged by r*), bon (best-of-N from π_SFT).")
     seed: int = _f(0, "Seed of the data split, sampling and every training stage.")
     threads: int | None = _f(2, "torch.set_num_threads for every stage (null = torch's default).")
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
@@ -128,6 +129,23 @@ class SentimentExperimentConfig:
     rloo_learning_rate: float = _f(2e-5, "RLOO learning rate (constant after warm-up).")
     rloo_extra: list[str] = _f([], "More RLConfig key=value settings (RLOO runs).")
 
+    # GRPO (on r*)
+    grpo_betas: list[float] = _f([0.03, 0.3], "One GRPO run per β: GRPO's KL term in the loss (k3 per token, "
+                                              "averaged over the step's tokens). β = 0 has no KL term at all, so "
+                                              "every value must be > 0.")
+    grpo_num_generations: int = _f(4, "Completions per prompt (a group: advantages relative to its mean, scaled "
+                                      "by its standard deviation); >= 2.")
+    grpo_batch_size: int = _f(8, "Prompts per optimizer step (each with grpo_num_generations completions).")
+    grpo_learning_rate: float = _f(2e-5, "GRPO learning rate (constant).")
+    grpo_extra: list[str] = _f([], "More GRPOConfig key=value settings (GRPO runs), e.g. loss_type=grpo.")
+
+    # Online DPO (pairs sampled from the policy, judged by r*)
+    online_dpo_betas: list[float] = _f([0.1, 0.5], "One online-DPO run per β (DPO's β; loss sigmoid).")
+    online_dpo_batch_size: int = _f(8, "Prompts per optimizer step (two completions each, ranked by r*).")
+    online_dpo_learning_rate: float = _f(3e-5, "Online-DPO peak learning rate (10% warm-up, then constant, as "
+                                               "offline DPO).")
+    online_dpo_extra: list[str] = _f([], "More OnlineDPOConfig key=value settings (online-DPO runs).")
+
     # Evaluation
     points_per_run: int = _f(3, "Checkpoints evaluated per training run (evenly spaced; the last is the end).")
     eval_samples_per_prompt: int = _f(2, "Completions sampled per held-out prompt for each point.")
@@ -166,7 +184,9 @@ class SentimentExperimentConfig:
                     "pairs_per_prompt", "bradley_terry_scale", "dpo_epochs", "dpo_learning_rate", "dpo_batch_size",
                     "rm_epochs", "rm_learning_rate", "rm_batch_size", "ppo_max_steps", "ppo_batch_size",
                     "ppo_epochs", "ppo_num_mini_batches", "ppo_learning_rate", "rloo_num_generations",
-                    "rloo_batch_size", "rloo_learning_rate", "points_per_run", "eval_samples_per_prompt",
+                    "rloo_batch_size", "rloo_learning_rate", "grpo_num_generations", "grpo_batch_size",
+                    "grpo_learning_rate", "online_dpo_batch_size", "online_dpo_learning_rate", "points_per_run",
+                    "eval_samples_per_prompt",
                     "rl_sequences", "bon_prompts", "bootstrap"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -181,6 +201,8 @@ class SentimentExperimentConfig:
                        "best_vs_worst (disjoint pairs)")
         if self.rloo_num_generations < 2:
             out.append("rloo_num_generations must be >= 2: the leave-one-out baseline needs another sample")
+        if self.grpo_num_generations < 2:
+            out.append("grpo_num_generations must be >= 2: a group's advantages are relative to its other samples")
         for key in dict.fromkeys(m.sweep_key for m in TRAINED.values()):
             if any(v <= 0 for v in getattr(self, key)):
                 out.append(f"{key}: every value must be > 0, got {getattr(self, key)}")
@@ -236,6 +258,8 @@ GPU_PRESET: dict[str, Any] = {
     "ppo_epochs": 4,
     "ppo_num_mini_batches": 4,
     "ppo_learning_rate": 1e-5,
+    "online_dpo_batch_size": 32,   # as offline DPO's batch and learning rate at this size
+    "online_dpo_learning_rate": 5e-6,
     "points_per_run": 6,
     "eval_samples_per_prompt": 4,
     "best_of_n": [1, 2, 4, 8, 16, 64],
@@ -246,7 +270,8 @@ GPU_PRESET: dict[str, Any] = {
 # of r* over held-out prompts and samples, and each stage's CPU seconds per unit of work. Written into
 # <output_dir>/pilot/ (its own settings), where the full run's report finds it.
 PILOT_PRESET: dict[str, Any] = {
-    "methods": ["dpo", "ppo_gt", "rloo", "bon"],  # IPO and PPO-RM cost what DPO and PPO-GT cost per sequence
+    # IPO and PPO-RM cost what DPO and PPO-GT cost per sequence, GRPO and online DPO what RLOO costs (power.PROXY)
+    "methods": ["dpo", "ppo_gt", "rloo", "bon"],
     "num_train_prompts": 48,
     "num_eval_prompts": 96,
     "eval_samples_per_prompt": 2,

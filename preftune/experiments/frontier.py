@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from preftune.experiments.methods import METHODS
+from preftune.experiments.catalog import METHODS
 
 LABELS = {"sft": "π_SFT", **{m.name: m.label for m in METHODS.values()}, "bon": "best-of-N"}
 COLORS = {"sft": "black", **{m.name: m.color for m in METHODS.values()}, "bon": "tab:gray"}

@@ -1,11 +1,10 @@
 """The stages every method builds on, in order: the prompt split, r*, π_SFT, the preference pairs, best-of-N
-and the reward model. Each is a function of the experiment (:class:`~preftune.experiments.sentiment.
-SentimentExperiment`: its settings, output folder and shared objects) returning its ``done.json`` payload."""
+and the reward model. Each is a function of the experiment (:class:`~preftune.experiments.protocol.
+Experiment`: its settings, output folder and shared objects) returning its ``done.json`` payload."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from preftune.assets.imdb import write_jsonl
 from preftune.config import RMConfig, SFTConfig
@@ -13,16 +12,14 @@ from preftune.experiments import rstar, sampling
 from preftune.experiments.data import make_pairs as pairs_from_samples
 from preftune.experiments.data import split_reviews
 from preftune.experiments.io import continue_or_restart, read_json, read_lines, write_json
-
-if TYPE_CHECKING:
-    from preftune.experiments.sentiment import SentimentExperiment
+from preftune.experiments.protocol import Experiment
 
 BON_SEED = 4243
 # The stages with held-out data evaluate it before training and after every epoch.
 EVALUATE = {"eval_on_start": True, "eval_strategy": "epoch"}
 
 
-def make_prompts(exp: SentimentExperiment) -> dict:
+def make_prompts(exp: Experiment) -> dict:
     cfg = exp.cfg
     split = split_reviews(cfg.num_train_prompts, cfg.num_eval_prompts, cfg.sft_num_reviews,
                           min_words=cfg.prompt_min_words, max_words=cfg.prompt_max_words,
@@ -39,7 +36,7 @@ def make_prompts(exp: SentimentExperiment) -> dict:
     return {"train": len(split.train_prompts), "eval": len(split.eval_prompts), "sft": len(split.sft_rows),
             "classifier_reviews": len(split.classifier_rows), "mean_prompt_words": sum(words) / len(words)}
 
-def make_rstar(exp: SentimentExperiment) -> dict:
+def make_rstar(exp: Experiment) -> dict:
     cfg = exp.cfg
     if cfg.reward != "classifier":
         exp.log(f"r* = {cfg.reward} (no classifier to train)")
@@ -51,7 +48,7 @@ def make_rstar(exp: SentimentExperiment) -> dict:
     rstar.save(pipeline, exp.out / "rstar" / "classifier.npz", cfg.reward_includes_prompt)
     return {"reward": "classifier", **metrics}
 
-def make_sft(exp: SentimentExperiment) -> dict:
+def make_sft(exp: Experiment) -> dict:
     cfg = exp.cfg
     rows = [json.loads(line) for line in (exp.out / "prompts" / "sft.jsonl").read_text().splitlines()]
     from preftune.stages.sft import run_sft
@@ -67,7 +64,7 @@ def make_sft(exp: SentimentExperiment) -> dict:
     exp.prune(exp.out / "sft")
     return {"eval_before": result.eval_before, "eval_after": result.eval_after, "steps": len(result.history)}
 
-def make_pairs(exp: SentimentExperiment) -> dict:
+def make_pairs(exp: Experiment) -> dict:
     cfg = exp.cfg
     folder = exp.out / "pairs"
     prompts = exp.prompts("train")
@@ -117,7 +114,7 @@ def make_pairs(exp: SentimentExperiment) -> dict:
             "mean_sample_reward": sum(all_r) / len(all_r),
             "mean_gap": sum(gap) / len(gap), "wrong_way": sum(1 for g in gap if g < 0)}
 
-def make_best_of_n(exp: SentimentExperiment) -> dict:
+def make_best_of_n(exp: Experiment) -> dict:
     cfg = exp.cfg
     k = max(cfg.best_of_n)
     prompts = exp.prompts("eval")[:cfg.bon_prompts]
@@ -129,7 +126,7 @@ def make_best_of_n(exp: SentimentExperiment) -> dict:
     return {"samples": k, "prompts": len(prompts),
             "points": {str(n): sampling.best_of_n(s.rewards, n) for n in sorted(cfg.best_of_n)}}
 
-def make_reward_model(exp: SentimentExperiment) -> dict:
+def make_reward_model(exp: Experiment) -> dict:
     cfg = exp.cfg
     from preftune.stages.reward_model import run_rm
 

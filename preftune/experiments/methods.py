@@ -1,10 +1,9 @@
-"""The trained methods of the sentiment experiment: one entry each in :data:`METHODS`.
-
-An entry says what the method is called, which config key lists the values its runs sweep (one run per
-value: DPO's β, PPO's KL coefficient, ...), and how one run is trained (a function of the experiment, the
-run and its folder that calls the stage's ``run_*`` API). Everything after training (checkpoints measured
-on the held-out prompts, frontier, verdict, plots, report) is the same for every method, so a new method
-is one entry here plus its config keys.
+"""How each method of the sentiment experiment is trained: one trainer per entry of :data:`METHODS`
+(:mod:`preftune.experiments.catalog`: its name, label and which config key lists the values its runs sweep,
+one run per value: DPO's β, PPO's KL coefficient, ...). A trainer is a function of the experiment, the run
+and its folder that calls the stage's ``run_*`` API. Everything after training (checkpoints measured on the
+held-out prompts, frontier, verdict, plots, report) is the same for every method, so a new method is one
+catalog entry, its trainer in :data:`TRAINERS` and its config keys.
 
 **Equal budgets.** Every run trains on the same number of *gradient sequences*: completions that enter a
 gradient step, counted once per pass. A DPO run on P pairs for E epochs gets 2·P·E; an online run gets
@@ -19,35 +18,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from preftune.experiments.catalog import METHODS, Method, RunSpec
+from preftune.experiments.config import SentimentExperimentConfig
 from preftune.experiments.io import continue_or_restart
+from preftune.experiments.protocol import Experiment
 
-if TYPE_CHECKING:
-    from preftune.experiments.config import SentimentExperimentConfig
-    from preftune.experiments.sentiment import SentimentExperiment
+__all__ = ["METHODS", "TRAINERS", "Method", "RunSpec", "budget", "run_specs", "save_every"]
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    name: str    # e.g. dpo_beta0.1, ppo_gt_kl0.05
-    method: str  # a key of METHODS
-    beta: float  # the swept value: DPO/IPO/online-DPO β, PPO/RLOO KL coefficient, GRPO's β
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    label: str
-    color: str
-    sweep_key: str       # config key: the values one run each is trained with
-    symbol: str          # how the swept value is written in labels
-    run_prefix: str      # run names: f"{name}_{run_prefix}{value:g}"
-    online: bool         # samples its own completions (False: trains on the π_SFT pairs)
-    train: Callable[[SentimentExperiment, RunSpec, Path, int], int]
-    # train(exp, spec, folder, budget_sequences) -> gradient sequences it was given; resumes when interrupted
+# train(exp, spec, folder, budget_sequences) -> gradient sequences it was given; resumes when interrupted
+Trainer = Callable[[Experiment, RunSpec, Path, int], int]
 
 
 def run_specs(cfg: SentimentExperimentConfig) -> list[RunSpec]:
@@ -67,12 +49,12 @@ def save_every(steps: int, points: int) -> int:
     return max(1, math.ceil(steps / points))
 
 
-def _prompts(exp: SentimentExperiment) -> list[dict]:
+def _prompts(exp: Experiment) -> list[dict]:
     lines = (exp.out / "prompts" / "train.jsonl").read_text().splitlines()
     return [{"prompt": json.loads(line)["prompt"]} for line in lines if line.strip()]
 
 
-def _common(exp: SentimentExperiment, folder: Path) -> dict[str, Any]:
+def _common(exp: Experiment, folder: Path) -> dict[str, Any]:
     cfg = exp.cfg
     return {"model_name_or_path": str(exp.sft_dir), "output_dir": str(folder), **continue_or_restart(folder),
             "max_length": cfg.max_prompt_length + cfg.max_new_tokens + 8, "lr_scheduler_type": "constant"}
@@ -81,7 +63,7 @@ def _common(exp: SentimentExperiment, folder: Path) -> dict[str, Any]:
 # -- offline: DPO and IPO on the π_SFT pairs -----------------------------------------------------------
 
 
-def train_pairwise(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequences: int) -> int:
+def train_pairwise(exp: Experiment, spec: RunSpec, folder: Path, sequences: int) -> int:
     from preftune.config import DPOConfig
     from preftune.stages.dpo import run_dpo
 
@@ -99,19 +81,25 @@ def train_pairwise(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequen
     return 2 * per_step * steps
 
 
-# -- online: PPO (r* or the reward model), RLOO --------------------------------------
+# -- online: PPO (r* or the reward model), RLOO, GRPO, online DPO ------------------------------------------
 
 
-def _rl(exp: SentimentExperiment, folder: Path, reward: str, extra: list[str], **values: Any):
+def _online(exp: Experiment, cls: type, folder: Path, reward: str, extra: list[str], *,
+            length_key: str = "max_new_tokens", **values: Any):
+    """An online stage's config, ``reward`` scoring its samples; completions are bounded by ``length_key``
+    (GRPO calls it max_completion_length), not ``max_length``."""
+    common = {k: v for k, v in _common(exp, folder).items() if k != "max_length"}
+    merged = {**common, "reward": reward, length_key: exp.cfg.max_new_tokens, **values}
+    return exp.stage_config(cls, merged, extra)
+
+
+def _rl(exp: Experiment, folder: Path, reward: str, extra: list[str], **values: Any):
     from preftune.config import RLConfig
 
-    cfg = exp.cfg
-    common = {k: v for k, v in _common(exp, folder).items() if k != "max_length"}  # online: max_new_tokens bounds
-    merged = {**common, "reward": reward, "max_new_tokens": cfg.max_new_tokens, **values}
-    return exp.stage_config(RLConfig, merged, extra)
+    return _online(exp, RLConfig, folder, reward, extra, **values)
 
 
-def train_ppo(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequences: int) -> int:
+def train_ppo(exp: Experiment, spec: RunSpec, folder: Path, sequences: int) -> int:
     from preftune.stages.rl import run_rl
 
     cfg = exp.cfg
@@ -129,7 +117,7 @@ def train_ppo(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequences: 
     return per_rollout * rollouts
 
 
-def train_rloo(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequences: int) -> int:
+def train_rloo(exp: Experiment, spec: RunSpec, folder: Path, sequences: int) -> int:
     from preftune.stages.rl import run_rl
 
     cfg = exp.cfg
@@ -142,10 +130,44 @@ def train_rloo(exp: SentimentExperiment, spec: RunSpec, folder: Path, sequences:
     return per_rollout * rollouts
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dpo", "DPO", "tab:blue", "dpo_betas", "β", "beta", False, train_pairwise),
-    Method("ipo", "IPO", "tab:cyan", "ipo_betas", "β", "beta", False, train_pairwise),
-    Method("ppo_gt", "PPO-GT (r*)", "tab:red", "ppo_kl_coefs", "KL coef", "kl", True, train_ppo),
-    Method("ppo_rm", "PPO-RM (reward model)", "tab:orange", "ppo_kl_coefs", "KL coef", "kl", True, train_ppo),
-    Method("rloo", "RLOO (r*)", "tab:purple", "rloo_kl_coefs", "KL coef", "kl", True, train_rloo),
-)}
+def train_grpo(exp: Experiment, spec: RunSpec, folder: Path, sequences: int) -> int:
+    """GRPO on r*: grpo_batch_size prompts × grpo_num_generations completions per optimizer step, one pass
+    (every completion enters one gradient step); β is GRPO's KL term in the loss (its k3 estimator)."""
+    from preftune.config import GRPOConfig
+    from preftune.stages.grpo import run_grpo
+
+    cfg = exp.cfg
+    rows = cfg.grpo_batch_size * cfg.grpo_num_generations  # GRPO's batch counts completions (TRL's meaning)
+    grpo_cfg = _online(exp, GRPOConfig, folder, exp.reward_spec(), cfg.grpo_extra, beta=spec.beta,
+                       length_key="max_completion_length", num_generations=cfg.grpo_num_generations,
+                       learning_rate=cfg.grpo_learning_rate, per_device_train_batch_size=rows,
+                       per_device_eval_batch_size=rows, temperature=1.0)
+    # Each optimizer step trains per_device_train_batch_size × gradient_accumulation_steps completions, whatever
+    # steps_per_generation / num_iterations say (a later pass over a generation counts its completions again).
+    per_step = grpo_cfg.per_device_train_batch_size * grpo_cfg.gradient_accumulation_steps
+    steps = max(1, round(sequences / per_step))
+    run_grpo(exp.with_steps(grpo_cfg, steps, save_every(steps, cfg.points_per_run)), train_data=_prompts(exp))
+    return per_step * steps
+
+
+def train_online_dpo(exp: Experiment, spec: RunSpec, folder: Path, sequences: int) -> int:
+    """Online DPO judged by r*: each optimizer step samples two completions of online_dpo_batch_size prompts
+    from the current policy, r* ranks each pair, then one DPO step (one pass); learning-rate schedule as
+    offline DPO's, so the two differ only in where the pairs come from."""
+    from preftune.config import OnlineDPOConfig
+    from preftune.stages.online_dpo import run_online_dpo
+
+    cfg = exp.cfg
+    odpo_cfg = _online(exp, OnlineDPOConfig, folder, exp.reward_spec(), cfg.online_dpo_extra, beta=spec.beta,
+                       loss_type=["sigmoid"], learning_rate=cfg.online_dpo_learning_rate,
+                       per_device_train_batch_size=cfg.online_dpo_batch_size,
+                       per_device_eval_batch_size=cfg.online_dpo_batch_size, temperature=1.0,
+                       lr_scheduler_type="constant_with_warmup", warmup_ratio=0.1)
+    per_step = 2 * odpo_cfg.per_device_train_batch_size * odpo_cfg.gradient_accumulation_steps
+    steps = max(1, round(sequences / per_step))
+    run_online_dpo(exp.with_steps(odpo_cfg, steps, save_every(steps, cfg.points_per_run)), train_data=_prompts(exp))
+    return per_step * steps
+
+
+TRAINERS: dict[str, Trainer] = {"dpo": train_pairwise, "ipo": train_pairwise, "ppo_gt": train_ppo, "ppo_rm": train_ppo,
+                                "rloo": train_rloo, "grpo": train_grpo, "online_dpo": train_online_dpo}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from preftune.experiments.catalog import METHODS
 from preftune.experiments.frontier import COLORS, LABELS, Point, envelope
-from preftune.experiments.methods import METHODS
 
 MARKERS = "osD^vP*Xh<>"
 KL_LABEL = "KL(π ‖ π_SFT), nats per completion (sampled, held-out prompts)"

@@ -27,12 +27,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from preftune.experiments.methods import METHODS, budget, run_specs
-
-if TYPE_CHECKING:
-    from preftune.experiments.config import SentimentExperimentConfig
+from preftune.experiments.catalog import METHODS
+from preftune.experiments.config import SentimentExperimentConfig
+from preftune.experiments.methods import budget, run_specs
 
 MARGIN = 0.03
 Z = 2.0
@@ -143,7 +142,10 @@ def pairs_per_prompt(out: Path, cfg: SentimentExperimentConfig) -> float | None:
 
 # Work the pilot need not run, priced as work that costs the same: IPO's step is DPO's, PPO-RM's is PPO-GT's
 # (plus a reward model's forward), a reward-model sequence is one forward and backward like a DPO sequence.
-PROXY = {"train_ipo": "train_dpo", "train_ppo_rm": "train_ppo_gt", "rm_sequence": "train_dpo"}
+# A GRPO or online-DPO gradient sequence is, like RLOO's, one sampled completion scored by r*, π_ref's forward
+# and one forward and backward, once; RLOO also re-scores it under π_old, so this prices both slightly high.
+PROXY = {"train_ipo": "train_dpo", "train_ppo_rm": "train_ppo_gt", "rm_sequence": "train_dpo",
+         "train_grpo": "train_rloo", "train_online_dpo": "train_rloo"}
 
 
 def predict(cfg: SentimentExperimentConfig, costs: dict[str, float], pairs_per_prompt: float) -> dict[str, float]:

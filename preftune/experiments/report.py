@@ -9,18 +9,17 @@ import json
 import math
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 
 from preftune.config import from_dict, to_dict
 from preftune.experiments import frontier, plots, power, stats
+from preftune.experiments.config import load_experiment_config
 from preftune.experiments.methods import METHODS, budget, run_specs
+from preftune.experiments.protocol import Experiment
 from preftune.experiments.sampling import PromptValues
-
-if TYPE_CHECKING:
-    from preftune.experiments.sentiment import SentimentExperiment
 
 CHALLENGER, BASELINE = ("dpo",), ("ppo_gt",)
 
@@ -36,11 +35,11 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def stage_folders(exp: SentimentExperiment) -> list[tuple[str, Path]]:
+def stage_folders(exp: Experiment) -> list[tuple[str, Path]]:
     return [(name, folder) for name, folder, _ in exp.plan()]
 
 
-def write_outputs(exp: SentimentExperiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
+def write_outputs(exp: Experiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
                   wall_seconds: float) -> None:
     out, cfg = exp.out, exp.cfg
     frontier.write_csv(points, out / "points.csv")
@@ -51,7 +50,7 @@ def write_outputs(exp: SentimentExperiment, points: list[frontier.Point], values
     (out / "report.md").write_text(render(exp, points, values, wall_seconds))
 
 
-def render(exp: SentimentExperiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
+def render(exp: Experiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
            wall_seconds: float) -> str:
     cfg = exp.cfg
     main = stats.binned_verdict(points, values, CHALLENGER, BASELINE, resamples=cfg.bootstrap, seed=cfg.seed)
@@ -144,7 +143,7 @@ def _win_rates(points: list[frontier.Point], values: dict[tuple[str, int], Promp
     return lines + [""]
 
 
-def _setup(exp: SentimentExperiment) -> list[str]:
+def _setup(exp: Experiment) -> list[str]:
     cfg, out = exp.cfg, exp.out
     lines = ["## Setup", "",
              f"Base model `{cfg.model_name_or_path}` → π_SFT (fine-tuned on {cfg.sft_num_reviews} IMDb reviews). "
@@ -186,7 +185,7 @@ def _setup(exp: SentimentExperiment) -> list[str]:
     return lines + [f"- {f}" for f in facts] + [""]
 
 
-def _pilot(exp: SentimentExperiment) -> tuple[Path, Any] | None:
+def _pilot(exp: Experiment) -> tuple[Path, Any] | None:
     folder = exp.out if exp.cfg.size == "pilot" else exp.out / "pilot"
     saved = _read(folder / "config.json")
     if saved is None or not (folder / "point_sft" / "done.json").is_file():
@@ -194,10 +193,8 @@ def _pilot(exp: SentimentExperiment) -> tuple[Path, Any] | None:
     return folder, from_dict(type(exp.cfg), saved)
 
 
-def _power(exp: SentimentExperiment, main: stats.BinnedVerdict, values: dict[tuple[str, int], PromptValues]
+def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, int], PromptValues]
            ) -> list[str]:
-    from preftune.experiments.config import load_experiment_config
-
     cfg = exp.cfg
     lines = ["## Power and cost", ""]
     pilot = _pilot(exp)
@@ -245,7 +242,7 @@ def _power(exp: SentimentExperiment, main: stats.BinnedVerdict, values: dict[tup
     return lines
 
 
-def _scale(exp: SentimentExperiment, points: list[frontier.Point], main: stats.BinnedVerdict) -> list[str]:
+def _scale(exp: Experiment, points: list[frontier.Point], main: stats.BinnedVerdict) -> list[str]:
     cfg = exp.cfg
     kl_top = max((p.kl for p in points if p.step > 0 and p.method != "bon"), default=float("nan"))
     reach = (f"KL up to {main.bins[-1].kl:g} nats where DPO and PPO-GT are compared" if main.bins else
@@ -276,7 +273,7 @@ def _points(points: list[frontier.Point]) -> list[str]:
     return lines + [""]
 
 
-def _runtime(exp: SentimentExperiment, wall_seconds: float) -> list[str]:
+def _runtime(exp: Experiment, wall_seconds: float) -> list[str]:
     lines = ["## Runtime", "", "| stage | wall s | CPU s | this invocation |", "|---|---|---|---|"]
     wall = cpu = 0.0
     for name, folder in stage_folders(exp):

@@ -8,7 +8,8 @@
     bon       best-of-N from π_SFT for each N (analytic KL)
     rm        a reward model trained on the pairs (for PPO-RM)
     <runs>    one run per method and swept value (:mod:`preftune.experiments.methods`: DPO and IPO per β,
-              PPO with r* and with the reward model and RLOO per KL coefficient, ...), all on the same
+              PPO with r* and with the reward model and RLOO per KL coefficient, GRPO and online DPO
+              (pairs of its own samples judged by r*) per β), all on the same
               budget of gradient sequences; every checkpoint is measured on the held-out prompts: r* and
               KL(π ‖ π_SFT) of the same samples, kept per prompt (:mod:`preftune.experiments.sampling`)
     outputs   points.csv, frontier.png, training.png, report.md (the verdict per KL bin with paired
@@ -41,7 +42,7 @@ from preftune.errors import ConfigError
 from preftune.experiments import frontier, groundwork, report, rstar, sampling
 from preftune.experiments.config import SentimentExperimentConfig, load_experiment_config, pilot_of
 from preftune.experiments.io import read_json, write_json
-from preftune.experiments.methods import METHODS, RunSpec, budget, run_specs
+from preftune.experiments.methods import METHODS, TRAINERS, RunSpec, budget, run_specs
 from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer, pick_device
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.rewards import load_reward
@@ -270,7 +271,7 @@ class SentimentExperiment:
         if not trained.is_file():
             started, cpu = time.perf_counter(), time.process_time()
             resumed_at = max((step_of(p) for p in list_checkpoints(folder)), default=0)
-            sequences = METHODS[spec.method].train(self, spec, folder, budget(self.cfg, self.num_pairs()))
+            sequences = TRAINERS[spec.method](self, spec, folder, budget(self.cfg, self.num_pairs()))
             steps = [step_of(p) for p in list_checkpoints(folder)]
             # This invocation's time covers the steps after resumed_at only (the cost model scales by it).
             write_json(trained, {"steps": steps, "gradient_sequences": sequences, "resumed_at": resumed_at,

@@ -6,6 +6,8 @@ import csv
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from preftune.errors import ConfigError
 from preftune.experiments.config import METHODS, load_experiment_config
@@ -24,11 +26,14 @@ def miniature(model_dir, out, *extra):
         "dpo_learning_rate=1e-3", "rm_batch_size=4", "rm_eval_size=4", "rm_learning_rate=1e-3",
         "rl_sequences=16", "ppo_kl_coefs=[0.05]", "ppo_batch_size=4", "ppo_epochs=1", "ppo_num_mini_batches=1",
         "ppo_learning_rate=1e-3", "rloo_kl_coefs=[0.1]", "rloo_num_generations=2", "rloo_batch_size=2",
-        "rloo_learning_rate=1e-3", "points_per_run=2", "eval_samples_per_prompt=2", "best_of_n=[1,2,4]",
+        "rloo_learning_rate=1e-3", "grpo_betas=[0.1]", "grpo_num_generations=2", "grpo_batch_size=2",
+        "grpo_learning_rate=1e-3", "online_dpo_betas=[0.1]", "online_dpo_batch_size=2", "online_dpo_learning_rate=1e-3",
+        "points_per_run=2", "eval_samples_per_prompt=2", "best_of_n=[1,2,4]",
         "bootstrap=50", "run_pilot=false", *extra])
 
 
-RUNS = ("dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05", "rloo_kl0.1")
+RUNS = ("dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05", "rloo_kl0.1", "grpo_beta0.1",
+        "online_dpo_beta0.1")
 
 
 SMALL_PILOT = {"methods": ["dpo", "ppo_gt", "bon"], "num_train_prompts": 8, "num_eval_prompts": 6,
@@ -55,7 +60,8 @@ def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tm
     # One slice with the first run: the outputs are written, marked partial.
     logs.clear()
     SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run(until="dpo_beta0.1")
-    assert "**Partial: 4 stage(s) not done yet (ipo_beta0.5, ppo_gt_kl0.05, ppo_rm_kl0.05, rloo_kl0.1)" in (
+    assert ("**Partial: 6 stage(s) not done yet (ipo_beta0.5, ppo_gt_kl0.05, ppo_rm_kl0.05, rloo_kl0.1, grpo_beta0.1, "
+            "online_dpo_beta0.1)") in (
         out / "report.md").read_text()
 
     logs.clear()
@@ -81,12 +87,20 @@ def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tm
             assert 0.0 <= float(r["win_rate"]) <= 1.0
     point = json.loads((out / "runs" / "rloo_kl0.1" / "points" / "step-4.json").read_text())
     assert [len(g) for g in point["rewards"]] == [2] * 6 and [len(g) for g in point["kls"]] == [2] * 6
+    # GRPO: 2 prompts × 2 completions per optimizer step, online DPO: 2 prompts × a pair per step; 16 sequences
+    # is 4 steps of either, measured at steps 2 and 4.
+    sft_weights = load_file(out / "sft" / "final" / "model.safetensors")
+    for run in ("grpo_beta0.1", "online_dpo_beta0.1"):
+        assert json.loads((out / "runs" / run / "trained.json").read_text())["steps"] == [2, 4], run
+        trained = load_file(out / "runs" / run / "final" / "model.safetensors")
+        assert any(not torch.equal(w, sft_weights[k]) for k, w in trained.items()), f"{run} left π_SFT unchanged"
 
     for png in ("frontier.png", "training.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     report = (out / "report.md").read_text()
     assert "**Does DPO's frontier dominate PPO-GT's?**" in report and "Rotten Tomatoes rows" in report
-    for section in ("## Verdict per KL bin: DPO − PPO-GT", "## Every other method against DPO", "| RLOO (r*) |",
+    for section in ("## Verdict per KL bin: DPO − PPO-GT", "## Every other method against DPO", "| RLOO (r*) |", "| GRPO (r*) |",
+                    "| online DPO (r*) |", "| grpo_beta0.1 |", "| online_dpo_beta0.1 |",
                     "## Win rate against π_SFT", "## Power and cost", "## What this scale can and cannot say",
                     "| dpo_beta0.1 |", "## Runtime", "every run trains on 16 gradient sequences"):
         assert section in report, section
@@ -102,7 +116,7 @@ def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tm
     logs.clear()
     SentimentExperiment(miniature(tiny_model_dir, out), log=logs.append).run()
     assert not [line for line in logs if line.startswith("▶")]
-    assert len([line for line in logs if line.startswith("↷")]) == 12
+    assert len([line for line in logs if line.startswith("↷")]) == 14
     assert (out / "points.csv").read_text() == before
 
     # A lost point is measured again, alone; the same noise and model give the same point.

@@ -192,6 +192,35 @@ def test_config_reports_every_problem_at_once():
         assert part in text, part
 
 
+def test_online_method_keys_are_checked_all_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_experiment_config(None, ["methods=[grpo,online_dpo]", "grpo_num_generations=1", "grpo_batch_size=0",
+                                      "grpo_betas=[]", "online_dpo_betas=[0.1,0]", "online_dpo_learning_rate=-1"])
+    text = str(e.value)
+    assert text.startswith("5 problems")
+    for part in ("grpo_num_generations must be >= 2", "grpo_batch_size must be > 0, got 0",
+                 "methods includes grpo but grpo_betas is empty", "online_dpo_betas: every value must be > 0, got [0.1, 0.0]",
+                 "online_dpo_learning_rate must be > 0, got -1.0"):
+        assert part in text, part
+    cfg = load_experiment_config()
+    assert ("grpo", "online_dpo") == tuple(m for m in cfg.methods if m in ("grpo", "online_dpo"))
+    assert (cfg.grpo_betas, cfg.grpo_num_generations, cfg.grpo_batch_size, cfg.grpo_learning_rate) == ([0.03, 0.3], 4, 8, 2e-5)
+    assert (cfg.online_dpo_betas, cfg.online_dpo_batch_size, cfg.online_dpo_learning_rate) == ([0.1, 0.5], 8, 3e-5)
+
+
+def test_every_method_has_a_trainer_and_new_sweeps_only_add_runs():
+    from preftune.experiments.catalog import METHODS
+    from preftune.experiments.methods import TRAINERS, run_specs
+    from preftune.experiments.sentiment import ADDITIVE
+
+    assert set(TRAINERS) == set(METHODS)
+    assert {"methods", "grpo_betas", "online_dpo_betas"} <= set(ADDITIVE)
+    assert not {"grpo_batch_size", "online_dpo_learning_rate"} & set(ADDITIVE)  # these change what a run measures
+    names = [s.name for s in run_specs(load_experiment_config(None, ["methods=[rloo,grpo,online_dpo]"]))]
+    assert names == ["rloo_kl0.03", "rloo_kl0.3", "grpo_beta0.03", "grpo_beta0.3", "online_dpo_beta0.1",
+                     "online_dpo_beta0.5"]
+
+
 def test_pilot_size_writes_next_to_the_run():
     cfg = load_experiment_config(None, ["output_dir=out/x"], pilot=True)
     assert cfg.size == "pilot" and cfg.output_dir == "out/x/pilot" and cfg.eval_samples_per_prompt >= 2
@@ -203,7 +232,8 @@ def test_pilot_size_writes_next_to_the_run():
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown config key 'dpo_beta'"):
         load_experiment_config(None, ["dpo_beta=0.1"])
-    with pytest.raises(ConfigError, match="methods: unknown 'ppo'; known: dpo, ipo, ppo_gt, ppo_rm, rloo"):
+    with pytest.raises(ConfigError, match="methods: unknown 'ppo'; known: dpo, ipo, ppo_gt, ppo_rm, rloo, grpo, "
+                                          "online_dpo, bon$"):
         load_experiment_config(None, ["methods=[dpo,ppo]"])
     with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
         load_experiment_config(None, ["samples_per_prompt=1"])

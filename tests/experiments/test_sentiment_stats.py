@@ -166,3 +166,15 @@ def test_unit_costs_and_prediction_by_hand(tmp_path):
     assert got["sft"] == 20.0 and got["pairs"] == 200.0 and got["point_sft"] == 100.0 and got["bon"] == 100.0
     assert got["dpo_beta0.1"] == 1200.0 and got["ipo_beta0.5"] == 1200.0  # IPO priced as DPO
     assert got["ppo_gt_kl1"] == 900.0 and got["ppo_gt_kl1 (points)"] == 3 * 50 * 2.0
+
+
+def test_online_methods_the_pilot_skipped_are_priced_as_rloo():
+    cfg = load_experiment_config(None, ["methods=[rloo,grpo,online_dpo]", "rloo_kl_coefs=[0.1]", "grpo_betas=[0.1]",
+                                        "online_dpo_betas=[0.5]", "rl_sequences=100", "num_eval_prompts=10",
+                                        "eval_samples_per_prompt=2", "points_per_run=3"])
+    costs = {"train_rloo": 2.0, "scored_sample": 0.5}
+    got = power.predict(cfg, costs, 1.0)
+    assert got["rloo_kl0.1"] == got["grpo_beta0.1"] == got["online_dpo_beta0.5"] == 200.0   # 100 sequences × 2 s
+    assert got["grpo_beta0.1 (points)"] == 3 * 10 * 2 * 0.5
+    assert power.predict(cfg, {**costs, "train_grpo": 3.0}, 1.0)["grpo_beta0.1"] == 300.0  # measured: its own
+    assert power.describe_units()["train_online_dpo"] == "online DPO (r*) gradient sequence"
