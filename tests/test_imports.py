@@ -12,7 +12,7 @@ Layers, top to bottom (a module may import its own layer's peers and anything be
     1  inputs          data, config, assets (embedded models and data), hub (Hub downloads), tasks
                        (generated task data)
     0  foundations     losses, rl (pure maths), errors, device (device selection), storage (disk sizes and
-                       write errors)
+                       write errors), hashing (file hashes)
 
 Inside stages/, a stage script (:data:`STAGE_SCRIPTS`) is a leaf: no other stages module imports it;
 what two stages share lives in a shared module (common, inputs, ...).
@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
     "train": 3, "objectives": 3, "rewards": 3,
     "modeling": 2,
     "data": 1, "config": 1, "assets": 1, "hub": 1, "tasks": 1,
-    "losses": 0, "rl": 0, "errors": 0, "device": 0, "storage": 0,
+    "losses": 0, "rl": 0, "errors": 0, "device": 0, "storage": 0, "hashing": 0,
 }
 STAGE_SCRIPTS = frozenset({"dpo", "sft", "reward_model", "rl", "evaluate", "grpo", "online_dpo"})
 

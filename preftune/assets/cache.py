@@ -11,7 +11,6 @@ pickles, JSON).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -20,20 +19,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from preftune.errors import PreftuneError
+from preftune.hashing import file_sha256
 from preftune.storage import describe_write_error
 
 
 class AssetMissingError(PreftuneError, FileNotFoundError):
     """A packaged asset (model or data file) is not installed; the message says what to install."""
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 4 MiB blocks (model weights do not fit comfortably in one read)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 T = TypeVar("T")

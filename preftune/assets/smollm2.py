@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from preftune.assets.cache import cache_dir, file_sha256, package_file
+from preftune.assets.cache import cache_dir, package_file
 from preftune.errors import PreftuneError
+from preftune.hashing import file_sha256
 
 NAME = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from preftune.assets import EMBEDDED_MODELS
 from preftune.device import pick_device  # noqa: F401  (re-exported: callers that load a model pick its device here)
 from preftune.errors import ConfigError
 from preftune.storage import damaged_safetensors
-
-EMBEDDED_MODELS = ("smollm2",)
 
 # What a model folder needs from a Hub repository: configs, weights, tokenizer files, chat templates.
 # Top level only: subfolders hold other formats (onnx/, original/, gguf/) that transformers never reads.
@@ -35,9 +34,7 @@ def resolve_model_path(name_or_path: str, *, revision: str | None = None, trust_
     of one commit, so every later load in the run (tokenizer, reference) reads the same weights.
     """
     if name_or_path in EMBEDDED_MODELS:
-        from preftune.assets.smollm2 import ensure_smollm2
-
-        return str(ensure_smollm2())
+        return str(EMBEDDED_MODELS[name_or_path]())
     path = Path(name_or_path).expanduser()
     if path.exists():
         if revision not in (None, "main"):

@@ -69,7 +69,6 @@ from preftune.train.checkpoint import (
     is_peft,
     list_checkpoints,
     save_final,
-    seed_everything,
 )
 from preftune.train.distributed import barrier, init_distributed, shutdown
 from preftune.train.loop import LoopState
@@ -84,6 +83,7 @@ from preftune.train.preflight import (
 from preftune.train.reporters import open_reporters
 from preftune.train.run_folder import claim_output_dir
 from preftune.train.sampler import StepSampler, total_steps
+from preftune.train.seeding import seed_everything
 
 
 def start_run(cfg: TrainingConfig) -> Run:

@@ -26,9 +26,10 @@ from torch import nn
 
 from preftune.config import to_dict
 from preftune.errors import ConfigError, PreftuneError
-from preftune.train.checkpoint import CheckpointError, load_trainer_state, save_checkpoint, set_rng_state
+from preftune.train.checkpoint import CheckpointError, load_trainer_state, save_checkpoint
 from preftune.train.distributed import DistInfo
 from preftune.train.loop import LoopState
+from preftune.train.seeding import set_rng_state
 
 
 @dataclass

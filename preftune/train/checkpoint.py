@@ -28,22 +28,21 @@ import contextlib
 import copy
 import json
 import os
-import random
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from preftune.assets.cache import file_sha256
 from preftune.errors import PreftuneError
+from preftune.hashing import file_sha256
 from preftune.storage import describe_write_error
 from preftune.train import faults
 from preftune.train.distributed import DistInfo, barrier
+from preftune.train.seeding import rng_state
 from preftune.train.tensor_tree import StateFileError, load_tree, save_tree
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -58,29 +57,6 @@ class CheckpointError(PreftuneError):
 
 class SaveError(PreftuneError):
     """A checkpoint or the final model could not be written (the message says why and what is intact)."""
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed on every rank, so any random initialisation agrees; stages reseed torch with
-    seed + rank before training for distinct dropout streams."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def is_peft(model: nn.Module) -> bool:

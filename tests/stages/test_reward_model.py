@@ -16,8 +16,8 @@ from preftune.data.dataset import DataSettings, build_preference_dataset, build_
 from preftune.modeling.load import load_tokenizer
 from preftune.modeling.reward_model import RewardModelScorer, load_reward_model, sequence_rewards
 from preftune.stages.reward_model import PAIR_KEYS, RANKING_KEYS, pair_loss, ranking_loss, run_rm
-from preftune.train.checkpoint import seed_everything
 from preftune.train.metrics import read_metrics
+from preftune.train.seeding import seed_everything
 from tests.conftest import pre_trl, separable_rows, write_jsonl
 
 
