@@ -130,7 +130,7 @@ def take_foreign_keys(cls: type, values: dict[str, Any], hints: dict[str, Any], 
 
 def _rename(key: str, value: Any, rename: Any, tp: Any, values: dict[str, Any], out: dict[str, Any],
             p: Problems) -> None:
-    from preftune.config.keymap import _NO
+    from preftune.config.keymap import SETS_NOTHING
 
     if rename.key in values:
         p.add(f"{key} and {rename.key} are both set: {key} is {rename.note or 'TRL’s name'} for {rename.key}; "
@@ -142,7 +142,7 @@ def _rename(key: str, value: Any, rename: Any, tp: Any, values: dict[str, Any], 
     plain = _plain(value)
     match = [new for old, new in rename.values.items() if old == plain and type(old) is type(plain)]
     if match:
-        if match[0] is not _NO:
+        if match[0] is not SETS_NOTHING:
             out[rename.key] = match[0]
     elif rename.others_pass:
         out[rename.key] = value

@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-_NO = object()  # "this value of a renamed key sets nothing"
+SETS_NOTHING = object()  # "this value of a renamed key sets nothing"
 
 
 @dataclass(frozen=True)
 class Rename:
     key: str
-    values: dict[Any, Any] | None = None   # old value -> preftune value (_NO: sets nothing); None = the same
+    values: dict[Any, Any] | None = None   # old value -> preftune value (SETS_NOTHING: sets nothing); None = the same
     note: str = ""
     others_pass: bool = False               # a value not in ``values`` is taken as it is
 
@@ -40,14 +40,14 @@ RENAMED: dict[str, Rename] = {
     "optimizer": Rename("optim", {"adamw": "adamw_torch", "rmsprop": "rmsprop"}, "preftune's older name"),
     "torch_dtype": Rename("dtype"),
     "evaluation_strategy": Rename("eval_strategy", note="transformers' older name"),
-    "activation_checkpointing": Rename("gradient_checkpointing", {True: True, False: False, None: _NO},
+    "activation_checkpointing": Rename("gradient_checkpointing", {True: True, False: False, None: SETS_NOTHING},
                                        "transformers 5's new name"),
     "activation_checkpointing_kwargs": Rename("gradient_checkpointing_kwargs", note="transformers 5's new name"),
-    "use_cpu": Rename("device", {True: "cpu", False: _NO}),
-    "disable_tqdm": Rename("progress_bar", {True: False, False: True, None: _NO}),
-    "resume_from_checkpoint": Rename("resume", {True: "latest", False: _NO, None: _NO}, others_pass=True),
+    "use_cpu": Rename("device", {True: "cpu", False: SETS_NOTHING}),
+    "disable_tqdm": Rename("progress_bar", {True: False, False: True, None: SETS_NOTHING}),
+    "resume_from_checkpoint": Rename("resume", {True: "latest", False: SETS_NOTHING, None: SETS_NOTHING}, others_pass=True),
     "train_sampling_strategy": Rename("group_by_length", {"random": False, "group_by_length": True}),
-    "use_flash_attention_2": Rename("attn_implementation", {True: "flash_attention_2", False: _NO},
+    "use_flash_attention_2": Rename("attn_implementation", {True: "flash_attention_2", False: SETS_NOTHING},
                                     "the alignment-handbook's older key"),
     "max_completion_length": Rename("max_new_tokens", note="TRL's RLOO name for the generation length"),
     "normalize_advantages": Rename("whiten_advantages", note="TRL's RLOO name"),

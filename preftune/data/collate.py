@@ -197,7 +197,7 @@ def collate_preferences(
     _check(examples, indices)
     rows = [_sequence(e.prompt_ids, e.chosen_ids, e.origin, "chosen") for e in examples]
     rows += [_sequence(e.prompt_ids, e.rejected_ids, e.origin, "rejected") for e in examples]
-    ids, attention, loss = _pad(rows, pad_token_id, pad_to_multiple_of)
+    ids, attention, loss = pad_rows(rows, pad_token_id, pad_to_multiple_of)
     return PreferenceBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
 
 
@@ -211,7 +211,7 @@ def collate_completions(
     """Pad SFT examples into a :class:`CompletionBatch`."""
     _check(examples, indices)
     rows = [_sequence(e.prompt_ids, e.completion_ids, e.origin, "completion") for e in examples]
-    ids, attention, loss = _pad(rows, pad_token_id, pad_to_multiple_of)
+    ids, attention, loss = pad_rows(rows, pad_token_id, pad_to_multiple_of)
     return CompletionBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
 
 
@@ -235,8 +235,8 @@ def collate_unpaired(
     index = _long(indices)
     position = torch.arange(len(examples))
     return UnpairedBatch(
-        Rows(*_pad(main, pad_token_id, pad_to_multiple_of), index.clone(), position, torch.zeros_like(index)),
-        Rows(*_pad(kl, pad_token_id, pad_to_multiple_of), index.clone(), position.clone(), torch.ones_like(index)),
+        Rows(*pad_rows(main, pad_token_id, pad_to_multiple_of), index.clone(), position, torch.zeros_like(index)),
+        Rows(*pad_rows(kl, pad_token_id, pad_to_multiple_of), index.clone(), position.clone(), torch.ones_like(index)),
         torch.tensor([e.label for e in examples], dtype=torch.bool),
         index,
     )
@@ -259,7 +259,7 @@ def collate_rankings(
             position.append(b)
             column.append(rank)
     return RankingBatch(
-        Rows(*_pad(rows, pad_token_id, pad_to_multiple_of), _long(example), _long(position), _long(column)),
+        Rows(*pad_rows(rows, pad_token_id, pad_to_multiple_of), _long(example), _long(position), _long(column)),
         _long(indices),
         max(len(e.completion_ids) for e in examples),
     )
@@ -290,9 +290,11 @@ def _long(values: Sequence[int]) -> torch.LongTensor:
     return torch.tensor(list(values), dtype=torch.long)
 
 
-def _pad(
+def pad_rows(
     rows: list[tuple[list[int], list[bool]]], pad_token_id: int, pad_to_multiple_of: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, loss mask)`` rows → right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` [rows, length],
+    the length rounded up to ``pad_to_multiple_of`` when set."""
     length = max(len(ids) for ids, _ in rows)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of  # round up

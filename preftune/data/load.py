@@ -102,7 +102,7 @@ def source_name(source: Any, split: str = "train") -> str:
 
 
 def _in_memory_rows(source: Any, split: str, name: str) -> Any:
-    if _is_hf_dataset(source):
+    if is_hf_dataset(source):
         return _pick_split(source, split, name)
     if _is_dataframe(source):
         # A missing cell is NaN (or None) in a DataFrame; it means what null means in a file.
@@ -288,7 +288,7 @@ def _check_csv_cells(cells: list[str], header: list[str], origin: str, line: int
 
 
 def _load_parquet(path: Path, limit: int | None) -> list[Record]:
-    pq = _require("pyarrow.parquet", "pyarrow", "reading Parquet files")
+    pq = require_package("pyarrow.parquet", "pyarrow", "reading Parquet files")
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # noqa: BLE001 - pyarrow raises several unrelated types for a corrupt file
@@ -297,7 +297,7 @@ def _load_parquet(path: Path, limit: int | None) -> list[Record]:
 
 
 def _load_hf_folder(path: Path, split: str, limit: int | None) -> list[Record]:
-    datasets = _require("datasets", "datasets", "reading a datasets folder")
+    datasets = require_package("datasets", "datasets", "reading a datasets folder")
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - FileNotFoundError / ValueError depending on what is missing
@@ -346,8 +346,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_hf_dataset(obj: Any) -> bool:
-    # Checked by module name so that a plain list never triggers importing `datasets`.
+def is_hf_dataset(obj: Any) -> bool:
+    """A ``datasets`` object, checked by module name so that a plain list never triggers importing ``datasets``."""
     return type(obj).__module__.split(".")[0] == "datasets"
 
 
@@ -359,7 +359,8 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and value != value
 
 
-def _require(module: str, package: str, purpose: str) -> ModuleType:
+def require_package(module: str, package: str, purpose: str) -> ModuleType:
+    """``module`` imported, or an ImportError saying that ``purpose`` needs ``package`` and how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -18,7 +18,7 @@ from preftune.data.fields import field_value, require_template_for_messages, use
 from preftune.data.formats import prepare
 from preftune.data.load import load_records, source_name
 from preftune.data.special_tokens import check_special_tokens
-from preftune.data.tokenize import _prompt_ids
+from preftune.data.tokenize import encode_prompt
 from preftune.errors import DataError
 
 __all__ = ["TokenizedPrompt", "build_prompt_dataset", "render_prompt"]
@@ -55,7 +55,7 @@ def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *,
         require_template_for_messages({label: prompt}, templated, record.origin)
         check_special_tokens({label: prompt}, tokenizer, record.origin, templated=templated, completions=())
         text = render_prompt(with_system(prompt, record, templated), tokenizer, templated, record.origin)
-        ids = _prompt_ids(text, tokenizer, settings.max_prompt_length, record.origin)
+        ids = encode_prompt(text, tokenizer, settings.max_prompt_length, record.origin)
         columns = {k: v for k, v in record.fields.items() if k not in ("prompt", "system")}
         examples.append(TokenizedPrompt(tuple(ids), prompt, record.origin, columns))
     return BuiltDataset(examples, Counter(), source_name(source, split), settings)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preftune.data.load import Source, _is_hf_dataset, _require
+from preftune.data.load import Source, is_hf_dataset, require_package
 from preftune.errors import ConfigError, DataError
 
 __all__ = ["DataSpec", "check_mixer", "check_mixture", "check_trl_mixture", "eval_source", "load_hub_dataset",
@@ -144,7 +144,7 @@ class _Splits:
 def _splits_of(source: Any, name: str, *, config: str | None = None, hub: bool = False) -> _Splits:
     """``source`` with its splits, if it has any. ``hub``: a name that is no local path may be a Hub id
     (``dataset_name``); a file key (``train_file``, ``eval_file``) must exist."""
-    if _is_hf_dataset(source):
+    if is_hf_dataset(source):
         return _Splits(name, source, dict(source) if isinstance(source, Mapping) else None)
     if not isinstance(source, (str, os.PathLike)):
         return _Splits(name, source, None)  # a list of dicts or a DataFrame
@@ -152,7 +152,7 @@ def _splits_of(source: Any, name: str, *, config: str | None = None, hub: bool =
     if path.is_file():
         return _Splits(str(source), source, None)  # preftune's own readers: errors name the line
     if path.is_dir() and _saved_to_disk(path):
-        datasets = _require("datasets", "datasets", "reading a datasets folder")
+        datasets = require_package("datasets", "datasets", "reading a datasets folder")
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, Mapping):
             return _Splits(str(source), loaded, dict(loaded))
@@ -178,7 +178,7 @@ def load_hub_dataset(name: str, *, config: str | None = None, split: str | None 
     the snapshot folder of the default revision is loaded as a local folder, which reads the same
     files with the same configs (the dataset card's ``configs:``).
     """
-    datasets = _require("datasets", "datasets", f"loading dataset {name!r}")
+    datasets = require_package("datasets", "datasets", f"loading dataset {name!r}")
     kwargs = {"split": split, "data_dir": data_dir, "data_files": data_files}
     local = Path(name).expanduser()
     if local.exists():
@@ -296,7 +296,7 @@ def _raise(problems: list[str]) -> None:
 def load_mixture(spec: Mapping[str, Any]) -> Any:
     """The ``dataset_mixture`` as a DatasetDict with ``train`` (and ``test``); see the module docstring."""
     _raise(check_mixture(spec))
-    datasets = _require("datasets", "datasets", "loading a dataset_mixture")
+    datasets = require_package("datasets", "datasets", "loading a dataset_mixture")
     seed = spec.get("seed", 0)
     parts = []
     for i, entry in enumerate(spec["datasets"]):
@@ -317,7 +317,7 @@ def load_mixture(spec: Mapping[str, Any]) -> Any:
 def load_mixer(mixer: Mapping[str, float], splits: Sequence[str]) -> Any:
     """The older ``dataset_mixer`` as a DatasetDict with ``train`` and/or ``test`` (module docstring)."""
     _raise(check_mixer(mixer, splits))
-    datasets = _require("datasets", "datasets", "loading a dataset_mixer")
+    datasets = require_package("datasets", "datasets", "loading a dataset_mixer")
     train, test, train_names, test_names = [], [], [], []
     for name, fraction in mixer.items():
         for split in splits:
@@ -363,7 +363,7 @@ def check_trl_mixture(entries: Any, test_split_size: float | None) -> list[str]:
 def load_trl_mixture(entries: Sequence[Mapping[str, Any]], test_split_size: float | None, seed: int) -> Any:
     """TRL's mixture as a DatasetDict with ``train`` (and ``test``); see the module docstring."""
     _raise(check_trl_mixture(list(entries), test_split_size))
-    datasets = _require("datasets", "datasets", "loading a datasets mixture")
+    datasets = require_package("datasets", "datasets", "loading a datasets mixture")
     parts = []
     for i, entry in enumerate(entries):
         ds = load_hub_dataset(entry["path"], config=entry.get("name"), split=entry.get("split") or "train",

@@ -125,7 +125,7 @@ def tokenize_preference(
 ) -> TokenizedPreference:
     """Tokenize and truncate a rendered pair (rules in the module docstring)."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     chosen = _completion_ids(text.chosen, tokenizer, add_eos, text.origin, "field 'chosen'")
     rejected = _completion_ids(text.rejected, tokenizer, add_eos, text.origin, "field 'rejected'")
     prompt, (chosen, rejected) = _fit_all(prompt, [chosen, rejected], max_length, max_completion_length,
@@ -148,7 +148,7 @@ def tokenize_completion(
 ) -> TokenizedCompletion:
     """Tokenize and truncate a rendered SFT example (rules in the module docstring)."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, f"field '{text.field}'")
     prompt, (completion,) = _fit_all(prompt, [completion], max_length, max_completion_length, truncation_mode,
                                      text.origin, notes)
@@ -168,7 +168,7 @@ def tokenize_unpaired(
 ) -> TokenizedUnpaired:
     """Tokenize and truncate a rendered KTO example like an SFT example; no KL partner yet."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, "field 'completion'")
     prompt, (completion,) = _fit_all(prompt, [completion], max_length, max_completion_length, truncation_mode,
                                      text.origin, notes)
@@ -188,7 +188,7 @@ def tokenize_ranking(
 ) -> TokenizedRanking:
     """Tokenize and truncate a rendered ranked list, every completion as in a pair (module docstring)."""
     _check_limits(max_length, max_prompt_length)
-    prompt = _prompt_ids(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
+    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     # Ranks, not 'completions[i]': scores may have reordered the list since it was read.
     ids = [_completion_ids(completion, tokenizer, add_eos, text.origin, f"field 'completions' (rank {rank})")
            for rank, completion in enumerate(text.completions, start=1)]
@@ -213,9 +213,11 @@ def _check_limits(max_length: int | None, max_prompt_length: int | None) -> None
         )
 
 
-def _prompt_ids(
+def encode_prompt(
     text: str, tokenizer: Any, max_prompt_length: int | None, origin: str, notes: Counter[str] | None = None
 ) -> list[int]:
+    """A rendered prompt's ids: special tokens added unless it starts with BOS already, cut from the left to
+    ``max_prompt_length`` (counted in ``notes``); a prompt of zero tokens is a DataError."""
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and text.startswith(bos))
     ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])

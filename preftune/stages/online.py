@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from preftune.data.collate import Rows, _pad
+from preftune.data.collate import Rows, pad_rows
 from preftune.data.dataset import BuiltDataset
 from preftune.data.mask import completion_sequence
 from preftune.data.prompts import TokenizedPrompt
@@ -41,7 +41,7 @@ __all__ = ["OnlinePolicy", "Samples", "evaluate_online", "gather_rows", "global_
 def make_rows(prompts: list[tuple[int, ...]], completions: list[list[int]], pad_id: int,
               device: torch.device) -> Rows:
     """Right-padded prompt | completion rows, the layout every log-prob computation here expects."""
-    ids, attention, mask = _pad([completion_sequence(p, c) for p, c in zip(prompts, completions)], pad_id, None)
+    ids, attention, mask = pad_rows([completion_sequence(p, c) for p, c in zip(prompts, completions)], pad_id, None)
     n = torch.arange(len(prompts))
     return Rows(ids, attention, mask, n, n, torch.zeros_like(n)).to(device)
 
