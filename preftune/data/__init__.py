@@ -28,8 +28,16 @@ from preftune.data.dataset import (
 )
 from preftune.data.load import Record, load_records
 from preftune.data.mask import completion_sequence
-from preftune.data.render import CompletionText, PreferenceText, render_completion, render_preference
-from preftune.data.render_unpaired_ranked import RankingText, UnpairedText, render_ranking, render_unpaired
+from preftune.data.render import (
+    CompletionText,
+    PreferenceText,
+    RankingText,
+    UnpairedText,
+    render_completion,
+    render_preference,
+    render_ranking,
+    render_unpaired,
+)
 from preftune.data.tokenize import (
     TokenizedCompletion,
     TokenizedPreference,

@@ -22,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from preftune.data.example import Example
 from preftune.data.formats import RowFormat, prepare
 from preftune.data.load import DEFAULT_MAX_ROW_BYTES, Record, load_records, source_name
-from preftune.data.render import render_completion, render_preference
-from preftune.data.render_unpaired_ranked import render_ranking, render_unpaired
+from preftune.data.render.completion import render_completion
+from preftune.data.render.preference import render_preference
+from preftune.data.render.ranking import render_ranking
+from preftune.data.render.unpaired import render_unpaired
 from preftune.data.tokenize import (
-    TokenizedCompletion,
-    TokenizedPreference,
-    TokenizedRanking,
     TokenizedUnpaired,
     tokenize_completion,
     tokenize_preference,
@@ -47,8 +47,6 @@ __all__ = [
     "build_ranking_dataset",
     "build_unpaired_dataset",
 ]
-
-Example = TokenizedPreference | TokenizedCompletion | TokenizedUnpaired | TokenizedRanking
 
 
 @dataclass(frozen=True)
@@ -128,19 +126,8 @@ class BuiltDataset:
         unhashed = ("row_format", "max_completion_length", "truncation_mode", "max_row_bytes")
         settings = {k: v for k, v in asdict(self.settings).items() if k not in unhashed}
         h.update(json.dumps(settings, sort_keys=True).encode())
-        for ex in self.examples:
-            if isinstance(ex, TokenizedPreference):
-                parts = ["P", ex.prompt_ids, ex.chosen_ids, ex.rejected_ids]
-            elif isinstance(ex, TokenizedUnpaired):
-                # The partners are hashed too: they decide which KL rows the reference scored.
-                parts = ["U", ex.prompt_ids, ex.completion_ids, ex.label, ex.kl_completion_ids]
-            elif isinstance(ex, TokenizedRanking):
-                parts = ["R", ex.prompt_ids, list(ex.completion_ids)]
-            elif hasattr(ex, "completion_ids"):
-                parts = ["C", ex.prompt_ids, ex.completion_ids]
-            else:  # RL prompts: no completion yet; their other fields (e.g. answers) feed the rewards
-                parts = ["Q", ex.prompt_ids] + ([ex.columns] if getattr(ex, "columns", None) else [])
-            h.update(json.dumps(parts, separators=(",", ":"), sort_keys=True, default=str).encode())
+        for ex in self.examples:  # each layout says what of its examples is hashed
+            h.update(json.dumps(ex.fingerprint_parts(), separators=(",", ":"), sort_keys=True, default=str).encode())
             h.update(b"\n")  # unambiguous record separator; JSON never contains a raw newline
         return h.hexdigest()
 
@@ -150,7 +137,7 @@ class BuiltDataset:
 
         The width of a per-(example, column) table such as the cached reference log-probs.
         """
-        return max((_columns(ex) for ex in self.examples), default=0)
+        return max((len(ex.completion_columns) for ex in self.examples), default=0)
 
     @property
     def label_counts(self) -> tuple[int, int] | None:
@@ -159,7 +146,7 @@ class BuiltDataset:
         KTO's weights are meant to be set from these (Ethayarajh et al. 2024 suggest
         λ_D n_D / (λ_U n_U) in [1, 4/3]).
         """
-        labels = [ex.label for ex in self.examples if isinstance(ex, TokenizedUnpaired)]
+        labels = [ex.desirable for ex in self.examples if ex.desirable is not None]
         if not labels:
             return None
         return sum(labels), len(labels) - sum(labels)
@@ -288,12 +275,6 @@ def assign_kl_partners(dataset: BuiltDataset, seed: int) -> BuiltDataset:
     return BuiltDataset(
         partnered, Counter(dataset.dropped), dataset.source, dataset.settings, Counter(dataset.truncated)
     )
-
-
-def _columns(ex: Example) -> int:
-    if isinstance(ex, TokenizedRanking):
-        return len(ex.completion_ids)
-    return 1 if isinstance(ex, TokenizedCompletion) else 2
 
 
 def _build(

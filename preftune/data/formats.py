@@ -39,7 +39,6 @@ SCORES = ("mean_aspect", "overall_score", "fine-grained_score", *ASPECTS)
 PAIRINGS = ("best_vs_random", "best_vs_worst")
 TOO_FEW_SCORED = "UltraFeedback row with fewer than 2 scored completions"
 NO_WORSE = "UltraFeedback row whose completions all tie"
-LAYOUTS = ("preference", "completion", "unpaired", "ranking", "prompt")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class RowFormat:
 def prepare(record: Record, fmt: RowFormat, layout: str, index: int) -> Record:
     """``record`` with its fields under the keys render reads, labelled by their source columns.
 
-    ``layout`` is what the builder makes (one of LAYOUTS); ``index`` (the row's position in its
+    ``layout`` is what the builder makes (a name in ``preftune.data.layouts.LAYOUTS``); ``index`` (the row's position in its
     source) seeds the per-row random choice of ``best_vs_random``.
     """
     if is_ultrafeedback(record.fields):

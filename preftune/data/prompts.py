@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preftune.data.dataset import BuiltDataset, DataSettings
+from preftune.data.example import Example
 from preftune.data.fields import field_value, require_template_for_messages, use_template, with_system
 from preftune.data.formats import prepare
 from preftune.data.load import load_records, source_name
@@ -25,11 +26,21 @@ __all__ = ["TokenizedPrompt", "build_prompt_dataset", "render_prompt"]
 
 
 @dataclass(frozen=True)
-class TokenizedPrompt:
+class TokenizedPrompt(Example):
+    """A prompt for online RL: its ids, the prompt as written, and the record's other fields."""
+
     prompt_ids: tuple[int, ...]
     prompt: Any  # as written in the data: str or a list of messages
     origin: str
     columns: dict[str, Any] = field(default_factory=dict)  # the record's other fields, as read
+
+    @property
+    def completion_columns(self) -> tuple[tuple[int, ...], ...]:
+        return ((),)  # one completion, yet to be sampled: the prompt's tokens are what it costs now
+
+    def fingerprint_parts(self) -> list[Any]:
+        # The other fields (e.g. answers) feed the rewards, so they are hashed when there are any.
+        return ["Q", self.prompt_ids] + ([self.columns] if self.columns else [])
 
 
 def render_prompt(prompt: Any, tokenizer: Any, templated: bool, origin: str) -> str:

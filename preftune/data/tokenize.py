@@ -47,8 +47,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.data.render import CompletionText, PreferenceText
-from preftune.data.render_unpaired_ranked import RankingText, UnpairedText
+from preftune.data.example import Example
+from preftune.data.render.completion import CompletionText
+from preftune.data.render.preference import PreferenceText
+from preftune.data.render.ranking import RankingText
+from preftune.data.render.unpaired import UnpairedText
 from preftune.errors import DataError, SkipExample
 
 __all__ = [
@@ -70,7 +73,7 @@ COMPLETION_CUT = "completions cut from the right"
 
 
 @dataclass(frozen=True)
-class TokenizedPreference:
+class TokenizedPreference(Example):
     """Token ids of a pair; ``chosen_ids``/``rejected_ids`` hold the completion only."""
 
     prompt_ids: tuple[int, ...]
@@ -78,18 +81,32 @@ class TokenizedPreference:
     rejected_ids: tuple[int, ...]
     origin: str
 
+    @property
+    def completion_columns(self) -> tuple[tuple[int, ...], ...]:
+        return self.chosen_ids, self.rejected_ids
+
+    def fingerprint_parts(self) -> list[Any]:
+        return ["P", self.prompt_ids, self.chosen_ids, self.rejected_ids]
+
 
 @dataclass(frozen=True)
-class TokenizedCompletion:
+class TokenizedCompletion(Example):
     """Token ids of an SFT example; ``completion_ids`` holds the completion only."""
 
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
     origin: str
 
+    @property
+    def completion_columns(self) -> tuple[tuple[int, ...], ...]:
+        return (self.completion_ids,)
+
+    def fingerprint_parts(self) -> list[Any]:
+        return ["C", self.prompt_ids, self.completion_ids]
+
 
 @dataclass(frozen=True)
-class TokenizedUnpaired:
+class TokenizedUnpaired(Example):
     """Token ids of a KTO example, its label, and the completion of its KL partner.
 
     ``kl_completion_ids`` is another example's completion, to be scored after *this* prompt for
@@ -102,14 +119,33 @@ class TokenizedUnpaired:
     origin: str
     kl_completion_ids: tuple[int, ...] = ()
 
+    @property
+    def completion_columns(self) -> tuple[tuple[int, ...], ...]:
+        return self.completion_ids, self.kl_completion_ids  # the partner's column exists before it is assigned
+
+    def fingerprint_parts(self) -> list[Any]:
+        # The partners are hashed too: they decide which KL rows the reference scored.
+        return ["U", self.prompt_ids, self.completion_ids, self.label, self.kl_completion_ids]
+
+    @property
+    def desirable(self) -> bool:
+        return self.label
+
 
 @dataclass(frozen=True)
-class TokenizedRanking:
+class TokenizedRanking(Example):
     """Token ids of a ranked list; ``completion_ids[0]`` is the best completion, the last the worst."""
 
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[tuple[int, ...], ...]
     origin: str
+
+    @property
+    def completion_columns(self) -> tuple[tuple[int, ...], ...]:
+        return self.completion_ids
+
+    def fingerprint_parts(self) -> list[Any]:
+        return ["R", self.prompt_ids, list(self.completion_ids)]
 
 
 def tokenize_preference(

@@ -20,8 +20,8 @@ from torch import nn
 
 from preftune.config import TrainingConfig, to_dict
 from preftune.data.dataset import BuiltDataset, DataSettings
+from preftune.data.example import num_tokens as data_num_tokens
 from preftune.data.load import DEFAULT_MAX_ROW_BYTES
-from preftune.data.tokenize import TokenizedPreference, TokenizedRanking, TokenizedUnpaired
 from preftune.errors import ConfigError
 from preftune.modeling.layers import compile_decoder_layers
 from preftune.modeling.lean_layers import make_lean
@@ -336,20 +336,8 @@ def enable_gradient_checkpointing(model: nn.Module, kwargs: dict[str, Any] | Non
 
 
 def num_tokens(examples: list[Any]) -> int:
-    """Non-padding tokens the policy runs over for these examples (host-side, no sync): every scored
-    sequence repeats its prompt (pairs: 2, a ranking: K, KTO: its completion and its KL partner)."""
-    total = 0
-    for ex in examples:
-        if isinstance(ex, TokenizedPreference):
-            completions = [ex.chosen_ids, ex.rejected_ids]
-        elif isinstance(ex, TokenizedUnpaired):
-            completions = [ex.completion_ids, ex.kl_completion_ids]
-        elif isinstance(ex, TokenizedRanking):
-            completions = list(ex.completion_ids)
-        else:  # a completion (SFT), or an RL prompt whose completion is yet to be sampled
-            completions = [getattr(ex, "completion_ids", ())]
-        total += sum(len(ex.prompt_ids) + len(c) for c in completions)
-    return total
+    """Non-padding tokens the policy runs over for these examples; each layout counts its own."""
+    return data_num_tokens(examples)
 
 
 def write_summary(run: Run, result: RunResult) -> None:

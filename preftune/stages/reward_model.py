@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from preftune.config import RMConfig
-from preftune.data.collate import PreferenceBatch, RankingBatch, collate_preferences, collate_rankings
-from preftune.data.dataset import BuiltDataset, build_preference_dataset, build_ranking_dataset
+from preftune.data.collate import PreferenceBatch, RankingBatch
+from preftune.data.dataset import BuiltDataset
+from preftune.data.layouts import LAYOUTS as DATA_LAYOUTS
 from preftune.losses.reward import bradley_terry, plackett_luce_rewards
 from preftune.modeling.load import load_tokenizer
 from preftune.modeling.moe import with_router_aux
@@ -111,8 +112,8 @@ PAIR_KEYS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected",
 RANKING_KEYS = ("loss", "accuracy", "top1", "margin", "rewards/best", "rewards/worst", "rewards/mean",
                 "count:rewards/mean", "count")
 LAYOUTS = {  # loss_type -> (dataset builder, collate, loss, the keys of its sums)
-    "bradley_terry": (build_preference_dataset, collate_preferences, pair_loss, PAIR_KEYS),
-    "plackett_luce": (build_ranking_dataset, collate_rankings, ranking_loss, RANKING_KEYS),
+    "bradley_terry": (*DATA_LAYOUTS["preference"], pair_loss, PAIR_KEYS),
+    "plackett_luce": (*DATA_LAYOUTS["ranking"], ranking_loss, RANKING_KEYS),
 }
 
 

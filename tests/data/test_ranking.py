@@ -18,7 +18,7 @@ import torch
 from preftune.data.collate import RankingBatch, collate_rankings
 from preftune.data.dataset import BuiltDataset, DataSettings, build_ranking_dataset
 from preftune.data.load import Record, load_records
-from preftune.data.render_unpaired_ranked import RankingText, render_ranking
+from preftune.data.render.ranking import RankingText, render_ranking
 from preftune.data.tokenize import (
     TokenizedCompletion,
     TokenizedPreference,

@@ -22,7 +22,7 @@ from preftune.data.dataset import (
     build_unpaired_dataset,
 )
 from preftune.data.load import Record, load_records
-from preftune.data.render_unpaired_ranked import UnpairedText, render_unpaired
+from preftune.data.render.unpaired import UnpairedText, render_unpaired
 from preftune.data.tokenize import (
     TokenizedCompletion,
     TokenizedPreference,

@@ -1,16 +1,6 @@
-"""Step 2 for the two formats that are neither SFT examples nor pairs: KTO's unpaired examples and ranked lists.
-
-They are rendered by exactly the rules of :mod:`preftune.data.render` (the same field validation,
-chat-template handling and prompt-prefix check, from :mod:`preftune.data.fields`); they live in a
-module of their own only to keep render.py short enough to read.
-
-* Unpaired (KTO; Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
-  Optimization"): ``{prompt, completion, label}``, one completion judged desirable or not, with
-  no counterpart to compare it with.
-* Ranked lists (listwise DPO under Plackett–Luce; Rafailov et al. 2023, Appendix A.3):
-  ``{prompt, completions: [best, ..., worst], scores?}``. The Plackett–Luce likelihood is of a
-  strict order, so a list whose scores tie cannot be expressed and is skipped, not guessed at.
-"""
+"""Rendering ranked lists (listwise DPO under Plackett–Luce; Rafailov et al. 2023, Appendix A.3):
+``{prompt, completions: [best, ..., worst], scores?}``. The Plackett–Luce likelihood is of a strict order, so a
+list whose scores tie cannot be expressed and is skipped, not guessed at."""
 
 from __future__ import annotations
 
@@ -31,22 +21,9 @@ from preftune.data.load import Record
 from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import DataError, SkipExample
 
-__all__ = ["RankingText", "UnpairedText", "render_ranking", "render_unpaired"]
+__all__ = ["RankingText", "render_ranking"]
 
 TIED_SCORES = "tied scores in a ranking"
-
-# What a label cell may say, lower-cased: CSV has no booleans, and 0/1 is the other common spelling.
-_LABEL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
-
-
-@dataclass(frozen=True)
-class UnpairedText:
-    """A rendered KTO example: one prompt, one completion, and whether the completion is desirable."""
-
-    prompt: str
-    completion: str
-    label: bool
-    origin: str
 
 
 @dataclass(frozen=True)
@@ -56,29 +33,6 @@ class RankingText:
     prompt: str
     completions: tuple[str, ...]
     origin: str
-
-
-def render_unpaired(record: Record, tokenizer: Any, *, use_chat_template: bool | None = None) -> UnpairedText:
-    """Render a KTO record ``{prompt, completion, label}`` (Ethayarajh et al. 2024).
-
-    ``prompt`` and ``completion`` follow the SFT/preference rules; ``label`` says whether the
-    completion is desirable: a bool, 0/1, or the strings "true"/"false"/"1"/"0" in any case, spaces
-    around them ignored (a CSV cell can only hold a string).
-    """
-    origin = record.origin
-    prompt = field_value(record, "prompt")
-    completion = field_value(record, "completion")
-    label = _label(record)
-    templated = use_template(tokenizer, use_chat_template)
-    names = (record.label("prompt"), record.label("completion"))
-    values = dict(zip(names, (prompt, completion)))
-    require_template_for_messages(values, templated, origin)
-    check_special_tokens(values, tokenizer, origin, templated=templated, completions=names[1:])
-    prompt = with_system(prompt, record, templated)
-    if not templated:
-        return UnpairedText(prompt, completion, label, origin)
-    prompt_text, completion_text = render_templated(prompt, completion, names[1], tokenizer, origin)
-    return UnpairedText(prompt_text, completion_text, label, origin)
 
 
 def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | None = None) -> RankingText:
@@ -108,24 +62,6 @@ def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | 
         return RankingText(prompt, tuple(completions[i] for i in order), origin)
     rendered = [render_templated(prompt, completions[i], names[i], tokenizer, origin) for i in order]
     return RankingText(rendered[0][0], tuple(text for _, text in rendered), origin)
-
-
-def _label(record: Record) -> bool:
-    origin = record.origin
-    value = record.fields.get("label")
-    if value is None:
-        null = " (it is null)" if "label" in record.fields else ""
-        raise DataError(f"{origin}: missing field 'label'{null}")
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return value == 1
-    if isinstance(value, str) and value.strip().lower() in _LABEL_STRINGS:
-        return _LABEL_STRINGS[value.strip().lower()]
-    raise DataError(
-        f"{origin}: field 'label' must be true/false (a boolean, 0/1, or the string \"true\", \"false\", "
-        f"\"1\" or \"0\"), got {value!r}"
-    )
 
 
 def _completion_list(record: Record) -> list[TextOrMessages]:
