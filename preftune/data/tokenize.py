@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from preftune.data.example import Example
 from preftune.data.render.completion import CompletionText
@@ -53,6 +53,9 @@ from preftune.data.render.preference import PreferenceText
 from preftune.data.render.ranking import RankingText
 from preftune.data.render.unpaired import UnpairedText
 from preftune.errors import DataError, SkipExample
+
+if TYPE_CHECKING:
+    from typing_extensions import Required, Unpack
 
 __all__ = [
     "TokenizedCompletion",
@@ -148,91 +151,70 @@ class TokenizedRanking(Example):
         return ["R", self.prompt_ids, list(self.completion_ids)]
 
 
-def tokenize_preference(
-    text: PreferenceText,
-    tokenizer: Any,
-    *,
-    max_length: int | None,
-    max_prompt_length: int | None,
-    add_eos: bool = True,
-    notes: Counter[str] | None = None,
-    max_completion_length: int | None = None,
-    truncation_mode: str = "keep_start",
-) -> TokenizedPreference:
+class Limits(TypedDict, total=False):
+    """The keyword arguments every ``tokenize_*`` takes (``max_length`` and ``max_prompt_length`` required)."""
+
+    max_length: Required[int | None]
+    max_prompt_length: Required[int | None]
+    add_eos: bool                          # default True
+    notes: Counter[str] | None             # cuts are counted here (default None: not counted)
+    max_completion_length: int | None      # default None
+    truncation_mode: str                   # keep_start (default) or keep_end
+
+
+def tokenize_preference(text: PreferenceText, tokenizer: Any, **limits: Unpack[Limits]) -> TokenizedPreference:
     """Tokenize and truncate a rendered pair (rules in the module docstring)."""
-    _check_limits(max_length, max_prompt_length)
-    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
-    chosen = _completion_ids(text.chosen, tokenizer, add_eos, text.origin, "field 'chosen'")
-    rejected = _completion_ids(text.rejected, tokenizer, add_eos, text.origin, "field 'rejected'")
-    prompt, (chosen, rejected) = _fit_all(prompt, [chosen, rejected], max_length, max_completion_length,
-                                          truncation_mode, text.origin, notes)
+    prompt, (chosen, rejected) = _tokenize(text.prompt, {"field 'chosen'": text.chosen,
+                                                         "field 'rejected'": text.rejected},
+                                           tokenizer, text.origin, **limits)
     if chosen == rejected:
         raise SkipExample(IDENTICAL, text.origin)
-    return TokenizedPreference(tuple(prompt), tuple(chosen), tuple(rejected), text.origin)
+    return TokenizedPreference(prompt, chosen, rejected, text.origin)
 
 
-def tokenize_completion(
-    text: CompletionText,
-    tokenizer: Any,
-    *,
-    max_length: int | None,
-    max_prompt_length: int | None,
-    add_eos: bool = True,
-    notes: Counter[str] | None = None,
-    max_completion_length: int | None = None,
-    truncation_mode: str = "keep_start",
-) -> TokenizedCompletion:
+def tokenize_completion(text: CompletionText, tokenizer: Any, **limits: Unpack[Limits]) -> TokenizedCompletion:
     """Tokenize and truncate a rendered SFT example (rules in the module docstring)."""
-    _check_limits(max_length, max_prompt_length)
-    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
-    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, f"field '{text.field}'")
-    prompt, (completion,) = _fit_all(prompt, [completion], max_length, max_completion_length, truncation_mode,
-                                     text.origin, notes)
-    return TokenizedCompletion(tuple(prompt), tuple(completion), text.origin)
+    prompt, (completion,) = _tokenize(text.prompt, {f"field '{text.field}'": text.completion}, tokenizer,
+                                      text.origin, **limits)
+    return TokenizedCompletion(prompt, completion, text.origin)
 
 
-def tokenize_unpaired(
-    text: UnpairedText,
-    tokenizer: Any,
-    *,
-    max_length: int | None,
-    max_prompt_length: int | None,
-    add_eos: bool = True,
-    notes: Counter[str] | None = None,
-    max_completion_length: int | None = None,
-    truncation_mode: str = "keep_start",
-) -> TokenizedUnpaired:
+def tokenize_unpaired(text: UnpairedText, tokenizer: Any, **limits: Unpack[Limits]) -> TokenizedUnpaired:
     """Tokenize and truncate a rendered KTO example like an SFT example; no KL partner yet."""
-    _check_limits(max_length, max_prompt_length)
-    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
-    completion = _completion_ids(text.completion, tokenizer, add_eos, text.origin, "field 'completion'")
-    prompt, (completion,) = _fit_all(prompt, [completion], max_length, max_completion_length, truncation_mode,
-                                     text.origin, notes)
-    return TokenizedUnpaired(tuple(prompt), tuple(completion), text.label, text.origin)
+    prompt, (completion,) = _tokenize(text.prompt, {"field 'completion'": text.completion}, tokenizer,
+                                      text.origin, **limits)
+    return TokenizedUnpaired(prompt, completion, text.label, text.origin)
 
 
-def tokenize_ranking(
-    text: RankingText,
-    tokenizer: Any,
-    *,
-    max_length: int | None,
-    max_prompt_length: int | None,
-    add_eos: bool = True,
-    notes: Counter[str] | None = None,
-    max_completion_length: int | None = None,
-    truncation_mode: str = "keep_start",
-) -> TokenizedRanking:
+def tokenize_ranking(text: RankingText, tokenizer: Any, **limits: Unpack[Limits]) -> TokenizedRanking:
     """Tokenize and truncate a rendered ranked list, every completion as in a pair (module docstring)."""
-    _check_limits(max_length, max_prompt_length)
-    prompt = encode_prompt(text.prompt, tokenizer, max_prompt_length, text.origin, notes)
     # Ranks, not 'completions[i]': scores may have reordered the list since it was read.
-    ids = [_completion_ids(completion, tokenizer, add_eos, text.origin, f"field 'completions' (rank {rank})")
-           for rank, completion in enumerate(text.completions, start=1)]
-    prompt, fitted = _fit_all(prompt, ids, max_length, max_completion_length, truncation_mode, text.origin, notes)
-    completions = [tuple(c) for c in fitted]
+    ranked = {f"field 'completions' (rank {rank})": c for rank, c in enumerate(text.completions, start=1)}
+    prompt, completions = _tokenize(text.prompt, ranked, tokenizer, text.origin, **limits)
     if len(set(completions)) < len(completions):
         raise SkipExample(IDENTICAL_RANKED, text.origin)
-    return TokenizedRanking(tuple(prompt), tuple(completions), text.origin)
+    return TokenizedRanking(prompt, tuple(completions), text.origin)
+
+
+def _tokenize(
+    prompt_text: str,
+    completions: dict[str, str],
+    tokenizer: Any,
+    origin: str,
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    add_eos: bool = True,
+    notes: Counter[str] | None = None,
+    max_completion_length: int | None = None,
+    truncation_mode: str = "keep_start",
+) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """Steps 1-4 of the module docstring for one prompt and its completions (``where`` → text, in order)."""
+    _check_limits(max_length, max_prompt_length)
+    prompt = encode_prompt(prompt_text, tokenizer, max_prompt_length, origin, notes)
+    ids = [_completion_ids(text, tokenizer, add_eos, origin, where) for where, text in completions.items()]
+    prompt, fitted = _fit_all(prompt, ids, max_length, max_completion_length, truncation_mode, origin, notes)
+    return tuple(prompt), [tuple(c) for c in fitted]
 
 
 def _check_limits(max_length: int | None, max_prompt_length: int | None) -> None:
