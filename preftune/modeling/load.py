@@ -162,22 +162,11 @@ def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
     ``torch_dtype`` or ``attn_implementation`` among them (where TRL recipes put them) takes the place of
     the keyword argument.
     """
-    kwargs: dict[str, Any] = dict(model_init_kwargs)
-    # A TRL recipe puts these in model_init_kwargs: there they mean what the keyword arguments mean.
-    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))
-    attn_implementation = kwargs.pop("attn_implementation", attn_implementation)
     for key in ("quantization_config", "device_map"):
-        if key in kwargs:
+        if key in model_init_kwargs:
             raise ConfigError(f"model_init_kwargs: {key} is not accepted (preftune places the model on its device; "
                               f"4-bit weights come from load_in_4bit)")
-    check_attn_implementation(attn_implementation, device)
-    quantized = quantization_config(quantization, device)
-    kwargs["dtype"] = resolve_dtype(dtype)
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if quantized is not None:
-        kwargs["quantization_config"] = quantized
-        kwargs["device_map"] = {"": torch.device(device)}
+    kwargs, placed = pretrained_kwargs(device, dtype, attn_implementation, quantization, model_init_kwargs)
     # A Hub revision picks the snapshot folder; a local folder has no revisions for from_pretrained to apply.
     folder = resolve_model_path(name_or_path, revision=kwargs.pop("revision", None),
                                 trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
@@ -190,7 +179,26 @@ def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", *,
         if "unexpected keyword argument" not in str(e) or not model_init_kwargs:
             raise
         raise ConfigError(f"model_init_kwargs: {e} (each key must be a setting of the model's config)") from None
-    return model if quantized is not None else model.to(device)
+    return model if placed else model.to(device)
+
+
+def pretrained_kwargs(device: torch.device | str, dtype: str | torch.dtype | None, attn_implementation: str | None,
+                      quantization: str | None, model_init_kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``from_pretrained``'s keyword arguments for a model on ``device``, and whether ``from_pretrained`` places
+    the model itself (4-bit weights, which must not be moved afterwards). A ``dtype`` / ``torch_dtype`` or
+    ``attn_implementation`` in ``model_init_kwargs`` (where a TRL recipe puts them) takes the place of the
+    keyword argument; the attention kernel and the quantization are checked against the device."""
+    kwargs = dict(model_init_kwargs)
+    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))
+    attn_implementation = kwargs.pop("attn_implementation", attn_implementation)
+    check_attn_implementation(attn_implementation, device)
+    quantized = quantization_config(quantization, device)
+    kwargs["dtype"] = resolve_dtype(dtype)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantized is not None:
+        kwargs.update(quantization_config=quantized, device_map={"": torch.device(device)})
+    return kwargs, quantized is not None
 
 
 def lora_targets(model: nn.Module, target_modules: list[str] | None) -> str | list[str] | None:

@@ -41,12 +41,10 @@ from preftune.data.render import CompletionText, render_completion
 from preftune.data.tokenize import tokenize_completion
 from preftune.errors import ConfigError
 from preftune.modeling.load import (
-    check_attn_implementation,
     load_tokenizer,
     lora_targets,
     pick_device,
-    quantization_config,
-    resolve_dtype,
+    pretrained_kwargs,
     resolve_model_path,
 )
 from preftune.modeling.moe import recorded_router_logits, router_aux, token_weights
@@ -92,16 +90,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labe
     if damaged:
         raise ConfigError(f"model {path!r}: {damaged}")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
-    kwargs = dict(model_init_kwargs)
-    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))   # as load_causal_lm reads a TRL recipe
-    attn_implementation = kwargs.pop("attn_implementation", attn_implementation)
-    check_attn_implementation(attn_implementation, device)
-    quantized = quantization_config(quantization, device)
-    kwargs["dtype"] = resolve_dtype(dtype)
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if quantized is not None:
-        kwargs.update(quantization_config=quantized, device_map={"": torch.device(device)})
+    kwargs, placed = pretrained_kwargs(device, dtype, attn_implementation, quantization, model_init_kwargs)
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "score.weight newly initialised / lm_head unused" is expected here
     try:
@@ -112,7 +101,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", *, num_labe
     finally:
         hf_logging.set_verbosity(level)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model if quantized is not None else model.to(device)
+    return model if placed else model.to(device)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
