@@ -114,6 +114,7 @@ class _RowSampler:
         return torch.full_like(logp, float("-inf")).scatter_(-1, chosen, 0.0)
 
 
+@dataclass(eq=False, repr=False)  # a sampler is compared and shown as itself, not by its model
 class HFSampler:
     """Batched ``model.generate`` with the KV cache (see the module docstring).
 
@@ -122,14 +123,12 @@ class HFSampler:
     collective). Rows are left-padded so every prompt ends where generation starts.
     """
 
-    def __init__(self, model: nn.Module, eos_token_id: int, pad_token_id: int, settings: SamplingSettings,
-                 device: torch.device, synced: bool = False) -> None:
-        self.model = model
-        self.eos = eos_token_id
-        self.pad = pad_token_id
-        self.settings = settings
-        self.device = device
-        self.synced = synced
+    model: nn.Module
+    eos_token_id: int
+    pad_token_id: int
+    settings: SamplingSettings
+    device: torch.device
+    synced: bool = False
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> Generated:
@@ -140,22 +139,22 @@ class HFSampler:
         if not prompt_ids:
             return Generated([], [], [])
         width = max(len(p) for p in prompt_ids)
-        ids = torch.tensor([[self.pad] * (width - len(p)) + list(p) for p in prompt_ids], device=self.device)
+        ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + list(p) for p in prompt_ids], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
         sampling = _RowSampler(self.settings, seeds, self.device)
         # Greedy search over the processor's noisy scores is sampling; temperature and truncation are the
         # processor's (HF applies its own warpers only when do_sample is on).
         config = GenerationConfig(do_sample=False, max_new_tokens=self.settings.max_new_tokens, num_beams=1,
                                   repetition_penalty=self.settings.repetition_penalty,
-                                  eos_token_id=self.eos, pad_token_id=self.pad, use_cache=True)
+                                  eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, use_cache=True)
         out = self.model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
                                   logits_processor=[sampling], synced_gpus=self.synced)
         new = out[:, width:].tolist()
         steps = torch.stack(sampling.chosen_logprobs, dim=1).tolist() if sampling.chosen_logprobs else [[]] * len(new)
         completions, logprobs, ended = [], [], []
         for row, lp in zip(new, steps):
-            stop = row.index(self.eos) + 1 if self.eos in row else len(row)
+            stop = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
             completions.append(row[:stop])
             logprobs.append(lp[:stop])
-            ended.append(self.eos in row)
+            ended.append(self.eos_token_id in row)
         return Generated(completions, logprobs, ended)
