@@ -33,20 +33,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from preftune.modeling.recompute import heads_last, keep_less, recomputable
+
 
 def _wide(t: Tensor) -> Tensor:
     """fp32 at least (fp64 stays fp64, so gradcheck can run in double precision)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _rstd(x: Tensor, eps: float) -> Tensor:
+    """r = 1/rms(x) [.., 1], in fp32 at least; a constant to autograd (the norm's backward differentiates it)."""
+    with torch.no_grad():
+        return torch.rsqrt(_wide(x).pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _normalised(x: Tensor, weight: Tensor, rstd: Tensor) -> Tensor:
+    # As Llama's: normalise in fp32, cast back to the input dtype, then scale (type promotion included).
+    return weight * (_wide(x) * rstd).to(x.dtype)
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        x32 = _wide(x)
-        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    def forward(ctx, x: Tensor, weight: Tensor, rstd: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight, rstd)
-        # As Llama's: normalise in fp32, cast back to the input dtype, then scale (type promotion included).
-        return weight * (x32 * rstd).to(x.dtype)
+        return _normalised(x, weight, rstd)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -113,7 +123,10 @@ class _SwiGLUDown(torch.autograd.Function):
 
 
 def _lean_norm_forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
-    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+    rstd = _rstd(hidden_states, self.variance_epsilon)
+    out = _RMSNorm.apply(hidden_states, self.weight, rstd)
+    # The projections after the norm keep its output for their weight gradients: keep the recipe instead.
+    return recomputable(out, lambda x=hidden_states, w=self.weight: _normalised(x, w, rstd))
 
 
 def _lean_mlp_forward(self: nn.Module, x: Tensor) -> Tensor:
@@ -149,7 +162,8 @@ def make_lean(model: nn.Module) -> dict[str, int]:
     """Swap the lean forward into every RMSNorm and SwiGLU MLP of ``model`` that computes the same
     thing (checked per module class on a probe), and grouped-query SDPA into an ``sdpa`` model on CPU
     (checked on a probe too); returns counts {"norms", "mlps", "kept" (modules of another formula),
-    "attention" (1 if switched)}."""
+    "attention" (1 if switched)}. Where anything was switched, the decoder's forward also keeps the norm and
+    attention outputs as recipes, not values (``recompute.py``)."""
     verdict: dict[type, bool] = {}
     counts = {"norms": 0, "mlps": 0, "kept": 0,
               "attention": int(hasattr(model, "config") and use_grouped_sdpa(model))}
@@ -167,7 +181,30 @@ def make_lean(model: nn.Module) -> dict[str, int]:
             counts[key] += 1
         else:
             counts["kept"] += 1
+    if counts["norms"] or counts["attention"]:
+        _keep_less_in(model)
     return counts
+
+
+def _keep_less_in(model: nn.Module) -> None:
+    """Run the decoder's forward inside :func:`~preftune.modeling.recompute.keep_less`, so the norm outputs
+    and attention outputs declared above are kept as recipes (not under torch.compile, which traces its
+    own backward)."""
+    from preftune.modeling.layers import decoder_of
+
+    decoder = decoder_of(model)
+    if getattr(decoder, "_preftune_keeps_less", False):
+        return
+    forward = decoder.forward
+
+    def keeping_less(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return forward(*args, **kwargs)
+        with keep_less():
+            return forward(*args, **kwargs)
+
+    decoder.forward = keeping_less
+    decoder._preftune_keeps_less = True
 
 
 ATTENTION = "preftune_sdpa"
@@ -190,7 +227,7 @@ def _sdpa_grouped(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, 
                                       is_causal=is_causal, **kwargs)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling, enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
+    return heads_last([out]), None
 
 
 @torch.no_grad()

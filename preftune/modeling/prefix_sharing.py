@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from preftune.errors import ConfigError
 from preftune.modeling.packing import ensure_packing_supported, layout_error, packed_hidden
+from preftune.modeling.recompute import heads_last
 
 LAYOUT_KWARG = "preftune_shared_layout"
 
@@ -212,7 +213,7 @@ def segment_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
         mask = layout.mask(i, query.dtype, query.device, window)
         outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                       is_causal=mask is None, scale=scaling, enable_gqa=gqa))
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
+    return heads_last(outputs)
 
 
 _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")

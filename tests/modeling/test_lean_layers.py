@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from preftune.modeling.lean_layers import _RMSNorm, _SwiGLU, _SwiGLUDown, make_lean
+from preftune.modeling.lean_layers import _RMSNorm, _rstd, _SwiGLU, _SwiGLUDown, make_lean
 from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.testing import tiny_llama
 
@@ -14,7 +14,8 @@ def test_rmsnorm_backward_matches_finite_differences():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: _RMSNorm.apply(a, b, 1e-6), (x, w))
+    # r = 1/rms(a) is recomputed from the perturbed input: the backward must hold its derivative too.
+    assert torch.autograd.gradcheck(lambda a, b: _RMSNorm.apply(a, b, _rstd(a, 1e-6)), (x, w))
 
 
 def test_swiglu_backward_matches_finite_differences():
@@ -38,7 +39,7 @@ def test_rmsnorm_by_hand():
     # x = (3, 4): rms = sqrt((9 + 16) / 2) = sqrt(12.5); y = w ⊙ x / rms.
     x = torch.tensor([[3.0, 4.0]])
     w = torch.tensor([1.0, 2.0])
-    y = _RMSNorm.apply(x, w, 0.0)
+    y = _RMSNorm.apply(x, w, _rstd(x, 0.0))
     r = 12.5 ** -0.5
     assert torch.allclose(y, torch.tensor([[3 * r, 8 * r]]))
 
