@@ -43,11 +43,7 @@ STAGE_SCRIPTS = frozenset({"dpo", "sft", "reward_model", "rl", "evaluate", "grpo
 
 # Edges that break a rule today, each with why it is still here. Remove an entry when its import goes;
 # test_known_violations_still_exist fails on a stale one so that the list stays true.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("preftune.stages.evaluate", "preftune.stages.dpo"):
-        "evaluate reuses the DPO script's evaluate/make_batches/scorer; one held-out evaluation for every "
-        "stage (issue 18, Build 2) moves them to a shared stage module",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

@@ -197,7 +197,7 @@ def equivalence_check(s: Settings, rows: list[dict], tol: float = 1e-5, grad_rto
 
             make_lean(policy)
         if s.gradient_checkpointing:
-            from preftune.stages.common import enable_gradient_checkpointing
+            from preftune.stages.policy import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(policy)
         # The same log-prob path the timed run uses (chunk size, packing, prefix sharing: the config's).

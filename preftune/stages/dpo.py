@@ -16,19 +16,15 @@ ranked lists (plackett_luce) — which supplies the data layout and the loss; th
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from preftune import losses
 from preftune.config import DPOConfig
 from preftune.data.collate import Rows
 from preftune.data.dataset import BuiltDataset
-from preftune.modeling.load import freeze, load_causal_lm
 from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
 from preftune.modeling.moe import with_router_aux
 from preftune.modeling.reference import (
@@ -42,56 +38,17 @@ from preftune.modeling.reference import (
     precompute_reference,
 )
 from preftune.objectives import Objective, Reference, Score, objective_for, reference_as_policy
-from preftune.stages.common import (
-    Run,
-    RunResult,
-    checkpoint_saver,
-    eval_after,
-    eval_before,
-    eval_mode,
-    finish,
-    load_data,
-    load_policy,
-    metrics_logger,
-    model_kwargs,
-    num_tokens,
-    packing,
-    plan_steps,
-    policy_tokenizer,
-    preflight,
-    restore_state,
-    stage,
-    start_run,
-)
-from preftune.stages.inputs import Objects, policy_path, resolve_data, with_peft_config
-from preftune.train.checkpoint import resolve_resume
-from preftune.train.distributed import all_reduce_sum, wrap_ddp
+from preftune.stages.common import eval_mode, plan_steps, preflight, start_run, tokenizer_and_data
+from preftune.stages.inputs import Objects, policy_path, with_peft_config
+from preftune.stages.lifecycle import Run, RunResult, stage
+from preftune.stages.offline import GetBatch, evaluate_objective, make_batches, scorer
+from preftune.stages.policy import distribute, load_frozen, load_policy, logprob_model
+from preftune.stages.run_io import open_io
+from preftune.train.distributed import all_reduce_sum
 from preftune.train.fsdp import shard
-from preftune.train.loop import IndexedBatches, autocast, reduce_means, train_loop
+from preftune.train.loop import IndexedBatches, autocast, train_loop
 from preftune.train.optim import build_optimizer
 from preftune.train.preflight import tokenizer_fingerprint
-from preftune.train.sampler import eval_shard
-
-GetBatch = Callable[[list[int]], tuple[Any, int]]
-
-
-def make_batches(objective: Objective, dataset: BuiltDataset, pad_token_id: int, device: torch.device) -> GetBatch:
-    def get_batch(indices: list[int]) -> tuple[Any, int]:
-        examples = [dataset.examples[i] for i in indices]
-        batch = objective.collate(examples, indices, pad_token_id=pad_token_id).to(device)
-        return batch, num_tokens(examples)
-    return get_batch
-
-
-def scorer(model: nn.Module, aux_losses: list[Tensor | None] | None = None) -> Score:
-    """The policy as a ``score(rows, **options)`` callable (``model``: a SequenceLogprobModel, DDP-wrapped or
-    not); each call's MoE router loss is appended to ``aux_losses`` when given."""
-    def score(rows: Rows, **options: bool):
-        out = model(rows.input_ids, rows.attention_mask, rows.loss_mask, **options)
-        if aux_losses is not None:
-            aux_losses.append(out.aux_loss)
-        return out
-    return score
 
 
 def reference_batch_size(cfg: DPOConfig, split: str) -> int:
@@ -102,8 +59,7 @@ def reference_batch_size(cfg: DPOConfig, split: str) -> int:
 
 
 def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel, dataset: BuiltDataset,
-                    split: str, get_batch: GetBatch, resumed: bool, ref_path: Path | None = None, *,
-                    tokenizer: Any) -> Reference:
+                    split: str, get_batch: GetBatch, ref_path: Path | None = None, *, tokenizer: Any) -> Reference:
     """Step 4. Returns ``reference(rows) -> log-probs [R]``. ``ref_path``: load the frozen copy from there (a
     resumed TR-DPO run's updated reference) instead of the configured model. ``tokenizer``: part of the
     precomputed table's cache key."""
@@ -115,7 +71,7 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
     adapter_ref = cfg.use_peft and cfg.ref_model_name_or_path is None and run.reference_model is None
     if adapter_ref:
         live, source, ref_lm = AdapterDisabledReference(policy, reduce), "policy with LoRA adapter disabled", None
-    elif cfg.ref_model_name_or_path is None and run.reference_model is None and not resumed \
+    elif cfg.ref_model_name_or_path is None and run.reference_model is None and run.resume_dir is None \
             and cfg.precompute_ref_log_probs:
         # Before the first step the policy *is* the reference: score with it, load nothing twice.
         ref_lm, source = policy, cfg.model_name_or_path or "the policy object"
@@ -125,8 +81,8 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
             path, lm = "a reference model object", run.reference_model
         else:
             path = str(ref_path or cfg.ref_model_name_or_path or policy_path(cfg))
-            lm = freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg)))
-        ref_lm = SequenceLogprobModel(lm, cfg.logprob_chunk_size, **packing(run, lm))
+            lm = load_frozen(run, path)
+        ref_lm = logprob_model(run, lm)
         if cfg.fsdp and run.info.enabled:  # the frozen copy is sharded too: it is as large as the policy
             shard(ref_lm, ref_lm.model)
         live, source = FrozenReference(ref_lm, reduce), path
@@ -159,24 +115,6 @@ def build_reference(run: Run, objective: Objective, policy: SequenceLogprobModel
     return PrecomputedReference(table.to(run.info.device))
 
 
-@torch.no_grad()
-def evaluate(run: Run, objective: Objective, score: Score, reference: Reference, dataset: BuiltDataset,
-             get_batch: GetBatch) -> dict[str, float]:
-    """Held-out loss and reward metrics; each rank scores a strided shard (put the policy in eval mode)."""
-    cfg = run.cfg
-    shard = list(eval_shard(len(dataset), run.info.world_size, run.info.rank))
-    sums: dict[str, Tensor] = {}
-    for i in range(0, len(shard), cfg.per_device_eval_batch_size):
-        batch, _ = get_batch(shard[i:i + cfg.per_device_eval_batch_size])
-        with autocast(cfg.bf16, run.info.device):
-            _, s = objective.loss(cfg, score, reference, batch)
-        for k, v in s.items():
-            sums[k] = sums[k] + v if k in sums else v
-    if not sums:  # more ranks than eval examples: contribute zeros to the reduction
-        sums = {k: torch.zeros((), device=run.info.device) for k in objective.metric_keys}
-    return reduce_means(sums, run.info)
-
-
 def describe_eval(step: int, metrics: dict[str, float]) -> str:
     shown = [f"loss {metrics['loss']:.4f}"]
     if "rewards/accuracies" in metrics:
@@ -198,71 +136,60 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
     list of dicts), ``model`` (a causal LM object, trained in place), ``ref_model``, ``tokenizer`` (or
     ``processing_class``) and ``peft_config`` (a ``peft.LoraConfig``); see :mod:`preftune.stages.inputs`.
     """
-    started = time.perf_counter()
     objects = Objects.of(model, tokenizer, processing_class, peft_config, ref_model)
     objects.check(cfg)
     cfg = with_peft_config(cfg, objects)
-    # 1. Run set-up; the data is found before any model loads.
+    # 1. Run set-up: the folder, the checkpoint to resume from, the objective.
     run = start_run(cfg)
     info = run.info
     objective = objective_for(cfg.loss_type)
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.data_format}")
-    resolve_data(run, train_data, eval_data)
 
-    # 2-3. Tokenizer and data (checked against the batch and the eval settings), then the policy.
-    tokenizer = policy_tokenizer(run, objects)
-    train, held_out = load_data(run, objective.build, train_data, eval_data, tokenizer)
+    # 2-3. Tokenizer and data (found before any model loads; checked against the batch and the eval
+    #      settings), then the policy.
+    tokenizer, train, held_out = tokenizer_and_data(run, objective.build, train_data, eval_data, objects)
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
-    model, tokenizer = load_policy(run, resume_dir, objects, tokenizer=tokenizer)
-    meta = preflight(run, resume_dir, model, tokenizer, train)
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, **packing(run, model))
-    ddp_policy = shard(policy, model) if cfg.fsdp and info.enabled else wrap_ddp(policy, info)
-    train_batch = make_batches(objective, train, tokenizer.pad_token_id, info.device)
-    eval_batch = (make_batches(objective, held_out, tokenizer.pad_token_id, info.device)
-                  if held_out is not None else None)
+    model, tokenizer = load_policy(run, objects, tokenizer=tokenizer)
+    meta = preflight(run, model, tokenizer, train)
+    policy = logprob_model(run, model)
+    ddp_policy = distribute(run, policy, model)
+    train_batch = make_batches(objective.collate, train, tokenizer.pad_token_id, info.device)
+    eval_batch = make_batches(objective.collate, held_out, tokenizer.pad_token_id, info.device)
 
     # 4. Reference log-probs (train and held-out). A live reference serves both splits (one model in
     #    memory; under TR-DPO, evaluation must see the updated reference too).
-    resumed = resume_dir is not None
-    synced_ref = resume_dir / "reference" if cfg.sync_ref_model and resumed else None
-    reference = build_reference(run, objective, policy, train, "train", train_batch, resumed, synced_ref,
-                                tokenizer=tokenizer)
+    synced_ref = run.resume_dir / "reference" if cfg.sync_ref_model and run.resume_dir is not None else None
+    reference = build_reference(run, objective, policy, train, "train", train_batch, synced_ref, tokenizer=tokenizer)
     eval_reference = None
     if held_out is not None:
         eval_reference = (reference if not cfg.precompute_ref_log_probs else
-                          build_reference(run, objective, policy, held_out, "eval", eval_batch, resumed,
-                                          tokenizer=tokenizer))
+                          build_reference(run, objective, policy, held_out, "eval", eval_batch, tokenizer=tokenizer))
 
     # 5. Optimizer, data order, resume.
     optimizer = build_optimizer(policy, cfg)
     sampler, steps = plan_steps(run, train)
-    state = restore_state(run, resume_dir, optimizer, policy)
-    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
-    result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
     reference_lm = reference.model.model if cfg.sync_ref_model else None  # the frozen copy's language model
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=policy,
-                            extra_models={"reference": reference_lm} if reference_lm is not None else None)
+    io = open_io(run, optimizer, policy.model, tokenizer, meta, root=policy,
+                 extra_models={"reference": reference_lm} if reference_lm is not None else None)
 
-    def do_eval(step: int, score: Score | None = None) -> dict[str, float]:
-        with eval_mode(policy):
-            metrics = evaluate(run, objective, score or scorer(policy), eval_reference, held_out, eval_batch)
-        logger.log(step, metrics, split="eval")
-        run.log(describe_eval(step, metrics))
-        return metrics
+    def measure(step: int, score: Score | None = None) -> dict[str, float]:
+        return evaluate_objective(run, policy, objective, score or scorer(policy), eval_reference, held_out,
+                                  eval_batch)
+
+    evaluate = io.evaluation(held_out, measure, describe_eval)
 
     # 6. Held-out evaluation before training. When the reference table was scored by this very
     #    policy (π_θ = π_ref at step 0), the policy's log-probs *are* the table: no second forward.
-    def before(step: int) -> dict[str, float]:
+    def measure_before(step: int) -> dict[str, float]:
         from_table = (isinstance(eval_reference, PrecomputedReference) and cfg.ref_model_name_or_path is None
                       and not objective.score_options(cfg))  # the table holds sums, not per-token statistics
-        if from_table:
-            run.log("eval @ step 0: π_θ = π_ref, so the policy's log-probs are read from the reference table")
-        return do_eval(step, reference_as_policy(eval_reference) if from_table else None)
+        if not from_table:
+            return measure(step)
+        run.log("eval @ step 0: π_θ = π_ref, so the policy's log-probs are read from the reference table")
+        return measure(step, reference_as_policy(eval_reference))
 
-    if held_out is not None and cfg.eval_on_start:
-        result.eval_before = eval_before(state, before)
+    io.eval_before(io.evaluation(held_out, measure_before, describe_eval))
 
     # 7. Train.
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -276,14 +203,12 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
             mix_into(reference_lm, policy.model, cfg.ref_model_mixup_alpha)
 
     state = train_loop(cfg=cfg, model=ddp_policy, optimizer=optimizer, source=IndexedBatches(sampler, train_batch),
-                       compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save,
-                       after_step=sync_reference if reference_lm is not None else None, desc=cfg.loss_type[0])
+                       compute_loss=compute_loss, info=info, logger=io.logger, total_steps=steps, state=io.state,
+                       evaluate=evaluate, save=io.save, after_step=sync_reference if reference_lm is not None else None,
+                       desc=cfg.loss_type[0])
 
     # 8. Evaluate after, save.
-    if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = eval_after(state, do_eval)
-    return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=policy)
+    return io.finish(state, evaluate, policy.model, tokenizer, root=policy)
 
 
 def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:

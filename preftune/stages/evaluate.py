@@ -10,48 +10,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from preftune.config import EvalConfig
 from preftune.data.sources import DataSpec, eval_source
-from preftune.modeling.load import freeze, load_causal_lm, load_tokenizer
-from preftune.modeling.logprobs import SequenceLogprobModel
 from preftune.modeling.reference import FrozenReference
 from preftune.objectives import objective_for
-from preftune.stages.common import Run, data_settings, model_kwargs, packing, quiet_transformers
-from preftune.stages.dpo import evaluate, make_batches, scorer
+from preftune.stages.common import data_settings, start_process
 from preftune.stages.inputs import policy_path
-from preftune.train.distributed import init_distributed, shutdown
+from preftune.stages.offline import evaluate_objective, make_batches, scorer
+from preftune.stages.policy import load_frozen, logprob_model, policy_tokenizer
+from preftune.train.distributed import shutdown
 
 
 def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
-    # 1. Set-up.
-    quiet_transformers()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    info = init_distributed(cfg.device)
-    run = Run(cfg=cfg, info=info, output_dir=Path(cfg.output_file or ".").parent)
+    # 1. Set-up: threads, runtime switches, process group, seeds (no output folder: one file at most).
+    run = start_process(cfg, Path(cfg.output_file or ".").parent)
+    info = run.info
 
     # 2. Data, tokenized as in training (loss_type picks the layout: pairs, unpaired labels, rankings).
     objective = objective_for(cfg.loss_type)
     source = eval_source(DataSpec.of(cfg), eval_data)  # a DatasetDict: its dataset_test_split
-    tokenizer = load_tokenizer(policy_path(cfg))
+    tokenizer = policy_tokenizer(run)
     dataset = objective.build(source, tokenizer, data_settings(cfg))
     dataset = objective.prepare(dataset, cfg.seed)
     run.log(f"eval data: {dataset.summary()}")
 
-    # 3. Models.
-    def load(path: str) -> SequenceLogprobModel:
-        frozen = freeze(load_causal_lm(path, info.device, **model_kwargs(cfg)))
-        return SequenceLogprobModel(frozen, cfg.logprob_chunk_size, **packing(run, frozen))
-
-    policy = load(policy_path(cfg))
-    reference = FrozenReference(load(cfg.ref_model_name_or_path), objective.reference_reduce(cfg))
+    # 3. Models, both frozen.
+    policy = logprob_model(run, load_frozen(run, policy_path(cfg)))
+    reference = FrozenReference(logprob_model(run, load_frozen(run, cfg.ref_model_name_or_path)),
+                                objective.reference_reduce(cfg))
 
     # 4. Score.
-    policy.eval()
-    metrics = evaluate(run, objective, scorer(policy), reference, dataset,
-                       make_batches(objective, dataset, tokenizer.pad_token_id, info.device))
+    metrics = evaluate_objective(run, policy, objective, scorer(policy), reference, dataset,
+                                 make_batches(objective.collate, dataset, tokenizer.pad_token_id, info.device))
     run.log("  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     if cfg.output_file and info.is_main:
         Path(cfg.output_file).parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ The math lives in :mod:`preftune.rl` (hand-derived tests, parity with TRL's own 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +29,22 @@ from torch import Tensor
 
 from preftune import rl
 from preftune.config import GRPOConfig
-from preftune.config.rl import reward_specs
 from preftune.config.stages import generations_per_process
 from preftune.data.prompts import build_prompt_dataset
 from preftune.modeling.moe import with_router_aux
-from preftune.rewards import load_rewards
-from preftune.stages.common import (
-    RunResult,
-    checkpoint_saver,
-    eval_after,
-    eval_before,
-    eval_mode,
-    finish,
-    load_data,
-    load_policy,
-    metrics_logger,
-    policy_tokenizer,
-    preflight,
-    restore_state,
-    stage,
-    start_run,
-)
-from preftune.stages.inputs import resolve_data
+from preftune.stages.common import eval_mode, preflight, start_run, tokenizer_and_data
+from preftune.stages.lifecycle import RunResult, stage
 from preftune.stages.online import (
     evaluate_online,
     gather_rows,
-    online_policy,
+    online_parts,
     per_token,
-    reward_extras,
+    rollout_source,
     sample_and_score,
-    sampling_settings,
-    score_stats,
-    token_reference,
 )
-from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, RolloutSource, Schedule
-from preftune.train.checkpoint import resolve_resume
+from preftune.stages.policy import load_policy
+from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, Schedule
+from preftune.stages.run_io import open_io
 from preftune.train.loop import autocast, train_loop
 from preftune.train.optim import build_optimizer
 
@@ -99,47 +79,42 @@ def advantages_of(cfg: GRPOConfig, per_function: Tensor, weights: Tensor, info) 
     return adv[mine], total[mine], scored.std().item() if scored.numel() > 1 else 0.0
 
 
+def describe_eval(step: int, metrics: dict[str, float]) -> str:
+    shown = " · ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("rewards/"))
+    return (f"eval @ step {step}: reward {metrics['reward']:.4f} ({shown}) · length "
+            f"{metrics['response_length']:.1f} · {int(metrics['completions'])} completions")
+
+
 @stage
 def run_grpo(cfg: GRPOConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Train with the GRPO family; ``train_data``/``eval_data`` may be in-memory prompt records."""
-    started = time.perf_counter()
-    # 1. Set-up.
+    # 1. Set-up: the folder, the checkpoint to resume from.
     run = start_run(cfg)
     info = run.info
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"grpo: loss_type {cfg.loss_type} · {cfg.num_generations} completions per prompt · scale_rewards "
             f"{cfg.scale_rewards} · β {cfg.beta} · ε [{cfg.epsilon}, {cfg.epsilon_high or cfg.epsilon}] · "
             f"importance sampling per {cfg.importance_sampling_level}")
 
     # 2. Tokenizer, prompts (found before any model loads), then the policy.
-    resolve_data(run, train_data, eval_data)
-    tokenizer = policy_tokenizer(run)
-    train, held_out = load_data(run, build_prompt_dataset, train_data, eval_data, tokenizer)
-    model, tokenizer = load_policy(run, resume_dir, tokenizer=tokenizer)
-    meta = preflight(run, resume_dir, model, tokenizer, train)
+    tokenizer, train, held_out = tokenizer_and_data(run, build_prompt_dataset, train_data, eval_data)
+    model, tokenizer = load_policy(run, tokenizer=tokenizer)
+    meta = preflight(run, model, tokenizer, train)
 
     # 3. Policy, sampler, reference (only for a KL term), rewards.
-    online = online_policy(run, model, tokenizer, sampling_settings(cfg, cfg.max_completion_length),
-                           sampling_settings(cfg, cfg.max_completion_length, cfg.eval_greedy))
+    online, reference, rewards = online_parts(run, model, tokenizer, cfg.max_completion_length,
+                                              reference=cfg.beta > 0)
     policy = online.policy
-    reference = token_reference(run, online) if cfg.beta > 0 else None
-    if reference is None:
-        run.log("reference: none (beta = 0: no KL term, no reference model loaded)")
-    rewards = load_rewards(reward_specs(cfg), cfg.reward_weights, info.device, batch_size=cfg.reward_batch_size)
-    run.log(f"reward: {rewards.describe()}")
 
     # 4. Optimizer, generation schedule, resume.
     optimizer = build_optimizer(online.policy, cfg, run.log)
     schedule = schedule_of(cfg)
-    total = {"steps": 0}
-
     @torch.no_grad()
     def make_rollout(generation: int, examples: list, slots: list[int]) -> Rollout:
         step = generation * schedule.cycle // schedule.accumulation
         samples = sample_and_score(run, online, tokenizer, rewards, examples, slots, cfg.num_generations, TRAIN,
-                                   generation, reward_extras(step, total["steps"]))
+                                   generation, (step, steps))
         rows, mask = samples.rows, samples.rows.loss_mask
-        stats = score_stats(samples, info.device)
+        stats = samples.stats(info.device)
         advantages, reward, reward_std = advantages_of(cfg, samples.scores.per_function.to(info.device),
                                                        rewards.weights, info)
         truncated = ~torch.tensor(samples.ended, device=info.device)
@@ -180,40 +155,26 @@ def run_grpo(cfg: GRPOConfig, *, train_data: Any = None, eval_data: Any = None) 
         # an MoE router's load-balancing loss, added as TRL adds it
         return with_router_aux(loss, {**sums, **batch.stat_sums()}, [out.aux_loss], policy.router_aux_coef)
 
-    source = RolloutSource(schedule, train, make_rollout, info, cfg.seed)
-    steps = source.total_steps(cfg.num_train_epochs, cfg.max_steps)
-    total["steps"] = steps
-    run.log(f"generations: {source.describe()}; {steps} optimizer steps")
+    source, steps = rollout_source(run, schedule, train, make_rollout)
+    io = open_io(run, optimizer, policy.model, tokenizer, meta, root=online.trained, restore=source.restore,
+                 extra=source.checkpoint)
 
-    state = restore_state(run, resume_dir, optimizer, online.trained,
-                          lambda saved: source.load_state_dict(saved.get("rollout")))
-    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
-    result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=online.trained,
-                            extra=lambda s: {"rollout": source.state_dict(s.step)})
+    def measure(step: int) -> dict[str, float]:
+        return evaluate_online(run, online, tokenizer, rewards, reference, held_out, cfg.num_generations_eval or 1,
+                               (step, steps))
 
-    def do_eval(step: int) -> dict[str, float]:
-        metrics = evaluate_online(run, online, tokenizer, rewards, reference, held_out, cfg.num_generations_eval or 1,
-                                  reward_extras(step, steps))
-        logger.log(step, metrics, split="eval")
-        shown = " · ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("rewards/"))
-        run.log(f"eval @ step {step}: reward {metrics['reward']:.4f} ({shown}) · length "
-                f"{metrics['response_length']:.1f} · {int(metrics['completions'])} completions")
-        return metrics
+    evaluate = io.evaluation(held_out, measure, describe_eval)
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and cfg.eval_on_start:
-        result.eval_before = eval_before(state, do_eval)
+    io.eval_before(evaluate)
 
     # 6. Train: the shared loop, fed by the rollout source.
     state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
-                       info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save, desc=f"grpo/{cfg.loss_type}")
+                       info=info, logger=io.logger, total_steps=steps, state=io.state, evaluate=evaluate, save=io.save,
+                       desc=f"grpo/{cfg.loss_type}")
 
     # 7. Evaluate after, save.
-    if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = eval_after(state, do_eval)
-    return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
+    return io.finish(state, evaluate, policy.model, tokenizer, root=online.trained)
 
 
 def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:

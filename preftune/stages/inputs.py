@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from preftune.data.formats import RowFormat
 from preftune.data.sources import DataSpec, resolve_sources
 from preftune.errors import ConfigError
 
-__all__ = ["Objects", "frozen_copy", "hub_options", "load_weights_into", "object_fingerprint", "object_source",
+__all__ = ["Objects", "causal_lm_adapter", "frozen_copy", "hub_options", "load_weights_into", "object_fingerprint", "object_source",
            "policy_path", "reference_is_a_copy", "resolve_data", "row_format", "with_adapter", "with_peft_config"]
 
 _ROW_FORMAT_KEYS = ("prompt_field", "chosen_field", "rejected_field", "system_field", "ultrafeedback_score",
@@ -153,8 +154,10 @@ def reference_is_a_copy(cfg: Any, run: Any, resume_dir: Path | None) -> bool:
     return resume_dir is not None or not getattr(cfg, "precompute_ref_log_probs", False)
 
 
-def with_adapter(cfg: Any, model: nn.Module, peft_config: Any, resume_dir: Path | None) -> nn.Module:
-    from preftune.modeling.load import apply_lora
+def with_adapter(cfg: Any, model: nn.Module, peft_config: Any, resume_dir: Path | None,
+                 new_adapter: Callable[[Any, nn.Module], nn.Module] | None = None) -> nn.Module:
+    """``model`` with the LoRA adapter that trains: a PeftModel's own, the checkpoint's when resuming,
+    ``peft_config``'s, else ``new_adapter(cfg, model)`` (the config's lora_* keys; a causal LM's by default)."""
     from preftune.train.checkpoint import is_peft
 
     if is_peft(model):  # a PeftModel passed from Python: its adapter trains
@@ -172,6 +175,13 @@ def with_adapter(cfg: Any, model: nn.Module, peft_config: Any, resume_dir: Path 
         from peft import get_peft_model
 
         return get_peft_model(model, peft_config)
+    return (new_adapter or causal_lm_adapter)(cfg, model)
+
+
+def causal_lm_adapter(cfg: Any, model: nn.Module) -> nn.Module:
+    """LoRA on a causal LM from the config's lora_* keys (``modeling.load.apply_lora``)."""
+    from preftune.modeling.load import apply_lora
+
     return apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
                       modules_to_save=cfg.lora_modules_to_save, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
 

@@ -40,6 +40,8 @@ class Run:
     info: DistInfo
     output_dir: Path
     run_id: str | None = None      # in run.json and every checkpoint's manifest (preftune.train.run_folder)
+    resume_dir: Path | None = None  # the checkpoint this run resumes from (``resume``), None on a fresh run
+    started: float = 0.0            # time.perf_counter() when the stage started, for summary.json's seconds
     resumed: tuple[int, str] | None = None      # (step, evaluations) of the checkpoint resumed from
     data_report: list[str] = field(default_factory=list)   # repeated at the end: drops and cuts, counted
     sources: tuple[Any, Any] | None = None                  # (train, held-out) rows, see stages/inputs.py

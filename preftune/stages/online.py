@@ -18,24 +18,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from preftune.config.rl import reward_specs
 from preftune.data.collate import Rows, pad_rows
 from preftune.data.dataset import BuiltDataset
 from preftune.data.mask import completion_sequence
 from preftune.data.prompts import TokenizedPrompt
 from preftune.modeling.generation import HFSampler, Sampler, SamplingSettings, row_seed
-from preftune.modeling.load import freeze, load_causal_lm
 from preftune.modeling.logprobs import SequenceLogprobModel, unwrap_causal_lm
-from preftune.rewards import RewardSet, Scores
-from preftune.stages.common import Run, eval_mode, model_kwargs, packing
+from preftune.rewards import RewardSet, Scores, load_rewards
+from preftune.stages.common import eval_mode
 from preftune.stages.inputs import policy_path
-from preftune.stages.rollout import EVAL
-from preftune.train.distributed import all_reduce_sum, wrap_ddp
+from preftune.stages.lifecycle import Run
+from preftune.stages.policy import distribute, load_frozen, logprob_model
+from preftune.stages.rollout import EVAL, MakeRollout, RolloutSource, Schedule
+from preftune.train.distributed import all_reduce_sum
 from preftune.train.fsdp import is_fsdp, shard
 from preftune.train.loop import autocast, reduce_means
 
-__all__ = ["OnlinePolicy", "Samples", "evaluate_online", "gather_rows", "global_mean_std", "global_whiten", "make_rows",
-           "online_policy", "per_token", "reward_extras", "sample_and_score", "sampling_settings", "score_stats",
-           "token_reference"]
+__all__ = ["OnlinePolicy", "Samples", "describe_eval", "evaluate_online", "gather_rows", "global_mean_std", "global_whiten",
+           "make_rows", "online_parts", "online_policy", "per_token", "reward_extras", "reward_set", "rollout_source", "sample_and_score",
+           "sampling_settings", "token_reference"]
 
 
 def make_rows(prompts: list[tuple[int, ...]], completions: list[list[int]], pad_id: int,
@@ -83,17 +85,17 @@ def sampling_settings(cfg: Any, max_new_tokens: int, greedy: bool = False) -> Sa
                             greedy=greedy)
 
 
-def online_policy(run: Run, model: nn.Module, tokenizer: Any, settings: SamplingSettings,
-                  eval_settings: SamplingSettings | None = None, value_head: nn.Module | None = None,
-                  score_temperature: float | None = None) -> OnlinePolicy:
-    """``score_temperature``: the distribution the trainer's log-probs are of (default: the sampling
-    temperature, as a policy gradient needs; online DPO scores the model itself, T = 1, as DPO does)."""
+def online_policy(run: Run, model: nn.Module, tokenizer: Any, max_new_tokens: int,
+                  value_head: nn.Module | None = None, score_temperature: float | None = None) -> OnlinePolicy:
+    """The policy, its sampler (the config's sampling keys, up to ``max_new_tokens``) and its evaluation
+    sampler (greedy under ``eval_greedy``). ``score_temperature``: the distribution the trainer's log-probs
+    are of (default: the sampling temperature, as a policy gradient needs; online DPO scores the model
+    itself, T = 1, as DPO does)."""
     cfg = run.cfg
     temperature = cfg.temperature if score_temperature is None else score_temperature
-    policy = SequenceLogprobModel(model, cfg.logprob_chunk_size, value_head=value_head, temperature=temperature,
-                                  **packing(run, model))
+    policy = logprob_model(run, model, value_head=value_head, temperature=temperature)
     sharded = cfg.fsdp and run.info.enabled
-    trained = shard(policy, model) if sharded else wrap_ddp(policy, run.info)
+    trained = distribute(run, policy, model)
     if sharded:
         # FSDP2 sets up its state on the root's first forward, and generation calls the language model
         # inside the root directly: run one tiny forward through the root first (no dropout, no graph).
@@ -101,9 +103,42 @@ def online_policy(run: Run, model: nn.Module, tokenizer: Any, settings: Sampling
         with torch.no_grad(), eval_mode(policy):
             trained(ids, torch.ones_like(ids), torch.tensor([[False, True]], device=run.info.device))
     # Sharded weights make every forward a collective: all processes keep stepping until all are done.
+    settings = (sampling_settings(cfg, max_new_tokens), sampling_settings(cfg, max_new_tokens, cfg.eval_greedy))
     samplers = [HFSampler(unwrap_causal_lm(model), tokenizer.eos_token_id, tokenizer.pad_token_id, s,
-                          run.info.device, synced=sharded) for s in (settings, eval_settings or settings)]
+                          run.info.device, synced=sharded) for s in settings]
     return OnlinePolicy(policy, trained, *samplers)
+
+
+def online_parts(run: Run, model: nn.Module, tokenizer: Any, max_new_tokens: int, *,
+                 value_head: nn.Module | None = None, score_temperature: float | None = None,
+                 reference: bool = True) -> tuple[OnlinePolicy, Any, RewardSet]:
+    """Step 3 of every online stage: the policy and its samplers (:func:`online_policy`), π_ref's per-token
+    log-probs (:func:`token_reference`; none when ``reference`` is false, a run without a KL term) and the
+    reward functions (:func:`reward_set`)."""
+    online = online_policy(run, model, tokenizer, max_new_tokens, value_head, score_temperature)
+    ref = token_reference(run, online) if reference else None
+    if ref is None:
+        run.log("reference: none (beta = 0: no KL term, no reference model loaded)")
+    return online, ref, reward_set(run)
+
+
+def rollout_source(run: Run, schedule: Schedule, prompts: BuiltDataset, make_rollout: MakeRollout,
+                   what: str = "generations") -> tuple[RolloutSource, int]:
+    """The loop's batch source (``stages/rollout.py``) and the optimizer steps it makes (``max_steps``, else
+    ``num_train_epochs`` over the prompts), said in the log."""
+    cfg = run.cfg
+    source = RolloutSource(schedule, prompts, make_rollout, run.info, cfg.seed)
+    steps = source.total_steps(cfg.num_train_epochs, cfg.max_steps)
+    run.log(f"{what}: {source.describe()}; {steps} optimizer steps")
+    return source, steps
+
+
+def reward_set(run: Run) -> RewardSet:
+    """The config's reward functions (``reward_funcs`` / ``reward_model_path`` ...) and their weights."""
+    cfg = run.cfg
+    rewards = load_rewards(reward_specs(cfg), cfg.reward_weights, run.info.device, batch_size=cfg.reward_batch_size)
+    run.log(f"reward: {rewards.describe()}")
+    return rewards
 
 
 def token_reference(run: Run, online: OnlinePolicy):
@@ -122,9 +157,8 @@ def token_reference(run: Run, online: OnlinePolicy):
         frozen, path = run.reference_model, "the reference object"
     else:
         path = cfg.ref_model_name_or_path or policy_path(cfg)
-        frozen = freeze(load_causal_lm(path, run.info.device, **model_kwargs(cfg)))
-    ref = SequenceLogprobModel(frozen, cfg.logprob_chunk_size, temperature=policy.temperature,
-                               **packing(run, frozen))
+        frozen = load_frozen(run, path)
+    ref = logprob_model(run, frozen, temperature=policy.temperature)
     if cfg.fsdp and run.info.enabled:
         shard(ref, ref.model)
     run.log(f"reference: {path} (frozen copy)")
@@ -146,6 +180,16 @@ class Samples:
     def group_index(self, generations: int) -> Tensor:
         return torch.arange(len(self.examples), device=self.rows.input_ids.device) // generations
 
+    def stats(self, device: torch.device) -> dict[str, Tensor]:
+        """Per-completion numbers every online stage logs: reward (NaN where no function scored it), each
+        function's reward, completion length, and whether it stopped at EOS."""
+        stats = {"reward": self.scores.total.to(device)}
+        for j, name in enumerate(self.scores.names):
+            stats[f"rewards/{name}"] = self.scores.per_function[:, j].to(device)
+        stats["response_length"] = self.rows.loss_mask.sum(1).float()
+        stats["eos_fraction"] = torch.tensor(self.ended, dtype=torch.float32, device=device)
+        return stats
+
 
 def columns_of(examples: list[TokenizedPrompt]) -> dict[str, list[Any]]:
     """The prompt records' other fields, one list entry per row (None where a record lacks the field)."""
@@ -156,10 +200,10 @@ def columns_of(examples: list[TokenizedPrompt]) -> dict[str, list[Any]]:
 @torch.no_grad()
 def sample_and_score(run: Run, online: OnlinePolicy, tokenizer: Any, rewards: RewardSet,
                      examples: list[TokenizedPrompt], slots: list[int], generations: int, stream: int,
-                     generation: int, reward_extras: dict[str, Any] | None = None) -> Samples:
+                     generation: int, trainer_state: tuple[int, int] | None = None) -> Samples:
     """Sample ``generations`` completions of each prompt (seeded by (seed, stream, generation, slot, j);
     the evaluation sampler for the EVAL stream), decode them (special tokens removed) and score them
-    with every reward function."""
+    with every reward function (which may read ``trainer_state``: (step, total steps), see :func:`reward_extras`)."""
     cfg = run.cfg
     rows_examples = [ex for ex in examples for _ in range(generations)]
     seeds = [row_seed(cfg.seed, stream, generation, slot, j) for slot in slots for j in range(generations)]
@@ -168,7 +212,7 @@ def sample_and_score(run: Run, online: OnlinePolicy, tokenizer: Any, rewards: Re
         out = sampler.generate([ex.prompt_ids for ex in rows_examples], seeds)
     texts = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
     scores = rewards([ex.prompt for ex in rows_examples], texts, out.completion_ids, columns_of(rows_examples),
-                     reward_extras)
+                     reward_extras(*trainer_state) if trainer_state is not None else None)
     rows = make_rows([ex.prompt_ids for ex in rows_examples], out.completion_ids, tokenizer.pad_token_id,
                      run.info.device)
     return Samples(rows_examples, out.completion_ids, out.logprobs, out.ended, texts, scores, rows)
@@ -210,21 +254,15 @@ def reward_extras(step: int, total_steps: int) -> dict[str, Any]:
     return {"trainer_state": SimpleNamespace(global_step=step, max_steps=total_steps)}
 
 
-def score_stats(samples: Samples, device: torch.device) -> dict[str, Tensor]:
-    """Per-completion numbers every online stage logs: reward (NaN where no function scored it), each
-    function's reward, completion length, and whether it stopped at EOS."""
-    scores = samples.scores
-    stats = {"reward": scores.total.to(device)}
-    for j, name in enumerate(scores.names):
-        stats[f"rewards/{name}"] = scores.per_function[:, j].to(device)
-    stats["response_length"] = samples.rows.loss_mask.sum(1).float()
-    stats["eos_fraction"] = torch.tensor(samples.ended, dtype=torch.float32, device=device)
-    return stats
+def describe_eval(step: int, metrics: dict[str, float]) -> str:
+    """The log line of an evaluation with a reference (rl, online-dpo)."""
+    return (f"eval @ step {step}: reward {metrics['reward']:.4f} · KL {metrics['kl']:.4f} · length "
+            f"{metrics['response_length']:.1f}")
 
 
 @torch.no_grad()
 def evaluate_online(run: Run, online: OnlinePolicy, tokenizer: Any, rewards: RewardSet, reference,
-                    dataset: BuiltDataset, generations: int = 1, extras: dict[str, Any] | None = None
+                    dataset: BuiltDataset, generations: int = 1, trainer_state: tuple[int, int] | None = None
                     ) -> dict[str, float]:
     """Mean reward (total and per function), KL (k1, per completion; when there is a reference), length
     and EOS fraction of ``generations`` sampled completions per held-out prompt. The seeds depend on the
@@ -245,8 +283,8 @@ def evaluate_online(run: Run, online: OnlinePolicy, tokenizer: Any, rewards: Rew
                 continue
             index = [0]
         samples = sample_and_score(run, online, tokenizer, rewards, [dataset.examples[i] for i in index], index,
-                                   generations, EVAL, 0, extras)
-        stats = score_stats(samples, info.device)
+                                   generations, EVAL, 0, trainer_state)
+        stats = samples.stats(info.device)
         if reference is not None:
             with eval_mode(online.policy), autocast(cfg.bf16, info.device):
                 logps = per_token(online.policy, samples.rows).tokens.float()

@@ -19,7 +19,6 @@ Where it converges, in the exact tabular world: ``preftune theory`` (docs/theory
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +26,22 @@ import torch
 from torch import Tensor
 
 from preftune.config import OnlineDPOConfig
-from preftune.config.rl import reward_specs
 from preftune.data.collate import Rows
 from preftune.data.prompts import build_prompt_dataset
 from preftune.modeling.moe import with_router_aux
 from preftune.objectives.pairwise import preference_loss
-from preftune.rewards import load_rewards
-from preftune.stages.common import (
-    RunResult,
-    checkpoint_saver,
-    eval_after,
-    eval_before,
-    eval_mode,
-    finish,
-    load_data,
-    load_policy,
-    metrics_logger,
-    policy_tokenizer,
-    preflight,
-    restore_state,
-    stage,
-    start_run,
-)
-from preftune.stages.inputs import resolve_data
+from preftune.stages.common import eval_mode, preflight, start_run, tokenizer_and_data
+from preftune.stages.lifecycle import RunResult, stage
 from preftune.stages.online import (
+    describe_eval,
     evaluate_online,
-    online_policy,
-    reward_extras,
+    online_parts,
+    rollout_source,
     sample_and_score,
-    sampling_settings,
-    score_stats,
-    token_reference,
 )
-from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, RolloutSource, Schedule
-from preftune.train.checkpoint import resolve_resume
+from preftune.stages.policy import load_policy
+from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, Schedule
+from preftune.stages.run_io import open_io
 from preftune.train.loop import autocast, train_loop
 from preftune.train.optim import build_optimizer
 
@@ -90,39 +71,29 @@ def reorder(rows: Rows, order: Tensor) -> Rows:
 @stage
 def run_online_dpo(cfg: OnlineDPOConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Online DPO (or any pairwise loss_type); ``train_data``/``eval_data`` may be in-memory prompt records."""
-    started = time.perf_counter()
-    # 1. Set-up.
+    # 1. Set-up: the folder, the checkpoint to resume from.
     run = start_run(cfg)
     info = run.info
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"online DPO: {', '.join(cfg.loss_type)} · β {cfg.beta} · two completions per prompt, ranked by the "
             "reward")
 
     # 2. Tokenizer, prompts (found before any model loads), then the policy.
-    resolve_data(run, train_data, eval_data)
-    tokenizer = policy_tokenizer(run)
-    train, held_out = load_data(run, build_prompt_dataset, train_data, eval_data, tokenizer)
-    model, tokenizer = load_policy(run, resume_dir, tokenizer=tokenizer)
-    meta = preflight(run, resume_dir, model, tokenizer, train)
+    tokenizer, train, held_out = tokenizer_and_data(run, build_prompt_dataset, train_data, eval_data)
+    model, tokenizer = load_policy(run, tokenizer=tokenizer)
+    meta = preflight(run, model, tokenizer, train)
 
     # 3. Policy (scored at T = 1: DPO's log-ratios are the model's), sampler, reference, rewards.
-    online = online_policy(run, model, tokenizer, sampling_settings(cfg, cfg.max_new_tokens),
-                           sampling_settings(cfg, cfg.max_new_tokens, cfg.eval_greedy), score_temperature=1.0)
+    online, reference, rewards = online_parts(run, model, tokenizer, cfg.max_new_tokens, score_temperature=1.0)
     policy = online.policy
-    reference = token_reference(run, online)
-    rewards = load_rewards(reward_specs(cfg), cfg.reward_weights, info.device, batch_size=cfg.reward_batch_size)
-    run.log(f"reward: {rewards.describe()}")
 
     # 4. Optimizer, generation schedule, resume.
     optimizer = build_optimizer(online.policy, cfg, run.log)
     schedule = schedule_of(cfg)
-    total = {"steps": 0}
-
     @torch.no_grad()
     def make_rollout(generation: int, examples: list, slots: list[int]) -> Rollout:
         samples = sample_and_score(run, online, tokenizer, rewards, examples, slots, 2, TRAIN, generation,
-                                   reward_extras(generation, total["steps"]))
-        stats = score_stats(samples, info.device)
+                                   (generation, steps))
+        stats = samples.stats(info.device)
         score = torch.nan_to_num(stats["reward"], nan=0.0)   # a completion no reward scored counts as 0
         if cfg.missing_eos_penalty is not None:
             score = score - cfg.missing_eos_penalty * (1 - stats["eos_fraction"])
@@ -146,38 +117,25 @@ def run_online_dpo(cfg: OnlineDPOConfig, *, train_data: Any = None, eval_data: A
         sums = {**sums, "kl": kl, "count:kl": torch.tensor(float(len(rows)), device=kl.device), **batch.stat_sums()}
         return with_router_aux(loss, sums, [out.aux_loss], policy.router_aux_coef)
 
-    source = RolloutSource(schedule, train, make_rollout, info, cfg.seed)
-    steps = source.total_steps(cfg.num_train_epochs, cfg.max_steps)
-    total["steps"] = steps
-    run.log(f"generations: {source.describe()}; {steps} optimizer steps")
+    source, steps = rollout_source(run, schedule, train, make_rollout)
+    io = open_io(run, optimizer, policy.model, tokenizer, meta, root=online.trained, restore=source.restore,
+                 extra=source.checkpoint)
 
-    state = restore_state(run, resume_dir, optimizer, online.trained,
-                          lambda saved: source.load_state_dict(saved.get("rollout")))
-    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
-    result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=online.trained,
-                            extra=lambda s: {"rollout": source.state_dict(s.step)})
+    def measure(step: int) -> dict[str, float]:
+        return evaluate_online(run, online, tokenizer, rewards, reference, held_out, 1, (step, steps))
 
-    def do_eval(step: int) -> dict[str, float]:
-        metrics = evaluate_online(run, online, tokenizer, rewards, reference, held_out, 1, reward_extras(step, steps))
-        logger.log(step, metrics, split="eval")
-        run.log(f"eval @ step {step}: reward {metrics['reward']:.4f} · KL {metrics['kl']:.4f} · length "
-                f"{metrics['response_length']:.1f}")
-        return metrics
+    evaluate = io.evaluation(held_out, measure, describe_eval)
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and cfg.eval_on_start:
-        result.eval_before = eval_before(state, do_eval)
+    io.eval_before(evaluate)
 
     # 6. Train: the shared loop, fed by the rollout source.
     state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
-                       info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save, desc="online-dpo")
+                       info=info, logger=io.logger, total_steps=steps, state=io.state, evaluate=evaluate, save=io.save,
+                       desc="online-dpo")
 
     # 7. Evaluate after, save.
-    if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = eval_after(state, do_eval)
-    return finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
+    return io.finish(state, evaluate, policy.model, tokenizer, root=online.trained)
 
 
 def main(config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:

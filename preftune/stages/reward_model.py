@@ -23,8 +23,6 @@ holds ``preftune_reward.json``, which :class:`~preftune.modeling.reward_model.Re
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,10 +32,8 @@ from torch import Tensor, nn
 
 from preftune.config import RMConfig
 from preftune.data.collate import PreferenceBatch, RankingBatch
-from preftune.data.dataset import BuiltDataset
 from preftune.data.layouts import LAYOUTS as DATA_LAYOUTS
 from preftune.losses.reward import bradley_terry, plackett_luce_rewards
-from preftune.modeling.load import load_tokenizer
 from preftune.modeling.moe import with_router_aux
 from preftune.modeling.reward_model import (
     RewardHeadModel,
@@ -46,36 +42,13 @@ from preftune.modeling.reward_model import (
     write_reward_settings,
 )
 from preftune.objectives.listwise import ranking_metrics
-from preftune.stages.common import (
-    Run,
-    RunResult,
-    apply_lean_activations,
-    apply_router_aux,
-    checkpoint_saver,
-    disable_dropout,
-    enable_gradient_checkpointing,
-    eval_after,
-    eval_before,
-    eval_mode,
-    finish,
-    load_data,
-    metrics_logger,
-    model_kwargs,
-    num_tokens,
-    packing,
-    plan_steps,
-    preflight,
-    reading_checkpoint,
-    restore_state,
-    stage,
-    start_run,
-)
-from preftune.stages.inputs import policy_path, resolve_data
-from preftune.train.checkpoint import resolve_resume
-from preftune.train.distributed import wrap_ddp
-from preftune.train.loop import IndexedBatches, autocast, reduce_means, train_loop
+from preftune.stages.common import plan_steps, preflight, start_run, tokenizer_and_data
+from preftune.stages.lifecycle import RunResult, stage
+from preftune.stages.offline import evaluate, make_batches
+from preftune.stages.policy import ModelClass, distribute, load_policy, packing
+from preftune.stages.run_io import open_io
+from preftune.train.loop import IndexedBatches, train_loop
 from preftune.train.optim import build_optimizer
-from preftune.train.sampler import eval_shard
 
 Rewards = Callable[[Tensor, Tensor, Tensor], Tensor]  # (input_ids, attention_mask, loss_mask) -> [N]
 
@@ -117,60 +90,13 @@ LAYOUTS = {  # loss_type -> (dataset builder, collate, loss, the keys of its sum
 }
 
 
-def load_reward_policy(run: Run, resume_dir: Path | None, tokenizer: Any) -> nn.Module:
-    """Step 3: the model to train (fp32), from the checkpoint when resuming. The reward-model
-    counterpart of ``common.load_policy`` (which loads causal LMs)."""
-    cfg: RMConfig = run.cfg
-    from_checkpoint = resume_dir is not None and not cfg.use_peft
-    source = str(resume_dir / "model") if from_checkpoint else policy_path(cfg)
-    with reading_checkpoint(resume_dir) if from_checkpoint else contextlib.nullcontext():
-        model = load_reward_model(source, run.info.device, tokenizer=tokenizer, **model_kwargs(cfg))
-    if cfg.disable_dropout:
-        disable_dropout(model)
-    apply_lean_activations(run, model)
-    apply_router_aux(run, model)
-    if cfg.use_peft:
-        if resume_dir is not None:
-            from peft import PeftModel
-
-            with reading_checkpoint(resume_dir):
-                model = PeftModel.from_pretrained(model, str(resume_dir / "model"), is_trainable=True)
-        else:
-            model = apply_reward_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model, cfg.gradient_checkpointing_kwargs)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in model.parameters())
-    run.log(f"reward model: {cfg.model_name_or_path} + scalar head · {n_all / 1e6:.1f}M parameters, "
-            f"{n_train / 1e6:.2f}M trainable" + (" (LoRA + head)" if cfg.use_peft else ""))
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        run.log("note: the tokenizer's pad token is its EOS, so plain transformers' sequence classification "
-                "would pool the token before the final EOS; preftune's scorer is unaffected")
-    return model
+def reward_adapter(cfg: RMConfig, model: nn.Module) -> nn.Module:
+    """LoRA on the decoder, the new head trained in full (``reward_model.apply_reward_lora``)."""
+    return apply_reward_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
 
 
-def make_batches(collate, dataset: BuiltDataset, pad_token_id: int, device: torch.device):
-    def get_batch(indices: list[int]) -> tuple[Any, int]:
-        examples = [dataset.examples[i] for i in indices]
-        return collate(examples, indices, pad_token_id=pad_token_id).to(device), num_tokens(examples)
-    return get_batch
-
-
-@torch.no_grad()
-def evaluate(run: Run, loss_fn, rewards: Rewards, dataset: BuiltDataset, get_batch) -> dict[str, float]:
-    """Held-out loss and metrics; each rank scores a strided shard, sums are reduced over ranks."""
-    cfg: RMConfig = run.cfg
-    shard = list(eval_shard(len(dataset), run.info.world_size, run.info.rank))
-    sums: dict[str, Tensor] = {}
-    for i in range(0, len(shard), cfg.per_device_eval_batch_size):
-        batch, _ = get_batch(shard[i:i + cfg.per_device_eval_batch_size])
-        with autocast(cfg.bf16, run.info.device):
-            _, s = loss_fn(cfg, rewards, batch)
-        for k, v in s.items():
-            sums[k] = sums[k] + v if k in sums else v
-    if not sums:  # more ranks than held-out examples: contribute zeros to the reduction
-        sums = {k: torch.zeros((), device=run.info.device) for k in LAYOUTS[cfg.loss_type][3]}
-    return reduce_means(sums, run.info)
+REWARD_MODEL = ModelClass(load=load_reward_model, new_adapter=reward_adapter, role="reward model",
+                          head=" + scalar head", lora=" (LoRA + head)")
 
 
 def describe_eval(step: int, metrics: dict[str, float]) -> str:
@@ -187,45 +113,38 @@ def describe_eval(step: int, metrics: dict[str, float]) -> str:
 def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Train a reward model. ``train_data``/``eval_data`` may be in-memory ``datasets.Dataset`` objects
     or lists of dicts instead of the config's files."""
-    started = time.perf_counter()
-    # 1. Run set-up.
+    # 1. Run set-up: the folder, the checkpoint to resume from.
     run = start_run(cfg)
     info = run.info
-    build, collate, loss_fn, _ = LAYOUTS[cfg.loss_type]
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
+    build, collate, loss_fn, keys = LAYOUTS[cfg.loss_type]
 
-    # 2. Tokenizer and data.
-    resolve_data(run, train_data, eval_data)  # before any model loads
-    tokenizer = load_tokenizer(policy_path(cfg))
-    train, held_out = load_data(run, build, train_data, eval_data, tokenizer)
+    # 2. Tokenizer and data (found before any model loads).
+    tokenizer, train, held_out = tokenizer_and_data(run, build, train_data, eval_data)
     train_batch = make_batches(collate, train, tokenizer.pad_token_id, info.device)
-    eval_batch = (make_batches(collate, held_out, tokenizer.pad_token_id, info.device)
-                  if held_out is not None else None)
+    eval_batch = make_batches(collate, held_out, tokenizer.pad_token_id, info.device)
 
-    # 3. The reward model.
-    model = load_reward_policy(run, resume_dir, tokenizer)
-    meta = preflight(run, resume_dir, model, tokenizer, train)
+    # 3. The reward model (fp32), from the checkpoint when resuming.
+    model, _ = load_policy(run, model_class=REWARD_MODEL, tokenizer=tokenizer)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        run.log("note: the tokenizer's pad token is its EOS, so plain transformers' sequence classification "
+                "would pool the token before the final EOS; preftune's scorer is unaffected")
+    meta = preflight(run, model, tokenizer, train)
     reward_model = RewardHeadModel(model, **packing(run, model))
-    ddp_model = wrap_ddp(reward_model, info)
+    ddp_model = distribute(run, reward_model, model)
 
     # 4. Optimizer, data order, resume.
     optimizer = build_optimizer(reward_model, cfg)
     sampler, steps = plan_steps(run, train)
-    state = restore_state(run, resume_dir, optimizer)
-    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
-    result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, model, tokenizer, optimizer, meta)
+    io = open_io(run, optimizer, model, tokenizer, meta)
 
-    def do_eval(step: int) -> dict[str, float]:
-        with eval_mode(reward_model):
-            metrics = evaluate(run, loss_fn, reward_model, held_out, eval_batch)
-        logger.log(step, metrics, split="eval")
-        run.log(describe_eval(step, metrics))
-        return metrics
+    def measure(step: int) -> dict[str, float]:
+        return evaluate(run, reward_model, held_out, eval_batch, lambda batch: loss_fn(cfg, reward_model, batch)[1],
+                        keys)
+
+    evaluate_rm = io.evaluation(held_out, measure, describe_eval)
 
     # 5. Held-out evaluation before training (a new head: rewards near 0, loss near log 2).
-    if held_out is not None and cfg.eval_on_start:
-        result.eval_before = eval_before(state, do_eval)
+    io.eval_before(evaluate_rm)
 
     # 6. Train.
     def compute_loss(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -233,13 +152,11 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         return with_router_aux(loss, sums, reward_model.take_aux_losses(), reward_model.router_aux_coef)
 
     state = train_loop(cfg=cfg, model=ddp_model, optimizer=optimizer, source=IndexedBatches(sampler, train_batch),
-                       compute_loss=compute_loss, info=info, logger=logger, total_steps=steps, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.loss_type)
+                       compute_loss=compute_loss, info=info, logger=io.logger, total_steps=steps, state=io.state,
+                       evaluate=evaluate_rm, save=io.save, desc=cfg.loss_type)
 
     # 7. Evaluate after, save: the final folder plus the data settings a scorer must reproduce.
-    if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = eval_after(state, do_eval)
-    result = finish(run, result, state, logger, model, tokenizer, save, started)
+    result = io.finish(state, evaluate_rm, model, tokenizer)
     if result.final_dir is not None:
         templated = (cfg.use_chat_template if cfg.use_chat_template is not None
                      else bool(getattr(tokenizer, "chat_template", None)))

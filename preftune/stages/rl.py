@@ -23,7 +23,6 @@ The math lives in :mod:`preftune.rl` (tested against hand-derived values); this 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,42 +31,24 @@ from torch import Tensor, nn
 
 from preftune import rl
 from preftune.config import RLConfig
-from preftune.config.rl import reward_specs
 from preftune.data.prompts import build_prompt_dataset
 from preftune.modeling.logprobs import unwrap_causal_lm
 from preftune.modeling.moe import with_router_aux
-from preftune.rewards import load_rewards
-from preftune.stages.common import (
-    RunResult,
-    checkpoint_saver,
-    eval_after,
-    eval_before,
-    eval_mode,
-    finish,
-    load_data,
-    load_policy,
-    metrics_logger,
-    policy_tokenizer,
-    preflight,
-    restore_state,
-    stage,
-    start_run,
-)
-from preftune.stages.inputs import resolve_data
+from preftune.stages.common import eval_mode, preflight, start_run, tokenizer_and_data
+from preftune.stages.lifecycle import RunResult, stage
 from preftune.stages.online import (
+    describe_eval,
     evaluate_online,
     global_mean_std,
     global_whiten,
-    online_policy,
+    online_parts,
     per_token,
-    reward_extras,
+    rollout_source,
     sample_and_score,
-    sampling_settings,
-    score_stats,
-    token_reference,
 )
-from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, RolloutSource, Schedule
-from preftune.train.checkpoint import resolve_resume
+from preftune.stages.policy import load_policy
+from preftune.stages.rollout import TRAIN, Rollout, RolloutBatch, Schedule
+from preftune.stages.run_io import open_io
 from preftune.train.distributed import all_reduce_sum
 from preftune.train.loop import autocast, train_loop
 from preftune.train.optim import build_optimizer
@@ -88,20 +69,16 @@ def schedule_of(cfg: RLConfig) -> Schedule:
 @stage
 def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> RunResult:
     """Online RL with ``cfg.algorithm``; ``train_data``/``eval_data`` may be in-memory prompt records."""
-    started = time.perf_counter()
-    # 1. Set-up.
+    # 1. Set-up: the folder, the checkpoint to resume from.
     run = start_run(cfg)
     info = run.info
-    resume_dir = resolve_resume(cfg.resume, cfg.output_dir, run.log)
     run.log(f"algorithm: {cfg.algorithm} · {cfg.num_generations} completion(s) per prompt · KL β {cfg.kl_coef} "
             f"({cfg.kl_estimator}{', adaptive, target ' + str(cfg.kl_target) if cfg.adaptive_kl else ''})")
 
-    # 2. Tokenizer, prompts. Generation needs a pad token distinct from nothing at all.
-    resolve_data(run, train_data, eval_data)  # before any model loads
-    tokenizer = policy_tokenizer(run)
-    train, held_out = load_data(run, build_prompt_dataset, train_data, eval_data, tokenizer)
-    model, tokenizer = load_policy(run, resume_dir, tokenizer=tokenizer)
-    meta = preflight(run, resume_dir, model, tokenizer, train)
+    # 2. Tokenizer, prompts (found before any model loads), then the policy.
+    tokenizer, train, held_out = tokenizer_and_data(run, build_prompt_dataset, train_data, eval_data)
+    model, tokenizer = load_policy(run, tokenizer=tokenizer)
+    meta = preflight(run, model, tokenizer, train)
 
     # 3. Policy (+ value head), sampler, reference, rewards.
     value_head = None
@@ -109,26 +86,21 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         value_head = nn.Linear(unwrap_causal_lm(model).config.hidden_size, 1).to(info.device)
         nn.init.zeros_(value_head.weight)   # V ≡ 0 at the start: no arbitrary early advantages
         nn.init.zeros_(value_head.bias)
-    online = online_policy(run, model, tokenizer, sampling_settings(cfg, cfg.max_new_tokens),
-                           sampling_settings(cfg, cfg.max_new_tokens, cfg.eval_greedy), value_head)
+    online, reference, rewards = online_parts(run, model, tokenizer, cfg.max_new_tokens, value_head=value_head)
     policy = online.policy
-    reference = token_reference(run, online)
-    rewards = load_rewards(reward_specs(cfg), cfg.reward_weights, info.device, batch_size=cfg.reward_batch_size)
-    run.log(f"reward: {rewards.describe()}")
 
     # 4. Optimizer, rollout schedule, KL controller, resume.
     optimizer = build_optimizer(online.policy, cfg, run.log)
     controller = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                   else rl.FixedKLController(cfg.kl_coef))
-    steps = {"total": 0}
 
     @torch.no_grad()
     def make_rollout(generation: int, examples: list, slots: list[int]) -> Rollout:
         step = generation * source.schedule.cycle // source.schedule.accumulation
         samples = sample_and_score(run, online, tokenizer, rewards, examples, slots, cfg.num_generations, TRAIN,
-                                   generation, reward_extras(step, steps["total"]))
+                                   generation, (step, total))
         rows, mask = samples.rows, samples.rows.loss_mask
-        stats = score_stats(samples, info.device)
+        stats = samples.stats(info.device)
         scored = ~torch.isnan(stats["reward"])
         score = torch.where(scored, stats["reward"], 0.0)
         if cfg.missing_eos_penalty is not None:
@@ -186,46 +158,35 @@ def run_rl(cfg: RLConfig, *, train_data: Any = None, eval_data: Any = None) -> R
         return with_router_aux(loss, {"loss": loss.detach() * count, "count": count, **sums, **batch.stat_sums()},
                                [out.aux_loss], policy.router_aux_coef)
 
-    source = RolloutSource(schedule_of(cfg), train, make_rollout, info, cfg.seed)
-    total = source.total_steps(cfg.num_train_epochs, cfg.max_steps)
-    steps["total"] = total
-    run.log(f"rollouts: {source.describe()}; {total} optimizer steps")
+    source, total = rollout_source(run, schedule_of(cfg), train, make_rollout, "rollouts")
 
     def restore(saved: dict[str, Any]) -> None:
         controller.load_state_dict(saved["kl_controller"])
         if value_head is not None:
             value_head.load_state_dict(saved["value_head"])
-        source.load_state_dict(saved.get("rollout"))
+        source.restore(saved)
 
     def extra(s) -> dict[str, Any]:
-        return {"kl_controller": controller.state_dict(), "rollout": source.state_dict(s.step),
+        return {"kl_controller": controller.state_dict(), **source.checkpoint(s),
                 "value_head": value_head.state_dict() if value_head is not None else None}
 
-    state = restore_state(run, resume_dir, optimizer, online.trained, restore)
-    logger = metrics_logger(run, resume_step=state.step if resume_dir is not None else None)
-    result = RunResult(output_dir=run.output_dir, final_dir=None, metrics_file=logger.path)
-    save = checkpoint_saver(run, policy.model, tokenizer, optimizer, meta, root=online.trained, extra=extra)
+    io = open_io(run, optimizer, policy.model, tokenizer, meta, root=online.trained, restore=restore, extra=extra)
 
-    def do_eval(step: int) -> dict[str, float]:
-        metrics = evaluate_online(run, online, tokenizer, rewards, reference, held_out)
-        logger.log(step, metrics, split="eval")
-        run.log(f"eval @ step {step}: reward {metrics['reward']:.4f} · KL {metrics['kl']:.4f} · "
-                f"length {metrics['response_length']:.1f}")
-        return metrics
+    def measure(step: int) -> dict[str, float]:
+        return evaluate_online(run, online, tokenizer, rewards, reference, held_out)
+
+    evaluate = io.evaluation(held_out, measure, describe_eval)
 
     # 5. Held-out evaluation before training.
-    if held_out is not None and cfg.eval_on_start:
-        result.eval_before = eval_before(state, do_eval)
+    io.eval_before(evaluate)
 
     # 6. Train: the shared loop, fed by the rollout source.
     state = train_loop(cfg=cfg, model=online.trained, optimizer=optimizer, source=source, compute_loss=compute_loss,
-                       info=info, logger=logger, total_steps=total, state=state,
-                       evaluate=do_eval if held_out is not None else None, save=save, desc=cfg.algorithm)
+                       info=info, logger=io.logger, total_steps=total, state=io.state, evaluate=evaluate, save=io.save,
+                       desc=cfg.algorithm)
 
     # 7. Evaluate after, save (the value head next to the final model, for a later PPO run to start from).
-    if held_out is not None and cfg.eval_strategy != "no":
-        result.eval_after = eval_after(state, do_eval)
-    result = finish(run, result, state, logger, policy.model, tokenizer, save, started, root=online.trained)
+    result = io.finish(state, evaluate, policy.model, tokenizer, root=online.trained)
     if value_head is not None and info.is_main and result.final_dir is not None:
         from safetensors.torch import save_file
 

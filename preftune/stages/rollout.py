@@ -212,6 +212,14 @@ class RolloutSource:
             gathered = [local]
         return {"generation": generation, "rollouts": gathered}
 
+    def checkpoint(self, state: Any) -> dict[str, Any]:
+        """This source's part of the trainer state saved after optimizer step ``state.step``."""
+        return {"rollout": self.state_dict(state.step)}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Read back what :meth:`checkpoint` saved in a checkpoint's trainer state."""
+        self.load_state_dict(saved.get("rollout"))
+
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is None:
             return

@@ -22,7 +22,7 @@ from preftune.data.collate import PreferenceBatch
 from preftune.modeling.logprobs import SequenceLogprobModel, SequenceLogps
 from preftune.modeling.reference import FrozenReference
 from preftune.objectives.pairwise import PAIRWISE, pairwise_loss
-from preftune.stages.dpo import scorer
+from preftune.stages.offline import scorer
 from preftune.testing import tiny_llama
 
 pytest.importorskip("trl.trainer.dpo_trainer")

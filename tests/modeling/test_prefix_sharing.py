@@ -157,7 +157,7 @@ def test_rl_groups_with_identical_samples_and_the_first_token_read_from_the_shar
 
 
 def test_gradient_checkpointing_recomputes_the_same_segments():
-    from preftune.stages.common import enable_gradient_checkpointing
+    from preftune.stages.policy import enable_gradient_checkpointing
 
     a, b = _pair()
     enable_gradient_checkpointing(b)
