@@ -1,4 +1,6 @@
-"""Pieces every stage script wires together: run set-up, data, policy model, batches, saving.
+"""Pieces every stage script wires together before its model: run set-up, tokenizer and data, the data
+order, and the checks made before any expensive work. The model is ``policy.py``'s, batches and held-out
+evaluation ``offline.py``'s (``online.py``'s for sampled data), and what the run writes ``run_io.py``'s.
 
 Stages call these as plain functions (composition, not a base class), so each stage script still
 reads top to bottom.

@@ -108,6 +108,7 @@ def run_grpo(cfg: GRPOConfig, *, train_data: Any = None, eval_data: Any = None) 
     # 4. Optimizer, generation schedule, resume.
     optimizer = build_optimizer(online.policy, cfg, run.log)
     schedule = schedule_of(cfg)
+
     @torch.no_grad()
     def make_rollout(generation: int, examples: list, slots: list[int]) -> Rollout:
         step = generation * schedule.cycle // schedule.accumulation

@@ -89,6 +89,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, *, train_data: Any = None, eval_data: A
     # 4. Optimizer, generation schedule, resume.
     optimizer = build_optimizer(online.policy, cfg, run.log)
     schedule = schedule_of(cfg)
+
     @torch.no_grad()
     def make_rollout(generation: int, examples: list, slots: list[int]) -> Rollout:
         samples = sample_and_score(run, online, tokenizer, rewards, examples, slots, 2, TRAIN, generation,
