@@ -36,6 +36,7 @@ from preftune.train.cadence import Cadence
 from preftune.train.checkpoint import list_checkpoints
 from preftune.train.distributed import DistInfo, all_reduce_sum
 from preftune.train.fsdp import full_norm, is_fsdp
+from preftune.train.host_memory import release_freed_memory
 from preftune.train.metrics import MetricsLogger, format_postfix, progress_bar
 from preftune.train.optim import lr_schedule, set_lr
 from preftune.train.sampler import StepSampler
@@ -230,7 +231,9 @@ def train_loop(
                     loss, sums = compute_loss(batch)
                     if poison != 1.0:  # only under PREFTUNE_FAULT=nan_loss:...
                         loss = loss * poison
+                release_freed_memory(info.device)   # the forward's temporaries: before backward's peak
                 (loss * sums["count"]).backward()
+                release_freed_memory(info.device)
             units = units + sums["count"].detach()
             nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()
             for k, v in sums.items():
