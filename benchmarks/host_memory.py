@@ -6,9 +6,9 @@ micro-batch is one pair: a random prompt of ``--prompt`` tokens and two completi
 tokens (1,540 packed tokens at the defaults: the longest pairs of the chat-shaped workload in
 ``vs_trl/workload.py``), back-propagated, then AdamW (torch, non-fused). Arms:
 
-    trim       preftune's default: ``malloc_trim(0)`` after each forward and each backward
+    trim       ``release_host_memory=true``: ``malloc_trim(0)`` after each forward and each backward
                (``preftune/train/host_memory.py``)
-    no-trim    the same without it (glibc keeps what was freed)
+    no-trim    preftune's default: no trim (glibc keeps what was freed)
     keep-all   no trim, and every activation kept for backward (``modeling/recompute.py`` off)
     mmap       no trim; glibc returns every block over 64 KiB at once (``MALLOC_MMAP_THRESHOLD_=65536``)
 

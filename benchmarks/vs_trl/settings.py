@@ -10,8 +10,10 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "trl": None,
     "preftune": {},
     "preftune-unshared": {"prefix_sharing": False},
+    "preftune-release": {"release_host_memory": True},
 }
-ARM_TITLES = {"trl": "TRL", "preftune": "preftune", "preftune-unshared": "preftune, no prefix sharing"}
+ARM_TITLES = {"trl": "TRL", "preftune": "preftune", "preftune-unshared": "preftune, no prefix sharing",
+              "preftune-release": "preftune, release_host_memory"}
 
 
 @dataclasses.dataclass

@@ -114,6 +114,10 @@ class TrainModelGroup:
                                                    "their own forward): SmolLM2 saves 40 % less. auto = where it "
                                                    "applies (a model with none of these runs as it is, said once in "
                                                    "the log); true = an error on such a model.")
+    release_host_memory: bool = setting(False, "CPU only: hand the memory freed by each forward and backward pass "
+                                                "back to the operating system (glibc malloc_trim) for a lower peak "
+                                                "resident set, at the cost of page faults when it is used again "
+                                                "(benchmarks/RESULTS.md measures both). No effect elsewhere.")
     fp32_master_weights: bool = setting(False, "With 16-bit weights (dtype bfloat16 / float16): the optimizer updates "
                                                "float32 copies of the trained weights (its state float32 too) and "
                                                "the model computes with their rounding, so updates below bf16's "

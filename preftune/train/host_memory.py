@@ -1,4 +1,5 @@
-"""Freed host memory handed back to the operating system between the phases of a training step.
+"""``release_host_memory=true``: freed host memory handed back to the operating system between the phases
+of a training step.
 
 On CPU every activation is a ``malloc``'d block of a few MiB. glibc's allocator serves blocks of that
 size from its heap once it has seen one freed, and returns heap memory to the system only from the top

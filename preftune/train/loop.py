@@ -231,9 +231,11 @@ def train_loop(
                     loss, sums = compute_loss(batch)
                     if poison != 1.0:  # only under PREFTUNE_FAULT=nan_loss:...
                         loss = loss * poison
-                release_freed_memory(info.device)   # the forward's temporaries: before backward's peak
+                if cfg.release_host_memory:   # the forward's temporaries, before backward's peak
+                    release_freed_memory(info.device)
                 (loss * sums["count"]).backward()
-                release_freed_memory(info.device)
+                if cfg.release_host_memory:
+                    release_freed_memory(info.device)
             units = units + sums["count"].detach()
             nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()
             for k, v in sums.items():

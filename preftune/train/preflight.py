@@ -27,7 +27,7 @@ CHANGEABLE_ON_RESUME = frozenset({
     "save_total_limit",
     "progress_bar", "report_to", "threads", "device", "per_device_eval_batch_size", "max_consecutive_skips",
     "logprob_chunk_size", "gradient_checkpointing", "torch_compile", "padding_free", "prefix_sharing",
-    "lean_activations",
+    "lean_activations", "release_host_memory",
 })
 _VOLATILE_MODEL_KEYS = ("_name_or_path", "transformers_version", "use_cache", "dtype", "torch_dtype")
 

@@ -172,6 +172,18 @@ def test_the_writability_probe_only_touches_a_file_of_its_own(tiny_model_dir, tr
     assert not list(out.glob(".write_test-*"))
 
 
+@pytest.mark.parametrize(("setting", "calls"), [("false", 0), ("true", 2 * 2 * 4)])
+def test_release_host_memory_trims_after_every_forward_and_backward(setting, calls, tiny_model_dir, train_file,
+                                                                     tmp_path, monkeypatch):
+    from preftune.train import loop
+
+    trims = []
+    monkeypatch.setattr(loop, "release_freed_memory", lambda device: trims.append(device.type))
+    run_dpo(cfg(tiny_model_dir, train_file, tmp_path / "out", "gradient_accumulation_steps=4",
+                f"release_host_memory={setting}"))
+    assert trims == ["cpu"] * calls     # 2 steps × 4 micro-batches × (after forward, after backward)
+
+
 def test_a_full_disk_fails_before_any_work(tiny_model_dir, train_file, tmp_path, monkeypatch):
     from collections import namedtuple
 
