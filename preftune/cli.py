@@ -11,33 +11,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from preftune.config import (
-    DPOConfig,
-    EvalConfig,
-    GRPOConfig,
-    OnlineDPOConfig,
-    RLConfig,
-    RMConfig,
-    SFTConfig,
-    cli_overrides,
-    describe,
-)
+from preftune.config import COMMAND_CONFIGS, cli_overrides, describe
 from preftune.config.parse import valued_keys
 from preftune.errors import PreftuneError
 from preftune.train.signals import RunInterrupted
 
-STAGES = {
-    "sft": (SFTConfig, "supervised fine-tuning on completions (builds π_ref when no SFT model exists)"),
-    "dpo": (DPOConfig, "Direct Preference Optimization (and any loss in preftune.losses)"),
-    "eval": (EvalConfig, "held-out implicit-reward accuracy and margin of a policy against its reference"),
-    "rm": (RMConfig, "reward model: the LM with a scalar head, Bradley–Terry on pairs or Plackett–Luce on rankings"),
-    "ppo": (RLConfig, "online RL with PPO: sample, score, KL penalty to π_ref, clipped surrogate + value head"),
-    "rloo": (RLConfig, "online RL with RLOO: k samples per prompt, leave-one-out baseline, KL penalty to π_ref"),
-    "reinforce": (RLConfig, "online RL with REINFORCE and a batch-mean baseline, KL penalty to π_ref"),
-    "grpo": (GRPOConfig, "GRPO and its family (dapo, dr_grpo, bnpo, cispo, sapo, luspo; GSPO): group-relative "
-                         "advantages over num_generations samples per prompt, verifiable rewards or reward models"),
-    "online-dpo": (OnlineDPOConfig, "online DPO: two samples per prompt from the current policy, ranked by the "
-                                    "reward, a pairwise-loss step against the frozen reference"),
+STAGES = {  # each command that runs a stage, and what it does (its config: COMMAND_CONFIGS)
+    "sft": "supervised fine-tuning on completions (builds π_ref when no SFT model exists)",
+    "dpo": "Direct Preference Optimization (and any loss in preftune.losses)",
+    "eval": "held-out implicit-reward accuracy and margin of a policy against its reference",
+    "rm": "reward model: the LM with a scalar head, Bradley–Terry on pairs or Plackett–Luce on rankings",
+    "ppo": "online RL with PPO: sample, score, KL penalty to π_ref, clipped surrogate + value head",
+    "rloo": "online RL with RLOO: k samples per prompt, leave-one-out baseline, KL penalty to π_ref",
+    "reinforce": "online RL with REINFORCE and a batch-mean baseline, KL penalty to π_ref",
+    "grpo": "GRPO and its family (dapo, dr_grpo, bnpo, cispo, sapo, luspo; GSPO): group-relative "
+            "advantages over num_generations samples per prompt, verifiable rewards or reward models",
+    "online-dpo": "online DPO: two samples per prompt from the current policy, ranked by the "
+                  "reward, a pairwise-loss step against the frozen reference",
 }
 
 
@@ -77,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "dpo_beta0.1); rerun to continue")
     experiment.add_argument("--max-minutes", type=float, metavar="M", help="start no stage after M minutes; rerun "
                                                                           "to continue")
-    for name, (cls, text) in STAGES.items():
+    for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=f"settings (key=value or --key value) override the file; keys (type) = "
-                                  f"default:\n{describe(cls)}", allow_abbrev=False)
+                                  f"default:\n{describe(COMMAND_CONFIGS[name])}", allow_abbrev=False)
         p.add_argument("--config", help="YAML file of key: value settings")
     return parser
 
@@ -98,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     # Settings are not argparse options: every key is a setting, in any spelling (see cli_overrides).
     args, settings = build_parser().parse_known_args(argv)
     try:
-        stage_config = STAGES[args.stage][0] if args.stage in STAGES else DPOConfig if args.stage == "demo" else None
+        stage_config = COMMAND_CONFIGS.get("dpo" if args.stage == "demo" else args.stage)
         args.overrides = cli_overrides(settings, valued_keys(stage_config) if stage_config else ())
         if args.stage == "demo":
             from preftune.demo import run_demo

@@ -17,6 +17,7 @@ from preftune.config.fields import Problems
 from preftune.config.loss import LossGroup
 from preftune.config.parse import Text, cli_overrides, coerce, read_settings, show_default, type_name
 from preftune.config.stages import (
+    COMMAND_CONFIGS,
     DPOConfig,
     EvalConfig,
     GRPOConfig,
@@ -31,7 +32,7 @@ LossConfig = LossGroup  # the loss keys' group, as the objectives name it
 
 C = TypeVar("C")
 
-__all__ = ["DPOConfig", "EvalConfig", "GRPOConfig", "LossConfig", "OnlineDPOConfig", "RLConfig", "RMConfig", "SFTConfig", "Text", "TrainingConfig",
+__all__ = ["COMMAND_CONFIGS", "DPOConfig", "EvalConfig", "GRPOConfig", "LossConfig", "OnlineDPOConfig", "RLConfig", "RMConfig", "SFTConfig", "Text", "TrainingConfig",
            "cli_overrides", "describe", "from_dict", "load_config", "read_settings", "to_dict"]
 
 

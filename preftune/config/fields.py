@@ -22,7 +22,10 @@ def setting(default: Any, help: str, **meta: Any) -> Any:
 
 class Problems:
     """Every problem found in one config, in the order found. ``bad`` keys had a value of the wrong type
-    (already reported): range checks skip them, so one mistake is reported once."""
+    (already reported): range checks skip them, so one mistake is reported once.
+
+    The checks a group's ``check(self, p)`` runs are methods, e.g. ``p.positive(self, "lora_r")``: each
+    reads the keys of ``config`` and adds a line for every value out of its range."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -37,6 +40,37 @@ class Problems:
         if self.items:
             raise ConfigError(self.items)
 
+    def require(self, config: Any, key: str, why: str) -> None:
+        if not getattr(config, key):
+            self.add(f"{key} {why}", key)
+
+    def positive(self, config: Any, *keys: str) -> None:
+        for key in keys:
+            if getattr(config, key) <= 0:
+                self.add(f"{key} must be > 0, got {getattr(config, key)}", key)
+
+    def non_negative(self, config: Any, *keys: str) -> None:
+        for key in keys:
+            if getattr(config, key) < 0:
+                self.add(f"{key} must be >= 0, got {getattr(config, key)}", key)
+
+    def positive_or_null(self, config: Any, *keys: str) -> None:
+        for key in keys:
+            value = getattr(config, key)
+            if value is not None and value <= 0:
+                self.add(f"{key} must be > 0 or null, got {value}", key)
+
+    def in_range(self, config: Any, key: str, interval: str) -> None:
+        """``interval`` in the usual notation, e.g. ``"[0, 1)"``: it is both the check and the message."""
+        value = getattr(config, key)
+        if value is None:
+            return
+        low, high = (float(x) for x in interval[1:-1].split(","))
+        above = value >= low if interval[0] == "[" else value > low
+        below = value <= high if interval[-1] == "]" else value < high
+        if not (above and below):
+            self.add(f"{key} must be in {interval}, got {value}", key)
+
 
 def default_of(config: Any, key: str) -> Any:
     f = type(config).__dataclass_fields__[key]
@@ -47,42 +81,6 @@ def changed(config: Any, *keys: str) -> list[str]:
     """The keys among ``keys`` (those this stage has) whose value differs from the stage's default."""
     fields = type(config).__dataclass_fields__
     return [k for k in keys if k in fields and getattr(config, k) != default_of(config, k)]
-
-
-def require(config: Any, p: Problems, key: str, why: str) -> None:
-    if not getattr(config, key):
-        p.add(f"{key} {why}", key)
-
-
-def positive(config: Any, p: Problems, *keys: str) -> None:
-    for key in keys:
-        if getattr(config, key) <= 0:
-            p.add(f"{key} must be > 0, got {getattr(config, key)}", key)
-
-
-def non_negative(config: Any, p: Problems, *keys: str) -> None:
-    for key in keys:
-        if getattr(config, key) < 0:
-            p.add(f"{key} must be >= 0, got {getattr(config, key)}", key)
-
-
-def positive_or_null(config: Any, p: Problems, *keys: str) -> None:
-    for key in keys:
-        value = getattr(config, key)
-        if value is not None and value <= 0:
-            p.add(f"{key} must be > 0 or null, got {value}", key)
-
-
-def in_range(config: Any, p: Problems, key: str, interval: str) -> None:
-    """``interval`` in the usual notation, e.g. ``"[0, 1)"``: it is both the check and the message."""
-    value = getattr(config, key)
-    if value is None:
-        return
-    low, high = (float(x) for x in interval[1:-1].split(","))
-    above = value >= low if interval[0] == "[" else value > low
-    below = value <= high if interval[-1] == "]" else value < high
-    if not (above and below):
-        p.add(f"{key} must be in {interval}, got {value}", key)
 
 
 def check_choices(config: Any, p: Problems) -> None:

@@ -10,15 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.config.fields import (
-    Problems,
-    changed,
-    in_range,
-    non_negative,
-    positive,
-    positive_or_null,
-    setting,
-)
+from preftune.config.fields import Problems, changed, setting
+
+# use_chat_template means the same in every group that renders text (TextGroup here, rl.PromptGroup).
+USE_CHAT_TEMPLATE = "Render with the tokenizer's chat template (null = when it has one)."
 
 
 @dataclass(frozen=True)
@@ -36,7 +31,7 @@ class DeviceGroup:
                                             "transformers' full_determinism: slower, bitwise repeatable on a GPU.")
 
     def check(self, p: Problems) -> None:
-        positive_or_null(self, p, "threads")
+        p.positive_or_null(self, "threads")
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ class LogprobGroup:
     logprob_chunk_size: int = setting(512, "Completion tokens per output-layer chunk: bounds the live logits.")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "logprob_chunk_size")
+        p.positive(self, "logprob_chunk_size")
 
 
 @dataclass(frozen=True)
@@ -175,8 +170,8 @@ class PeftGroup:
                                         "with use_peft).")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "lora_r", "lora_alpha")
-        in_range(self, p, "lora_dropout", "[0, 1)")
+        p.positive(self, "lora_r", "lora_alpha")
+        p.in_range(self, "lora_dropout", "[0, 1)")
         if not self.use_peft:
             for key in changed(self, "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                "lora_modules_to_save", "use_rslora", "use_dora", "load_in_4bit"):
@@ -197,8 +192,7 @@ class TextGroup:
                                                  "completion's end (a prompt that alone fills max_length is dropped "
                                                  "and counted, as TRL); keep_end cuts the prompt's start.",
                                    choices=("keep_start", "keep_end"))
-    use_chat_template: bool | None = setting(None, "Render with the tokenizer's chat template (null = when it has "
-                                                   "one).")
+    use_chat_template: bool | None = setting(None, USE_CHAT_TEMPLATE)
 
     def check(self, p: Problems) -> None:
         """The same rules as the data pipeline's DataSettings."""
@@ -256,8 +250,8 @@ class DataGroup:
     def check(self, p: Problems) -> None:
         from preftune.data.sources import check_mixer, check_mixture, check_trl_mixture
 
-        non_negative(self, p, "eval_size")
-        positive_or_null(self, p, "max_row_bytes")
+        p.non_negative(self, "eval_size")
+        p.positive_or_null(self, "max_row_bytes")
         sources = [k for k in ("train_file", "dataset_name", "dataset_mixture", "dataset_mixer", "datasets")
                    if getattr(self, k)]
         if len(sources) > 1:

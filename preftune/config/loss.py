@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from preftune.config.fields import Problems, default_of, in_range, non_negative, positive, setting
+from preftune.config.fields import Problems, default_of, setting
 
 # Keys every loss reads; every other key of LossGroup belongs to the losses whose registry entry names it
 # (``losses.hyperparameters``), and setting it while none of them is chosen is an error.
@@ -47,10 +47,10 @@ class LossGroup:
     def check(self, p: Problems) -> None:
         from preftune import losses
 
-        positive(self, p, "beta", "desirable_weight", "undesirable_weight", "discopop_tau")
-        in_range(self, p, "label_smoothing", "[0, 0.5)")
-        non_negative(self, p, "simpo_gamma", "orpo_alpha")
-        in_range(self, p, "ld_alpha", "[0, 1]")
+        p.positive(self, "beta", "desirable_weight", "undesirable_weight", "discopop_tau")
+        p.in_range(self, "label_smoothing", "[0, 0.5)")
+        p.non_negative(self, "simpo_gamma", "orpo_alpha")
+        p.in_range(self, "ld_alpha", "[0, 1]")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             p.add(f"rpo_alpha must be >= 0 or null, got {self.rpo_alpha}", "rpo_alpha")
         if "loss_type" in p.bad:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.config.fields import Problems, changed, in_range, non_negative, positive, setting
+from preftune.config.fields import Problems, changed, setting
 
 # transformers' schedules; the lr of optimizer step s is learning_rate × the schedule's factor at s.
 SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -81,15 +81,15 @@ class OptimGroup:
     data_seed: int | None = setting(None, "Seed of the data order only (null = seed).")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+        p.positive(self, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "num_train_epochs", "adam_epsilon")
         if hasattr(self, "gradient_accumulation_steps"):
-            positive(self, p, "gradient_accumulation_steps")
-        non_negative(self, p, "weight_decay", "warmup_steps", "max_grad_norm")
-        in_range(self, p, "warmup_ratio", "[0, 1]")
-        in_range(self, p, "adam_beta1", "[0, 1)")
-        in_range(self, p, "adam_beta2", "[0, 1)")
-        in_range(self, p, "data_seed", "[0, 4294967295]")   # as seed
+            p.positive(self, "gradient_accumulation_steps")
+        p.non_negative(self, "weight_decay", "warmup_steps", "max_grad_norm")
+        p.in_range(self, "warmup_ratio", "[0, 1]")
+        p.in_range(self, "adam_beta1", "[0, 1)")
+        p.in_range(self, "adam_beta2", "[0, 1)")
+        p.in_range(self, "data_seed", "[0, 4294967295]")   # as seed
         if self.max_steps != -1 and self.max_steps <= 0:
             p.add(f"max_steps must be -1 (no limit) or > 0, got {self.max_steps}", "max_steps")
         if self.warmup_steps >= 1 and not float(self.warmup_steps).is_integer():

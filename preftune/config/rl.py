@@ -6,15 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from preftune.config.fields import (
-    Problems,
-    changed,
-    in_range,
-    non_negative,
-    positive,
-    positive_or_null,
-    setting,
-)
+from preftune.config.fields import Problems, changed, setting
+from preftune.config.groups import USE_CHAT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -23,8 +16,7 @@ class PromptGroup:
 
     max_prompt_length: int | None = setting(256, "Max prompt tokens; longer prompts are cut from the left (each "
                                                  "cut counted in the log; null = never cut).")
-    use_chat_template: bool | None = setting(None, "Render with the tokenizer's chat template (null = when it has "
-                                                   "one).")
+    use_chat_template: bool | None = setting(None, USE_CHAT_TEMPLATE)
 
     def check(self, p: Problems) -> None:
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
@@ -46,10 +38,10 @@ class SamplingGroup:
                                        "accuracy of the policy's most likely answer.")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "temperature", "repetition_penalty")
-        non_negative(self, p, "top_k")
-        in_range(self, p, "top_p", "(0, 1]")
-        in_range(self, p, "min_p", "[0, 1]")
+        p.positive(self, "temperature", "repetition_penalty")
+        p.non_negative(self, "top_k")
+        p.in_range(self, "top_p", "(0, 1]")
+        p.in_range(self, "min_p", "[0, 1]")
 
 
 @dataclass(frozen=True)
@@ -65,7 +57,7 @@ class RewardGroup:
     reward_batch_size: int = setting(32, "Completions per reward-model call.")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "reward_batch_size")
+        p.positive(self, "reward_batch_size")
         if self.reward and self.reward_funcs:
             p.add("reward and reward_funcs are both set: list every reward in reward_funcs", "reward")
         elif not reward_specs(self):
@@ -116,14 +108,14 @@ class RLGroup:
                                                       "max_new_tokens without EOS (null = off).")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "num_generations", "max_new_tokens", "kl_horizon", "ppo_epochs", "num_mini_batches",
+        p.positive(self, "num_generations", "max_new_tokens", "kl_horizon", "ppo_epochs", "num_mini_batches",
                  "kl_target")
-        positive(self, p, "clip_range")  # as preftune.rl.surrogate requires: ε = 0 pins every ratio to 1
-        positive_or_null(self, p, "clip_range_value")
-        non_negative(self, p, "kl_coef", "vf_coef")
+        p.positive(self, "clip_range")  # as preftune.rl.surrogate requires: ε = 0 pins every ratio to 1
+        p.positive_or_null(self, "clip_range_value")
+        p.non_negative(self, "kl_coef", "vf_coef")
         _missing_eos_penalty(self, p)
-        in_range(self, p, "gamma", "[0, 1]")
-        in_range(self, p, "lam", "[0, 1]")
+        p.in_range(self, "gamma", "[0, 1]")
+        p.in_range(self, "lam", "[0, 1]")
         if self.algorithm == "rloo" and self.num_generations < 2:
             p.add("algorithm rloo needs num_generations >= 2 (the baseline is the other samples' mean)")
         if self.algorithm != "ppo":
@@ -195,11 +187,11 @@ class GRPOGroup:
         if self.num_generations < 2:
             p.add(f"num_generations must be >= 2 (GRPO's baseline is the group's other samples), got "
                   f"{self.num_generations}", "num_generations")
-        positive(self, p, "max_completion_length", "num_iterations", "epsilon", "sapo_temperature_pos",
+        p.positive(self, "max_completion_length", "num_iterations", "epsilon", "sapo_temperature_pos",
                  "sapo_temperature_neg")
-        positive_or_null(self, p, "num_generations_eval", "steps_per_generation", "generation_batch_size",
+        p.positive_or_null(self, "num_generations_eval", "steps_per_generation", "generation_batch_size",
                          "epsilon_high", "delta")
-        non_negative(self, p, "beta")
+        p.non_negative(self, "beta")
         if self.steps_per_generation is not None and self.generation_batch_size is not None:
             p.add("steps_per_generation and generation_batch_size are both set: give one (TRL's rule)")
         if self.delta is not None and self.epsilon_high is not None and self.delta <= 1 + self.epsilon_high:
@@ -225,5 +217,5 @@ class OnlineDPOGroup:
     ref_model_name_or_path: str | None = setting(None, "Reference π_ref (null = the starting policy).")
 
     def check(self, p: Problems) -> None:
-        positive(self, p, "max_new_tokens")
+        p.positive(self, "max_new_tokens")
         _missing_eos_penalty(self, p)

@@ -11,7 +11,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from preftune.config.fields import Problems, in_range, non_negative, positive_or_null, setting
+from preftune.config.fields import Problems, setting
 
 STRATEGIES = ("no", "steps", "epoch")
 # report_to name -> the module it needs and the pip extra that installs it
@@ -79,10 +79,10 @@ class RunGroup:
     progress_bar: bool = setting(True, "Show a live progress bar (rank 0).")
 
     def check(self, p: Problems) -> None:
-        in_range(self, p, "seed", "[0, 4294967295]")   # torch overflows past 2**63, numpy past 2**32
+        p.in_range(self, "seed", "[0, 4294967295]")   # torch overflows past 2**63, numpy past 2**32
         steps_or_fraction(self, p, "logging_steps", "eval_steps", "save_steps")
-        non_negative(self, p, "max_consecutive_skips", "eval_delay")
-        positive_or_null(self, p, "save_total_limit")
+        p.non_negative(self, "max_consecutive_skips", "eval_delay")
+        p.positive_or_null(self, "save_total_limit")
         if "report_to" not in p.bad and len(self.report_to) > 1 and {"none", "all", "auto"} & set(self.report_to):
             p.add(f"report_to {self.report_to}: none, all and auto stand alone", "report_to")
         for name in self.report_to:

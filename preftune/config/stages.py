@@ -9,16 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.config.compose import compose
-from preftune.config.fields import (
-    Problems,
-    changed,
-    in_range,
-    non_negative,
-    positive,
-    positive_or_null,
-    require,
-    setting,
-)
+from preftune.config.fields import Problems, changed, setting
 from preftune.config.groups import (
     DataGroup,
     DeviceGroup,
@@ -92,9 +83,9 @@ class ReferenceGroup:
     def check(self, p: Problems) -> None:
         if self.precompute_ref_log_probs is None:  # resolved when built: the run and its config.json say which
             object.__setattr__(self, "precompute_ref_log_probs", not self.sync_ref_model)
-        positive_or_null(self, p, "precompute_ref_batch_size")
-        in_range(self, p, "ref_model_mixup_alpha", "[0, 1]")
-        positive(self, p, "ref_model_sync_steps")
+        p.positive_or_null(self, "precompute_ref_batch_size")
+        p.in_range(self, "ref_model_mixup_alpha", "[0, 1]")
+        p.positive(self, "ref_model_sync_steps")
         if not self.sync_ref_model:
             for key in changed(self, "ref_model_mixup_alpha", "ref_model_sync_steps"):
                 p.add(f"{key} is set but sync_ref_model is false, so it would be ignored", key)
@@ -137,7 +128,7 @@ class RewardModelGroup:
                                                              "null = off.")
 
     def check(self, p: Problems) -> None:
-        non_negative(self, p, "margin")
+        p.non_negative(self, "margin")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
             p.add(f"center_rewards_coefficient must be >= 0 or null, got {self.center_rewards_coefficient}",
                   "center_rewards_coefficient")
@@ -296,12 +287,12 @@ class EvalGroup:
     seed: int = setting(42, "kto only: seed of the fixed KL partners (use the training run's seed).")
 
     def check(self, p: Problems) -> None:
-        require(self, p, "model_name_or_path", "is required")
+        p.require(self, "model_name_or_path", "is required")
         if not self.eval_file and not self.dataset_name:
             p.add("eval_file is required (or dataset_name)", "eval_file")
-        require(self, p, "ref_model_name_or_path", "is required")
-        positive(self, p, "per_device_eval_batch_size")
-        in_range(self, p, "seed", "[0, 4294967295]")   # as the training run's seed
+        p.require(self, "ref_model_name_or_path", "is required")
+        p.positive(self, "per_device_eval_batch_size")
+        p.in_range(self, "seed", "[0, 4294967295]")   # as the training run's seed
         if self.seed != 42 and getattr(self, "loss_type", None) != ["kto"]:
             p.add("seed is set but only loss_type kto uses it (for its KL partners)", "seed")
 
@@ -315,5 +306,9 @@ EvalConfig = compose(
 
 STAGE_CONFIGS = (TrainingConfig, SFTConfig, DPOConfig, RMConfig, RLConfig, GRPOConfig, OnlineDPOConfig, EvalConfig)
 
-__all__ = ["DPOConfig", "EvalConfig", "GRPOConfig", "OnlineDPOConfig", "RLConfig", "RMConfig", "SFTConfig",
-           "STAGE_CONFIGS", "TrainingConfig"]
+# The config each command reads (`preftune <command>`): ppo, rloo and reinforce are RLConfig's algorithms.
+COMMAND_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "eval": EvalConfig, "rm": RMConfig, "ppo": RLConfig,
+                   "rloo": RLConfig, "reinforce": RLConfig, "grpo": GRPOConfig, "online-dpo": OnlineDPOConfig}
+
+__all__ = ["COMMAND_CONFIGS", "DPOConfig", "EvalConfig", "GRPOConfig", "OnlineDPOConfig", "RLConfig", "RMConfig",
+           "SFTConfig", "STAGE_CONFIGS", "TrainingConfig"]
