@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import torch
 
@@ -33,8 +34,12 @@ from preftune.data.tokenize import (
     TokenizedUnpaired,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Required, Unpack
+
 __all__ = [
     "CompletionBatch",
+    "PaddedBatch",
     "PreferenceBatch",
     "RankingBatch",
     "Rows",
@@ -44,6 +49,8 @@ __all__ = [
     "collate_rankings",
     "collate_unpaired",
 ]
+
+PaddedT = TypeVar("PaddedT", bound="PaddedBatch")
 
 
 @dataclass
@@ -90,22 +97,28 @@ class Rows:
 
 
 @dataclass
-class PreferenceBatch:
-    """``[2B, T]`` tensors: rows ``0..B-1`` chosen, rows ``B..2B-1`` rejected; ``index`` is ``[B]``."""
+class PaddedBatch:
+    """Padded sequences, one per row (``[N, T]``), and the dataset position of each example (``index``, ``[B]``):
+    what a batch of pairs and a batch of SFT examples both are."""
 
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
     loss_mask: torch.BoolTensor
     index: torch.LongTensor  # dataset positions: the key for cached reference log-probs
 
-    def to(self, device: torch.device | str) -> PreferenceBatch:
+    def to(self: PaddedT, device: torch.device | str) -> PaddedT:
         """A copy with every tensor on ``device``."""
-        return PreferenceBatch(
+        return type(self)(
             self.input_ids.to(device),
             self.attention_mask.to(device),
             self.loss_mask.to(device),
             self.index.to(device),
         )
+
+
+@dataclass
+class PreferenceBatch(PaddedBatch):
+    """``[2B, T]`` tensors: rows ``0..B-1`` chosen, rows ``B..2B-1`` rejected; ``index`` is ``[B]``."""
 
     @property
     def num_pairs(self) -> int:
@@ -122,22 +135,8 @@ class PreferenceBatch:
 
 
 @dataclass
-class CompletionBatch:
+class CompletionBatch(PaddedBatch):
     """``[B, T]`` tensors for SFT; ``index`` is ``[B]``."""
-
-    input_ids: torch.LongTensor
-    attention_mask: torch.LongTensor
-    loss_mask: torch.BoolTensor
-    index: torch.LongTensor
-
-    def to(self, device: torch.device | str) -> CompletionBatch:
-        """A copy with every tensor on ``device``."""
-        return CompletionBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.loss_mask.to(device),
-            self.index.to(device),
-        )
 
 
 @dataclass
@@ -186,42 +185,32 @@ class RankingBatch:
         return matrix, mask
 
 
-def collate_preferences(
-    examples: Sequence[TokenizedPreference],
-    indices: Sequence[int],
-    *,
-    pad_token_id: int,
-    pad_to_multiple_of: int | None = None,
-) -> PreferenceBatch:
+class Padding(TypedDict, total=False):
+    """The keyword arguments every ``collate_*`` takes (``pad_token_id`` required)."""
+
+    pad_token_id: Required[int]
+    pad_to_multiple_of: int | None  # round the padded length up to a multiple of this (default None: no rounding)
+
+
+def collate_preferences(examples: Sequence[TokenizedPreference], indices: Sequence[int],
+                        **padding: Unpack[Padding]) -> PreferenceBatch:
     """Pad pairs into a :class:`PreferenceBatch` (chosen rows first, then rejected)."""
     _check(examples, indices)
     rows = [_sequence(e.prompt_ids, e.chosen_ids, e.origin, "chosen") for e in examples]
     rows += [_sequence(e.prompt_ids, e.rejected_ids, e.origin, "rejected") for e in examples]
-    ids, attention, loss = pad_rows(rows, pad_token_id, pad_to_multiple_of)
-    return PreferenceBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
+    return PreferenceBatch(*pad_rows(rows, **padding), _long(indices))
 
 
-def collate_completions(
-    examples: Sequence[TokenizedCompletion],
-    indices: Sequence[int],
-    *,
-    pad_token_id: int,
-    pad_to_multiple_of: int | None = None,
-) -> CompletionBatch:
+def collate_completions(examples: Sequence[TokenizedCompletion], indices: Sequence[int],
+                        **padding: Unpack[Padding]) -> CompletionBatch:
     """Pad SFT examples into a :class:`CompletionBatch`."""
     _check(examples, indices)
     rows = [_sequence(e.prompt_ids, e.completion_ids, e.origin, "completion") for e in examples]
-    ids, attention, loss = pad_rows(rows, pad_token_id, pad_to_multiple_of)
-    return CompletionBatch(ids, attention, loss, torch.tensor(list(indices), dtype=torch.long))
+    return CompletionBatch(*pad_rows(rows, **padding), _long(indices))
 
 
-def collate_unpaired(
-    examples: Sequence[TokenizedUnpaired],
-    indices: Sequence[int],
-    *,
-    pad_token_id: int,
-    pad_to_multiple_of: int | None = None,
-) -> UnpairedBatch:
+def collate_unpaired(examples: Sequence[TokenizedUnpaired], indices: Sequence[int],
+                     **padding: Unpack[Padding]) -> UnpairedBatch:
     """Pad KTO examples and their KL partners into an :class:`UnpairedBatch`."""
     _check(examples, indices)
     for e in examples:
@@ -235,20 +224,15 @@ def collate_unpaired(
     index = _long(indices)
     position = torch.arange(len(examples))
     return UnpairedBatch(
-        Rows(*pad_rows(main, pad_token_id, pad_to_multiple_of), index.clone(), position, torch.zeros_like(index)),
-        Rows(*pad_rows(kl, pad_token_id, pad_to_multiple_of), index.clone(), position.clone(), torch.ones_like(index)),
+        Rows(*pad_rows(main, **padding), index.clone(), position, torch.zeros_like(index)),
+        Rows(*pad_rows(kl, **padding), index.clone(), position.clone(), torch.ones_like(index)),
         torch.tensor([e.label for e in examples], dtype=torch.bool),
         index,
     )
 
 
-def collate_rankings(
-    examples: Sequence[TokenizedRanking],
-    indices: Sequence[int],
-    *,
-    pad_token_id: int,
-    pad_to_multiple_of: int | None = None,
-) -> RankingBatch:
+def collate_rankings(examples: Sequence[TokenizedRanking], indices: Sequence[int],
+                     **padding: Unpack[Padding]) -> RankingBatch:
     """Pad ranked lists into a :class:`RankingBatch`: R = the total number of completions."""
     _check(examples, indices)
     rows, example, position, column = [], [], [], []
@@ -259,7 +243,7 @@ def collate_rankings(
             position.append(b)
             column.append(rank)
     return RankingBatch(
-        Rows(*pad_rows(rows, pad_token_id, pad_to_multiple_of), _long(example), _long(position), _long(column)),
+        Rows(*pad_rows(rows, **padding), _long(example), _long(position), _long(column)),
         _long(indices),
         max(len(e.completion_ids) for e in examples),
     )
@@ -291,7 +275,7 @@ def _long(values: Sequence[int]) -> torch.LongTensor:
 
 
 def pad_rows(
-    rows: list[tuple[list[int], list[bool]]], pad_token_id: int, pad_to_multiple_of: int | None
+    rows: list[tuple[list[int], list[bool]]], pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ids, loss mask)`` rows → right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` [rows, length],
     the length rounded up to ``pad_to_multiple_of`` when set."""
