@@ -11,15 +11,16 @@ every example. Errors name a field by the column it was read from (``Record.labe
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from preftune.data.encoding import check_text
 from preftune.data.load import Record
+from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import ConfigError, DataError
 
-__all__ = ["Messages", "TextOrMessages", "field_value", "render_templated", "require_template_for_messages",
-           "use_template", "with_system"]
+__all__ = ["Messages", "TextOrMessages", "check_texts", "field_value", "render_templated", "render_texts",
+           "require_template_for_messages", "use_template", "with_system"]
 
 Messages = list[dict[str, Any]]
 TextOrMessages = str | Messages
@@ -157,3 +158,26 @@ def with_system(prompt: TextOrMessages, record: Record, templated: bool) -> Text
         raise DataError(f"{record.origin}: field '{label}' (system_field) is set, but field "
                         f"'{record.label('prompt')}' already starts with a system message")
     return [{"role": "system", "content": system}, *messages]
+
+
+def check_texts(values: Mapping[str, Any], tokenizer: Any, origin: str, *, templated: bool,
+                completions: Collection[str], allow_special_tokens: bool = False) -> None:
+    """What every layout checks of its fields (``values``: column label → value) before rendering them: a
+    message list needs a chat template, and no text spells a special token where the tokenizer would read
+    it as one (:func:`~preftune.data.special_tokens.check_special_tokens`; ``completions`` names the
+    completion fields) unless ``allow_special_tokens``."""
+    require_template_for_messages(values, templated, origin)
+    if not allow_special_tokens:
+        check_special_tokens(values, tokenizer, origin, templated=templated, completions=completions)
+
+
+def render_texts(prompt: TextOrMessages, completions: Sequence[tuple[str, TextOrMessages]], tokenizer: Any,
+                 origin: str, templated: bool) -> tuple[str, list[str]]:
+    """The prompt and completion strings the model sees, from the prompt and ``(column label, completion)``
+    pairs: as they are without a chat template (then every value is a string: see
+    :func:`require_template_for_messages`), else each completion's conversation through the template
+    (:func:`render_templated`) and the prompt as the first one renders it."""
+    if not templated:
+        return prompt, [completion for _, completion in completions]
+    rendered = [render_templated(prompt, completion, name, tokenizer, origin) for name, completion in completions]
+    return rendered[0][0], [text for _, text in rendered]

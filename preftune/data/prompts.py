@@ -15,10 +15,9 @@ from typing import Any
 
 from preftune.data.dataset import BuiltDataset, DataSettings
 from preftune.data.example import Example
-from preftune.data.fields import field_value, require_template_for_messages, use_template, with_system
+from preftune.data.fields import check_texts, field_value, use_template, with_system
 from preftune.data.formats import prepare
 from preftune.data.load import load_records, source_name
-from preftune.data.special_tokens import check_special_tokens
 from preftune.data.tokenize import encode_prompt
 from preftune.errors import DataError
 
@@ -63,8 +62,7 @@ def build_prompt_dataset(source: Any, tokenizer: Any, settings: DataSettings, *,
         record = prepare(raw, settings.row_format, "prompt", index)
         prompt = field_value(record, "prompt")
         label = record.label("prompt")
-        require_template_for_messages({label: prompt}, templated, record.origin)
-        check_special_tokens({label: prompt}, tokenizer, record.origin, templated=templated, completions=())
+        check_texts({label: prompt}, tokenizer, record.origin, templated=templated, completions=())
         text = render_prompt(with_system(prompt, record, templated), tokenizer, templated, record.origin)
         ids = encode_prompt(text, tokenizer, settings.max_prompt_length, record.origin)
         columns = {k: v for k, v in record.fields.items() if k not in ("prompt", "system")}

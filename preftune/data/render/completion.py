@@ -6,15 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.data.fields import (
-    field_value,
-    render_templated,
-    require_template_for_messages,
-    use_template,
-    with_system,
-)
+from preftune.data.fields import check_texts, field_value, render_texts, use_template, with_system
 from preftune.data.load import Record
-from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import DataError
 
 __all__ = ["CompletionText", "render_completion"]
@@ -65,11 +58,8 @@ def render_completion(
         completion = field_value(record, completion_field)
         field, values = completion_field, {"prompt": prompt, completion_field: completion}
     templated = use_template(tokenizer, use_chat_template)
-    require_template_for_messages(values, templated, origin)
-    if not allow_special_tokens:
-        check_special_tokens(values, tokenizer, origin, templated=templated, completions=(completion_field,))
+    check_texts(values, tokenizer, origin, templated=templated, completions=(completion_field,),
+                allow_special_tokens=allow_special_tokens)
     prompt = with_system(prompt, record, templated)
-    if not templated:
-        return CompletionText(prompt, completion, origin, field)
-    prompt_text, completion_text = render_templated(prompt, completion, field, tokenizer, origin)
+    prompt_text, (completion_text,) = render_texts(prompt, [(field, completion)], tokenizer, origin, templated)
     return CompletionText(prompt_text, completion_text, origin, field)

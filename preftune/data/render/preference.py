@@ -9,16 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.data.fields import (
-    field_value,
-    render_templated,
-    require_template_for_messages,
-    use_template,
-    with_system,
-)
+from preftune.data.fields import check_texts, field_value, render_texts, use_template, with_system
 from preftune.data.implicit_prompt import hh_messages, split_implicit_prompt, strip_repeated_prompt
 from preftune.data.load import Record
-from preftune.data.special_tokens import check_special_tokens
 
 __all__ = ["PreferenceText", "render_preference"]
 
@@ -50,8 +43,7 @@ def render_preference(
     prompt = field_value(record, "prompt", required=False)
     templated = use_template(tokenizer, use_chat_template)
     values = dict(zip(names, (prompt, chosen, rejected)))
-    require_template_for_messages(values, templated, origin)
-    check_special_tokens(values, tokenizer, origin, templated=templated, completions=names[1:])
+    check_texts(values, tokenizer, origin, templated=templated, completions=names[1:])
     if prompt is None:
         prompt, chosen, rejected = split_implicit_prompt(chosen, rejected, origin, names[1:])
         if templated and isinstance(prompt, str):
@@ -61,8 +53,6 @@ def render_preference(
     else:
         prompt, chosen, rejected = strip_repeated_prompt(prompt, chosen, rejected, origin, names)
     prompt = with_system(prompt, record, templated)
-    if not templated:
-        return PreferenceText(prompt, chosen, rejected, origin)
-    prompt_text, chosen_text = render_templated(prompt, chosen, names[1], tokenizer, origin)
-    _, rejected_text = render_templated(prompt, rejected, names[2], tokenizer, origin)
+    prompt_text, (chosen_text, rejected_text) = render_texts(prompt, [(names[1], chosen), (names[2], rejected)],
+                                                             tokenizer, origin, templated)
     return PreferenceText(prompt_text, chosen_text, rejected_text, origin)

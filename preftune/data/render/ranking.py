@@ -11,14 +11,13 @@ from typing import Any
 
 from preftune.data.fields import (
     TextOrMessages,
+    check_texts,
     field_value,
-    render_templated,
-    require_template_for_messages,
+    render_texts,
     use_template,
     with_system,
 )
 from preftune.data.load import Record
-from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import DataError, SkipExample
 
 __all__ = ["RankingText", "render_ranking"]
@@ -50,18 +49,15 @@ def render_ranking(record: Record, tokenizer: Any, *, use_chat_template: bool | 
     templated = use_template(tokenizer, use_chat_template)
     names = [record.label(f"completions[{i}]") for i in range(len(completions))]
     values = {record.label("prompt"): prompt, **dict(zip(names, completions))}
-    require_template_for_messages(values, templated, origin)
-    check_special_tokens(values, tokenizer, origin, templated=templated, completions=names)
+    check_texts(values, tokenizer, origin, templated=templated, completions=names)
     prompt = with_system(prompt, record, templated)
     order = list(range(len(completions)))
     if scores is not None:
         if len(set(scores)) < len(scores):
             raise SkipExample(TIED_SCORES, origin)
         order.sort(key=lambda i: -scores[i])
-    if not templated:
-        return RankingText(prompt, tuple(completions[i] for i in order), origin)
-    rendered = [render_templated(prompt, completions[i], names[i], tokenizer, origin) for i in order]
-    return RankingText(rendered[0][0], tuple(text for _, text in rendered), origin)
+    prompt_text, texts = render_texts(prompt, [(names[i], completions[i]) for i in order], tokenizer, origin, templated)
+    return RankingText(prompt_text, tuple(texts), origin)
 
 
 def _completion_list(record: Record) -> list[TextOrMessages]:

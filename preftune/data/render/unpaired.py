@@ -7,15 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.data.fields import (
-    field_value,
-    render_templated,
-    require_template_for_messages,
-    use_template,
-    with_system,
-)
+from preftune.data.fields import check_texts, field_value, render_texts, use_template, with_system
 from preftune.data.load import Record
-from preftune.data.special_tokens import check_special_tokens
 from preftune.errors import DataError
 
 __all__ = ["UnpairedText", "render_unpaired"]
@@ -48,12 +41,9 @@ def render_unpaired(record: Record, tokenizer: Any, *, use_chat_template: bool |
     templated = use_template(tokenizer, use_chat_template)
     names = (record.label("prompt"), record.label("completion"))
     values = dict(zip(names, (prompt, completion)))
-    require_template_for_messages(values, templated, origin)
-    check_special_tokens(values, tokenizer, origin, templated=templated, completions=names[1:])
+    check_texts(values, tokenizer, origin, templated=templated, completions=names[1:])
     prompt = with_system(prompt, record, templated)
-    if not templated:
-        return UnpairedText(prompt, completion, label, origin)
-    prompt_text, completion_text = render_templated(prompt, completion, names[1], tokenizer, origin)
+    prompt_text, (completion_text,) = render_texts(prompt, [(names[1], completion)], tokenizer, origin, templated)
     return UnpairedText(prompt_text, completion_text, label, origin)
 
 
