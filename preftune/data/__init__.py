@@ -6,55 +6,14 @@ and ranked lists for Plackett–Luce (``build_ranking_dataset``); the collate fu
 tokenized examples into padded batches whose sequences are :class:`Rows`.
 """
 
-from preftune.data.collate import (
-    CompletionBatch,
-    PreferenceBatch,
-    RankingBatch,
-    Rows,
-    UnpairedBatch,
-    collate_completions,
-    collate_preferences,
-    collate_rankings,
-    collate_unpaired,
-)
-from preftune.data.dataset import (
-    BuiltDataset,
-    DataSettings,
-    assign_kl_partners,
-    build_completion_dataset,
-    build_preference_dataset,
-    build_ranking_dataset,
-    build_unpaired_dataset,
-)
+# Each step's module names what it makes public (its __all__); the package re-exports those names.
+from preftune.data import collate, dataset, mask, render, tokenize
+from preftune.data.collate import *  # noqa: F403
+from preftune.data.dataset import *  # noqa: F403
 from preftune.data.load import Record, load_records
-from preftune.data.mask import completion_sequence
-from preftune.data.render import (
-    CompletionText,
-    PreferenceText,
-    RankingText,
-    UnpairedText,
-    render_completion,
-    render_preference,
-    render_ranking,
-    render_unpaired,
-)
-from preftune.data.tokenize import (
-    TokenizedCompletion,
-    TokenizedPreference,
-    TokenizedRanking,
-    TokenizedUnpaired,
-    tokenize_completion,
-    tokenize_preference,
-    tokenize_ranking,
-    tokenize_unpaired,
-)
+from preftune.data.mask import *  # noqa: F403
+from preftune.data.render import *  # noqa: F403
+from preftune.data.tokenize import *  # noqa: F403
 
-__all__ = [
-    "BuiltDataset", "CompletionBatch", "CompletionText", "DataSettings", "PreferenceBatch", "PreferenceText",
-    "RankingBatch", "RankingText", "Record", "Rows", "TokenizedCompletion", "TokenizedPreference",
-    "TokenizedRanking", "TokenizedUnpaired", "UnpairedBatch", "UnpairedText", "assign_kl_partners",
-    "build_completion_dataset", "build_preference_dataset", "build_ranking_dataset", "build_unpaired_dataset",
-    "collate_completions", "collate_preferences", "collate_rankings", "collate_unpaired", "completion_sequence",
-    "load_records", "render_completion", "render_preference", "render_ranking", "render_unpaired",
-    "tokenize_completion", "tokenize_preference", "tokenize_ranking", "tokenize_unpaired",
-]
+__all__ = ["Record", "load_records", *collate.__all__, *dataset.__all__, *mask.__all__, *render.__all__,
+           *tokenize.__all__]
