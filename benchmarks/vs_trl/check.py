@@ -174,8 +174,8 @@ def equivalence_check(s: Settings, rows: list[dict], tol: float = 1e-5, grad_rto
 
         # b) The first batch as each trainer builds it.
         trl_batch = next(iter(trainer.get_train_dataloader()))
-        p_batch = objective.collate(built.examples[:s.batch], list(range(s.batch)),
-                                    pad_token_id=tokenizer.pad_token_id)
+        p_batch = objective.layout.collate(built.examples[:s.batch], list(range(s.batch)),
+                                           pad_token_id=tokenizer.pad_token_id)
         same_batch = (
             trl_batch["input_ids"].shape == p_batch.input_ids.shape
             and torch.equal(trl_batch["attention_mask"].cpu().bool(), p_batch.attention_mask.bool())

@@ -23,16 +23,22 @@ from preftune.data.prompts import build_prompt_dataset
 
 class Layout(NamedTuple):
     """``build(source, tokenizer, settings, *, split)`` → a :class:`BuiltDataset`;
-    ``collate(examples, indices, *, pad_token_id)`` → a batch (None for prompts: the sampler batches them)."""
+    ``collate(examples, indices, *, pad_token_id)`` → a batch (None for prompts: the sampler batches them);
+    ``data_format``: what a row holds, one line for errors and logs."""
 
     build: Callable[..., BuiltDataset]
     collate: Callable[..., Any] | None
+    data_format: str
 
 
 LAYOUTS: dict[str, Layout] = {
-    "preference": Layout(build_preference_dataset, collate_preferences),
-    "completion": Layout(build_completion_dataset, collate_completions),
-    "unpaired": Layout(build_unpaired_dataset, collate_unpaired),
-    "ranking": Layout(build_ranking_dataset, collate_rankings),
-    "prompt": Layout(build_prompt_dataset, None),
+    "preference": Layout(build_preference_dataset, collate_preferences,
+                         "{prompt, chosen, rejected} (or chosen/rejected conversations sharing the prompt messages)"),
+    "completion": Layout(build_completion_dataset, collate_completions,
+                         "{prompt, completion} (or a conversation {messages: [...]} ending with the completion)"),
+    "unpaired": Layout(build_unpaired_dataset, collate_unpaired,
+                       "{prompt, completion, label} with label true (desirable) or false (undesirable)"),
+    "ranking": Layout(build_ranking_dataset, collate_rankings,
+                      "{prompt, completions: [best, ..., worst]} (or with scores: [...], higher is better)"),
+    "prompt": Layout(build_prompt_dataset, None, "{prompt} (and the columns the rewards read)"),
 }

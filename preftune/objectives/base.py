@@ -15,6 +15,7 @@ from torch import Tensor
 
 from preftune.data.collate import Rows
 from preftune.data.dataset import BuiltDataset
+from preftune.data.layouts import Layout
 from preftune.modeling.logprobs import SequenceLogps
 from preftune.modeling.reference import RowReduce
 
@@ -33,12 +34,11 @@ class Objective:
     """The layout-specific half of the DPO stage (module docstring)."""
 
     kind: str                                    # 'pairwise' | 'unpaired' | 'listwise'
-    data_format: str                             # one line for errors and logs
-    build: Callable[..., BuiltDataset]           # (source, tokenizer, settings) → BuiltDataset
-    collate: Callable[..., Any]                  # (examples, indices, *, pad_token_id) → batch
-    rows: Callable[[Any], list[Rows]]            # the sequences of a batch that π_ref scores
+    layout: Layout                               # the data: build, collate, row format (data/layouts.py)
     loss: LossFn                                 # (cfg, score, reference, batch, reduce) → (mean loss, sums)
     metric_keys: tuple[str, ...]                 # the sums ``loss`` returns (zeros when a rank has no data)
+    # The sequences of a batch that π_ref scores: the batch's rows (KTO: its examples' and their KL partners').
+    rows: Callable[[Any], list[Rows]] = field(default=lambda batch: [batch.rows])
     # Applied to a built dataset before training (KTO: fix each example's KL partner); (dataset, seed).
     prepare: Callable[[BuiltDataset, int], BuiltDataset] = field(default=lambda dataset, seed: dataset)
     # (cfg) → keyword options the loss passes to ``score`` (per_token, log_sum_sq); none: sums suffice.

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from preftune.config import LossConfig
-from preftune.data.collate import UnpairedBatch, collate_unpaired
-from preftune.data.dataset import assign_kl_partners, build_unpaired_dataset
+from preftune.data.collate import UnpairedBatch
+from preftune.data.dataset import assign_kl_partners
+from preftune.data.layouts import LAYOUTS
 from preftune.losses import kto
 from preftune.objectives.base import Objective, Reduce, Reference, Score, no_reduce
 
@@ -67,9 +68,7 @@ def kto_loss(cfg: LossConfig, score: Score, reference: Reference, batch: Unpaire
 
 KTO = Objective(
     kind="unpaired",
-    data_format="{prompt, completion, label} with label true (desirable) or false (undesirable)",
-    build=build_unpaired_dataset,
-    collate=collate_unpaired,
+    layout=LAYOUTS["unpaired"],
     rows=lambda batch: [batch.main, batch.kl],
     loss=kto_loss,
     metric_keys=METRICS,

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from preftune.config import LossConfig
-from preftune.data.collate import RankingBatch, collate_rankings
-from preftune.data.dataset import build_ranking_dataset
+from preftune.data.collate import RankingBatch
+from preftune.data.layouts import LAYOUTS
 from preftune.losses import plackett_luce
 from preftune.objectives.base import Objective, Reduce, Reference, Score, no_reduce
 
@@ -57,10 +57,7 @@ def listwise_loss(cfg: LossConfig, score: Score, reference: Reference, batch: Ra
 
 LISTWISE = Objective(
     kind="listwise",
-    data_format="{prompt, completions: [best, ..., worst]} (or with scores: [...], higher is better)",
-    build=build_ranking_dataset,
-    collate=collate_rankings,
-    rows=lambda batch: [batch.rows],
+    layout=LAYOUTS["ranking"],
     loss=listwise_loss,
     metric_keys=METRICS,
 )

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from preftune import losses
 from preftune.config import LossConfig
-from preftune.data.collate import PreferenceBatch, Rows, collate_preferences
-from preftune.data.dataset import build_preference_dataset
+from preftune.data.collate import PreferenceBatch, Rows
+from preftune.data.layouts import LAYOUTS
 from preftune.losses.weighting import ld_logps, wpo_weights
 from preftune.modeling.logprobs import SequenceLogps
 from preftune.objectives.base import Objective, Reduce, Reference, Score, no_reduce
@@ -119,10 +119,7 @@ def pairwise_loss(cfg: LossConfig, score: Score, reference: Reference, batch: Pr
 
 PAIRWISE = Objective(
     kind="pairwise",
-    data_format="{prompt, chosen, rejected} (or chosen/rejected conversations sharing the prompt messages)",
-    build=build_preference_dataset,
-    collate=collate_preferences,
-    rows=lambda batch: [batch.rows],
+    layout=LAYOUTS["preference"],
     loss=pairwise_loss,
     metric_keys=METRICS,
     score_options=score_options,

@@ -143,19 +143,19 @@ def run_dpo(cfg: DPOConfig, *, train_data: Any = None, eval_data: Any = None, mo
     run = start_run(cfg)
     info = run.info
     objective = objective_for(cfg.loss_type)
-    run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.data_format}")
+    run.log(f"objective: {', '.join(cfg.loss_type)} on {objective.kind} data, {objective.layout.data_format}")
 
     # 2-3. Tokenizer and data (found before any model loads; checked against the batch and the eval
     #      settings), then the policy.
-    tokenizer, train, held_out = tokenizer_and_data(run, objective.build, train_data, eval_data, objects)
+    tokenizer, train, held_out = tokenizer_and_data(run, objective.layout.build, train_data, eval_data, objects)
     train = objective.prepare(train, cfg.seed)
     held_out = objective.prepare(held_out, cfg.seed) if held_out is not None else None
     model, tokenizer = load_policy(run, objects, tokenizer=tokenizer)
     meta = preflight(run, model, tokenizer, train)
     policy = logprob_model(run, model)
     ddp_policy = distribute(run, policy, model)
-    train_batch = make_batches(objective.collate, train, tokenizer.pad_token_id, info.device)
-    eval_batch = make_batches(objective.collate, held_out, tokenizer.pad_token_id, info.device)
+    train_batch = make_batches(objective.layout.collate, train, tokenizer.pad_token_id, info.device)
+    eval_batch = make_batches(objective.layout.collate, held_out, tokenizer.pad_token_id, info.device)
 
     # 4. Reference log-probs (train and held-out). A live reference serves both splits (one model in
     #    memory; under TR-DPO, evaluation must see the updated reference too).

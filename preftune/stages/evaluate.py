@@ -30,7 +30,7 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
     objective = objective_for(cfg.loss_type)
     source = eval_source(DataSpec.of(cfg), eval_data)  # a DatasetDict: its dataset_test_split
     tokenizer = policy_tokenizer(run)
-    dataset = objective.build(source, tokenizer, data_settings(cfg))
+    dataset = objective.layout.build(source, tokenizer, data_settings(cfg))
     dataset = objective.prepare(dataset, cfg.seed)
     run.log(f"eval data: {dataset.summary()}")
 
@@ -41,7 +41,7 @@ def run_eval(cfg: EvalConfig, *, eval_data=None) -> dict[str, float]:
 
     # 4. Score.
     metrics = evaluate_objective(run, policy, objective, scorer(policy), reference, dataset,
-                                 make_batches(objective.collate, dataset, tokenizer.pad_token_id, info.device))
+                                 make_batches(objective.layout.collate, dataset, tokenizer.pad_token_id, info.device))
     run.log("  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     if cfg.output_file and info.is_main:
         Path(cfg.output_file).parent.mkdir(parents=True, exist_ok=True)

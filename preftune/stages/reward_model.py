@@ -84,9 +84,9 @@ def ranking_loss(cfg: RMConfig, rewards: Rewards, batch: RankingBatch) -> tuple[
 PAIR_KEYS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "rewards/mean", "count")
 RANKING_KEYS = ("loss", "accuracy", "top1", "margin", "rewards/best", "rewards/worst", "rewards/mean",
                 "count:rewards/mean", "count")
-LAYOUTS = {  # loss_type -> (dataset builder, collate, loss, the keys of its sums)
-    "bradley_terry": (*DATA_LAYOUTS["preference"], pair_loss, PAIR_KEYS),
-    "plackett_luce": (*DATA_LAYOUTS["ranking"], ranking_loss, RANKING_KEYS),
+LAYOUTS = {  # loss_type -> (data layout, loss, the keys of its sums)
+    "bradley_terry": (DATA_LAYOUTS["preference"], pair_loss, PAIR_KEYS),
+    "plackett_luce": (DATA_LAYOUTS["ranking"], ranking_loss, RANKING_KEYS),
 }
 
 
@@ -116,12 +116,12 @@ def run_rm(cfg: RMConfig, *, train_data: Any = None, eval_data: Any = None) -> R
     # 1. Run set-up: the folder, the checkpoint to resume from.
     run = start_run(cfg)
     info = run.info
-    build, collate, loss_fn, keys = LAYOUTS[cfg.loss_type]
+    layout, loss_fn, keys = LAYOUTS[cfg.loss_type]
 
     # 2. Tokenizer and data (found before any model loads).
-    tokenizer, train, held_out = tokenizer_and_data(run, build, train_data, eval_data)
-    train_batch = make_batches(collate, train, tokenizer.pad_token_id, info.device)
-    eval_batch = make_batches(collate, held_out, tokenizer.pad_token_id, info.device)
+    tokenizer, train, held_out = tokenizer_and_data(run, layout.build, train_data, eval_data)
+    train_batch = make_batches(layout.collate, train, tokenizer.pad_token_id, info.device)
+    eval_batch = make_batches(layout.collate, held_out, tokenizer.pad_token_id, info.device)
 
     # 3. The reward model (fp32), from the checkpoint when resuming.
     model, _ = load_policy(run, model_class=REWARD_MODEL, tokenizer=tokenizer)

@@ -63,6 +63,6 @@ def test_a_new_layout_needs_no_change_to_the_dataset():
 
 def test_the_registry_holds_every_layout():
     assert set(LAYOUTS) == {"preference", "completion", "unpaired", "ranking", "prompt"}
-    build, collate = LAYOUTS["preference"]
-    assert build is build_preference_dataset and collate is collate_preferences
+    preference = LAYOUTS["preference"]
+    assert preference.build is build_preference_dataset and preference.collate is collate_preferences
     assert LAYOUTS["prompt"].collate is None
