@@ -13,11 +13,12 @@ else a stage accepts can be passed through its ``*_extra`` list, e.g. ``dpo_extr
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from preftune.config import from_dict, read_settings, to_dict
+from preftune.config.fields import setting
 from preftune.errors import ConfigError
 from preftune.experiments.catalog import METHODS as TRAINED
 
@@ -25,138 +26,132 @@ METHODS = (*TRAINED, "bon")
 PAIR_MODES = ("best_vs_worst", "bradley_terry")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass(frozen=True)
 class SentimentExperimentConfig:
     """Controlled sentiment generation (DPO paper §6.1, Fig. 2 left) at small scale."""
 
-    size: str = _f("cpu", "cpu (the defaults: about 3 h on 2 cores, resumable in slices), gpu (GPU_PRESET: more "
-                          "prompts, samples and steps) or pilot (PILOT_PRESET: a small run that measures r*'s "
-                          "noise and each stage's CPU cost, to size the others); keys you set win over the preset.",
-                   choices=("cpu", "gpu", "pilot"))
-    output_dir: str = _f("runs/experiment_sentiment", "Folder of every stage's output, points.csv, frontier.png "
-                                                      "and report.md. A rerun skips the stages already done.")
-    model_name_or_path: str = _f("smollm2", "The base model π_SFT is fine-tuned from ('smollm2' = the embedded "
-                                            "SmolLM2-135M-Instruct, or a Hugging Face folder).")
-    methods: list[str] = _f(list(METHODS), "Which methods to run: dpo, ipo (offline, on the π_SFT pairs), ppo_gt "
-                                           "(PPO on r*), ppo_rm (PPO on a reward model trained on the pairs), rloo "
-                                           "(on r*), grpo (on r*), online_dpo (pairs "
-                                           "sampled from the policy, judged by r*), bon (best-of-N from π_SFT).")
-    seed: int = _f(0, "Seed of the data split, sampling and every training stage.")
-    threads: int | None = _f(2, "torch.set_num_threads for every stage (null = torch's default).")
-    device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
-    bf16: bool = _f(False, "bf16 autocast in every stage (use on a GPU; slow on AVX2-only CPUs).")
-    progress_bar: bool = _f(True, "The stages' live progress bars.")
-    report_to: str = _f("none", "Stages' metric sinks: none, auto or tensorboard (metrics.jsonl is always written).",
-                        choices=("auto", "tensorboard", "none"))
+    size: str = setting("cpu", "cpu (the defaults: about 3 h on 2 cores, resumable in slices), gpu (GPU_PRESET: more "
+                               "prompts, samples and steps) or pilot (PILOT_PRESET: a small run that measures r*'s "
+                               "noise and each stage's CPU cost, to size the others); keys you set win over the preset.",
+                        choices=("cpu", "gpu", "pilot"))
+    output_dir: str = setting("runs/experiment_sentiment", "Folder of every stage's output, points.csv, frontier.png "
+                                                           "and report.md. A rerun skips the stages already done.")
+    model_name_or_path: str = setting("smollm2", "The base model π_SFT is fine-tuned from ('smollm2' = the embedded "
+                                                 "SmolLM2-135M-Instruct, or a Hugging Face folder).")
+    methods: list[str] = setting(list(METHODS), "Which methods to run: dpo, ipo (offline, on the π_SFT pairs), ppo_gt "
+                                                "(PPO on r*), ppo_rm (PPO on a reward model trained on the pairs), rloo "
+                                                "(on r*), grpo (on r*), online_dpo (pairs "
+                                                "sampled from the policy, judged by r*), bon (best-of-N from π_SFT).")
+    seed: int = setting(0, "Seed of the data split, sampling and every training stage.")
+    threads: int | None = setting(2, "torch.set_num_threads for every stage (null = torch's default).")
+    device: str = setting("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    bf16: bool = setting(False, "bf16 autocast in every stage (use on a GPU; slow on AVX2-only CPUs).")
+    progress_bar: bool = setting(True, "The stages' live progress bars.")
+    report_to: str = setting("none", "Stages' metric sinks: none, auto or tensorboard (metrics.jsonl is always written).",
+                             choices=("auto", "tensorboard", "none"))
 
     # Prompts
-    num_train_prompts: int = _f(192, "IMDb review prefixes used for preference pairs and PPO rollouts.")
-    num_eval_prompts: int = _f(64, "Held-out prefixes (other reviews, other prefix texts) every point is measured on.")
-    prompt_min_words: int = _f(2, "Shortest prefix, in words (the paper: 2-8).")
-    prompt_max_words: int = _f(8, "Longest prefix, in words; each prompt draws its length uniformly (seeded).")
-    max_prompt_length: int = _f(24, "Prompt tokens kept (cut from the left).")
-    max_new_tokens: int = _f(24, "Most tokens sampled per completion (everywhere: pairs, PPO, evaluation).")
-    generation_batch_size: int = _f(128, "Completions sampled per generate() call (pairs, best-of-N, evaluation).")
+    num_train_prompts: int = setting(192, "IMDb review prefixes used for preference pairs and PPO rollouts.")
+    num_eval_prompts: int = setting(64, "Held-out prefixes (other reviews, other prefix texts) every point is measured on.")
+    prompt_min_words: int = setting(2, "Shortest prefix, in words (the paper: 2-8).")
+    prompt_max_words: int = setting(8, "Longest prefix, in words; each prompt draws its length uniformly (seeded).")
+    max_prompt_length: int = setting(24, "Prompt tokens kept (cut from the left).")
+    max_new_tokens: int = setting(24, "Most tokens sampled per completion (everywhere: pairs, PPO, evaluation).")
+    generation_batch_size: int = setting(128, "Completions sampled per generate() call (pairs, best-of-N, evaluation).")
 
     # Ground-truth reward r*
-    reward: str = _f("classifier", "r*: 'classifier' (TF-IDF + logistic regression trained here on IMDb reviews "
-                                   "disjoint from the prompt and SFT reviews; P(positive)) or a callable "
-                                   "'module:function' taking (prompts, completions) -> floats.")
-    reward_includes_prompt: bool = _f(False, "classifier: score prompt + completion instead of the completion alone.")
-    classifier_max_reviews: int | None = _f(None, "classifier: cap on its training reviews (null = all the "
-                                                  "disjoint ones, ≈ 24,000).")
-    classifier_window_words: int = _f(40, "classifier: train on windows of this many words of each review (closer "
-                                          "to completions than whole reviews).")
+    reward: str = setting("classifier", "r*: 'classifier' (TF-IDF + logistic regression trained here on IMDb reviews "
+                                        "disjoint from the prompt and SFT reviews; P(positive)) or a callable "
+                                        "'module:function' taking (prompts, completions) -> floats.")
+    reward_includes_prompt: bool = setting(False, "classifier: score prompt + completion instead of the completion alone.")
+    classifier_max_reviews: int | None = setting(None, "classifier: cap on its training reviews (null = all the "
+                                                       "disjoint ones, ≈ 24,000).")
+    classifier_window_words: int = setting(40, "classifier: train on windows of this many words of each review (closer "
+                                               "to completions than whole reviews).")
 
     # π_SFT
-    sft_num_reviews: int = _f(256, "IMDb reviews π_SFT is fine-tuned on (prefix -> the rest), disjoint from the "
-                                   "prompt reviews.")
-    sft_max_words: int = _f(32, "Words of each review's continuation kept for SFT.")
-    sft_epochs: float = _f(1.0, "SFT epochs.")
-    sft_learning_rate: float = _f(3e-5, "SFT peak learning rate (AdamW, linear decay).")
-    sft_batch_size: int = _f(8, "SFT batch size.")
-    sft_extra: list[str] = _f([], "More SFTConfig key=value settings.")
+    sft_num_reviews: int = setting(256, "IMDb reviews π_SFT is fine-tuned on (prefix -> the rest), disjoint from the "
+                                        "prompt reviews.")
+    sft_max_words: int = setting(32, "Words of each review's continuation kept for SFT.")
+    sft_epochs: float = setting(1.0, "SFT epochs.")
+    sft_learning_rate: float = setting(3e-5, "SFT peak learning rate (AdamW, linear decay).")
+    sft_batch_size: int = setting(8, "SFT batch size.")
+    sft_extra: list[str] = setting([], "More SFTConfig key=value settings.")
 
     # Preference pairs from π_SFT samples, labelled by r*
-    samples_per_prompt: int = _f(4, "Completions sampled from π_SFT per training prompt.")
-    pair_mode: str = _f("best_vs_worst", "best_vs_worst (pairs_per_prompt disjoint pairs: highest vs lowest r*, "
-                                         "then second highest vs second lowest, ...) or bradley_terry (random "
-                                         "pairs, label drawn with P(a > b) = σ(scale · (r*(a) − r*(b))).",
-                        choices=PAIR_MODES)
-    pairs_per_prompt: int = _f(1, "Pairs per prompt (best_vs_worst: at most samples_per_prompt / 2; ties skipped).")
-    bradley_terry_scale: float = _f(10.0, "bradley_terry: scale of the r* difference inside σ (r* = P(positive) "
-                                          "is in [0, 1], so scale 1 would make nearly coin-flip labels).")
+    samples_per_prompt: int = setting(4, "Completions sampled from π_SFT per training prompt.")
+    pair_mode: str = setting("best_vs_worst", "best_vs_worst (pairs_per_prompt disjoint pairs: highest vs lowest r*, "
+                                              "then second highest vs second lowest, ...) or bradley_terry (random "
+                                              "pairs, label drawn with P(a > b) = σ(scale · (r*(a) − r*(b))).",
+                             choices=PAIR_MODES)
+    pairs_per_prompt: int = setting(1, "Pairs per prompt (best_vs_worst: at most samples_per_prompt / 2; ties skipped).")
+    bradley_terry_scale: float = setting(10.0, "bradley_terry: scale of the r* difference inside σ (r* = P(positive) "
+                                               "is in [0, 1], so scale 1 would make nearly coin-flip labels).")
 
     # DPO and IPO
-    dpo_betas: list[float] = _f([0.05, 0.1, 0.5, 1.0], "One DPO run per β.")
-    ipo_betas: list[float] = _f([0.1], "One IPO run per β (IPO's τ: target log-ratio margin 1/(2τ) on summed "
-                                "log-probs, loss ipo_sum).")
-    dpo_epochs: float = _f(1.0, "Epochs over the pairs (DPO and IPO).")
-    dpo_learning_rate: float = _f(3e-5, "DPO / IPO peak learning rate (10% warm-up, then constant).")
-    dpo_batch_size: int = _f(8, "Pairs per DPO step.")
-    dpo_extra: list[str] = _f([], "More DPOConfig key=value settings (DPO and IPO runs).")
+    dpo_betas: list[float] = setting([0.05, 0.1, 0.5, 1.0], "One DPO run per β.")
+    ipo_betas: list[float] = setting([0.1], "One IPO run per β (IPO's τ: target log-ratio margin 1/(2τ) on summed "
+                                     "log-probs, loss ipo_sum).")
+    dpo_epochs: float = setting(1.0, "Epochs over the pairs (DPO and IPO).")
+    dpo_learning_rate: float = setting(3e-5, "DPO / IPO peak learning rate (10% warm-up, then constant).")
+    dpo_batch_size: int = setting(8, "Pairs per DPO step.")
+    dpo_extra: list[str] = setting([], "More DPOConfig key=value settings (DPO and IPO runs).")
 
     # Reward model (for ppo_rm)
-    rm_epochs: float = _f(1.0, "Reward-model epochs over the pairs.")
-    rm_learning_rate: float = _f(5e-5, "Reward-model peak learning rate (constant after warm-up).")
-    rm_batch_size: int = _f(8, "Pairs per reward-model step.")
-    rm_eval_size: int = _f(32, "Pairs held out to measure the reward model's accuracy.")
-    rm_extra: list[str] = _f([], "More RMConfig key=value settings.")
+    rm_epochs: float = setting(1.0, "Reward-model epochs over the pairs.")
+    rm_learning_rate: float = setting(5e-5, "Reward-model peak learning rate (constant after warm-up).")
+    rm_batch_size: int = setting(8, "Pairs per reward-model step.")
+    rm_eval_size: int = setting(32, "Pairs held out to measure the reward model's accuracy.")
+    rm_extra: list[str] = setting([], "More RMConfig key=value settings.")
 
     # PPO
-    rl_sequences: int | None = _f(None, "Gradient sequences every run trains on (completions entering a gradient "
-                                        "step, once per pass; null = one DPO run's: 2 × pairs × dpo_epochs).")
-    ppo_kl_coefs: list[float] = _f([0.01, 0.03, 0.1, 0.3, 1.0], "One PPO run per KL coefficient β (each for ppo_gt "
-                                                               "and ppo_rm).")
-    ppo_max_steps: int | None = _f(None, "Rollouts per PPO run (null = rl_sequences / (ppo_batch_size × "
-                                         "ppo_epochs)).")
-    ppo_batch_size: int = _f(16, "Prompts per rollout.")
-    ppo_epochs: int = _f(2, "PPO passes over each rollout.")
-    ppo_num_mini_batches: int = _f(2, "PPO minibatches per pass.")
-    ppo_learning_rate: float = _f(2e-5, "PPO peak learning rate (constant after warm-up).")
-    ppo_extra: list[str] = _f([], "More RLConfig key=value settings (both PPO runs).")
+    rl_sequences: int | None = setting(None, "Gradient sequences every run trains on (completions entering a gradient "
+                                             "step, once per pass; null = one DPO run's: 2 × pairs × dpo_epochs).")
+    ppo_kl_coefs: list[float] = setting([0.01, 0.03, 0.1, 0.3, 1.0], "One PPO run per KL coefficient β (each for ppo_gt "
+                                                                    "and ppo_rm).")
+    ppo_max_steps: int | None = setting(None, "Rollouts per PPO run (null = rl_sequences / (ppo_batch_size × "
+                                              "ppo_epochs)).")
+    ppo_batch_size: int = setting(16, "Prompts per rollout.")
+    ppo_epochs: int = setting(2, "PPO passes over each rollout.")
+    ppo_num_mini_batches: int = setting(2, "PPO minibatches per pass.")
+    ppo_learning_rate: float = setting(2e-5, "PPO peak learning rate (constant after warm-up).")
+    ppo_extra: list[str] = setting([], "More RLConfig key=value settings (both PPO runs).")
 
     # RLOO (on r*)
-    rloo_kl_coefs: list[float] = _f([0.03, 0.3], "One RLOO run per KL coefficient (k1 per token, in the reward).")
-    rloo_num_generations: int = _f(4, "Completions per prompt (the leave-one-out baseline is the others').")
-    rloo_batch_size: int = _f(8, "Prompts per rollout.")
-    rloo_learning_rate: float = _f(2e-5, "RLOO learning rate (constant after warm-up).")
-    rloo_extra: list[str] = _f([], "More RLConfig key=value settings (RLOO runs).")
+    rloo_kl_coefs: list[float] = setting([0.03, 0.3], "One RLOO run per KL coefficient (k1 per token, in the reward).")
+    rloo_num_generations: int = setting(4, "Completions per prompt (the leave-one-out baseline is the others').")
+    rloo_batch_size: int = setting(8, "Prompts per rollout.")
+    rloo_learning_rate: float = setting(2e-5, "RLOO learning rate (constant after warm-up).")
+    rloo_extra: list[str] = setting([], "More RLConfig key=value settings (RLOO runs).")
 
     # GRPO (on r*)
-    grpo_betas: list[float] = _f([0.03, 0.3], "One GRPO run per β: GRPO's KL term in the loss (k3 per token, "
-                                              "averaged over the step's tokens). β = 0 has no KL term at all, so "
-                                              "every value must be > 0.")
-    grpo_num_generations: int = _f(4, "Completions per prompt (a group: advantages relative to its mean, scaled "
-                                      "by its standard deviation); >= 2.")
-    grpo_batch_size: int = _f(8, "Prompts per optimizer step (each with grpo_num_generations completions).")
-    grpo_learning_rate: float = _f(2e-5, "GRPO learning rate (constant).")
-    grpo_extra: list[str] = _f([], "More GRPOConfig key=value settings (GRPO runs), e.g. loss_type=grpo.")
+    grpo_betas: list[float] = setting([0.03, 0.3], "One GRPO run per β: GRPO's KL term in the loss (k3 per token, "
+                                                   "averaged over the step's tokens). β = 0 has no KL term at all, so "
+                                                   "every value must be > 0.")
+    grpo_num_generations: int = setting(4, "Completions per prompt (a group: advantages relative to its mean, scaled "
+                                           "by its standard deviation); >= 2.")
+    grpo_batch_size: int = setting(8, "Prompts per optimizer step (each with grpo_num_generations completions).")
+    grpo_learning_rate: float = setting(2e-5, "GRPO learning rate (constant).")
+    grpo_extra: list[str] = setting([], "More GRPOConfig key=value settings (GRPO runs), e.g. loss_type=grpo.")
 
     # Online DPO (pairs sampled from the policy, judged by r*)
-    online_dpo_betas: list[float] = _f([0.1, 0.5], "One online-DPO run per β (DPO's β; loss sigmoid).")
-    online_dpo_batch_size: int = _f(8, "Prompts per optimizer step (two completions each, ranked by r*).")
-    online_dpo_learning_rate: float = _f(3e-5, "Online-DPO peak learning rate (10% warm-up, then constant, as "
-                                               "offline DPO).")
-    online_dpo_extra: list[str] = _f([], "More OnlineDPOConfig key=value settings (online-DPO runs).")
+    online_dpo_betas: list[float] = setting([0.1, 0.5], "One online-DPO run per β (DPO's β; loss sigmoid).")
+    online_dpo_batch_size: int = setting(8, "Prompts per optimizer step (two completions each, ranked by r*).")
+    online_dpo_learning_rate: float = setting(3e-5, "Online-DPO peak learning rate (10% warm-up, then constant, as "
+                                                    "offline DPO).")
+    online_dpo_extra: list[str] = setting([], "More OnlineDPOConfig key=value settings (online-DPO runs).")
 
     # Evaluation
-    points_per_run: int = _f(3, "Checkpoints evaluated per training run (evenly spaced; the last is the end).")
-    eval_samples_per_prompt: int = _f(2, "Completions sampled per held-out prompt for each point.")
-    best_of_n: list[int] = _f([1, 4, 16], "best-of-N reference points (N completions from π_SFT, keep the "
-                                          "highest r*; KL = log N − (N − 1)/N).")
-    bon_prompts: int | None = _f(None, "Held-out prompts best-of-N samples (the first ones; null = all).")
-    bootstrap: int = _f(2000, "Resamples of the held-out prompts behind every verdict's standard error.")
-    run_pilot: bool = _f(True, "Run the pilot (PILOT_PRESET over these settings, into <output_dir>/pilot) as the "
-                               "first stage: the report's power and cost section comes from it.")
-    keep_checkpoints: bool = _f(False, "Keep every evaluated checkpoint (false: delete them once their point "
-                                       "is measured; final/ is kept).")
+    points_per_run: int = setting(3, "Checkpoints evaluated per training run (evenly spaced; the last is the end).")
+    eval_samples_per_prompt: int = setting(2, "Completions sampled per held-out prompt for each point.")
+    best_of_n: list[int] = setting([1, 4, 16], "best-of-N reference points (N completions from π_SFT, keep the "
+                                               "highest r*; KL = log N − (N − 1)/N).")
+    bon_prompts: int | None = setting(None, "Held-out prompts best-of-N samples (the first ones; null = all).")
+    bootstrap: int = setting(2000, "Resamples of the held-out prompts behind every verdict's standard error.")
+    run_pilot: bool = setting(True, "Run the pilot (PILOT_PRESET over these settings, into <output_dir>/pilot) as the "
+                                    "first stage: the report's power and cost section comes from it.")
+    keep_checkpoints: bool = setting(False, "Keep every evaluated checkpoint (false: delete them once their point "
+                                            "is measured; final/ is kept).")
 
     def __post_init__(self) -> None:
         problems = self.problems()

@@ -52,11 +52,7 @@ def split_reviews(n_train: int, n_eval: int, n_sft: int, *, min_words: int, max_
     need = n_train + n_eval
     label = 0
     while len(prompts) < need:
-        pool = pools[label]
-        if cursor[label] >= len(pool):
-            raise ValueError(f"asked for {need} prompts, ran out of distinct review prefixes")
-        review = pool[cursor[label]]
-        cursor[label] += 1
+        review = _next_review(pools, cursor, label, f"asked for {need} prompts, ran out of distinct review prefixes")
         words = review.text.split()
         if len(words) < max_words + 4:
             continue
@@ -71,11 +67,7 @@ def split_reviews(n_train: int, n_eval: int, n_sft: int, *, min_words: int, max_
     sft: list[dict] = []
     label = 0
     while len(sft) < n_sft:
-        pool = pools[label]
-        if cursor[label] >= len(pool):
-            raise ValueError(f"asked for {n_sft} SFT reviews, ran out of reviews")
-        review = pool[cursor[label]]
-        cursor[label] += 1
+        review = _next_review(pools, cursor, label, f"asked for {n_sft} SFT reviews, ran out of reviews")
         words = review.text.split()
         k = rng.randint(min_words, max_words)
         if len(words) < k + 4:
@@ -87,6 +79,15 @@ def split_reviews(n_train: int, n_eval: int, n_sft: int, *, min_words: int, max_
         label = 1 - label
     classifier_rows = [r.row for r in reviews if r.row not in used]
     return Split(prompts[:n_train], prompts[n_train:], sft, sorted(classifier_rows))
+
+
+def _next_review(pools: dict[int, list[Review]], cursor: dict[int, int], label: int, running_out: str) -> Review:
+    """The next review of ``label`` (its cursor moves past it); ``running_out`` is the error when none is left."""
+    pool = pools[label]
+    if cursor[label] >= len(pool):
+        raise ValueError(running_out)
+    cursor[label] += 1
+    return pool[cursor[label] - 1]
 
 
 def make_pairs(samples: list[dict], mode: str, per_prompt: int, scale: float, seed: int) -> list[dict]:
