@@ -1,7 +1,7 @@
 """Prefix sharing on its own, before / after: the reference precompute and the scoring of RL groups.
 
     python benchmarks/prefix_sharing.py reference --model smollm2 --pairs 64 --batch 8 --max-length 1024 --repeats 2
-    python benchmarks/prefix_sharing.py groups --model smollm2 --prompts 8 --group 8 --max-length 1024 --repeats 2
+    python benchmarks/prefix_sharing.py groups --model smollm2 --prompts 4 --group 4 --batch 1 --max-length 1024 --repeats 2
 
 ``reference``: the DPO stage's reference precompute (``precompute_reference`` over a frozen
 ``SequenceLogprobModel``, batches of ``--batch`` pairs, no gradient) over ``--pairs`` chat-shaped pairs.

@@ -50,7 +50,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "(YAML values; the equivalence check uses them too where they touch the log-prob path)")
     p.add_argument("--frameworks", nargs="+", choices=tuple(ARMS), default=["trl", "preftune"],
                    help="the arms to time: trl, preftune (its defaults, prefix sharing on where exact), "
-                        "preftune-unshared (prefix_sharing=false); one alone: its figures, no comparison table")
+                        "preftune-release (release_host_memory=true), preftune-unshared (prefix_sharing=false); one "
+                        "alone: its figures, no comparison table")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="matmul peak for the FLOP utilisation (default: measured with matmul_peak.py at --threads; "
                         "0 = leave the utilisation out)")

@@ -44,7 +44,7 @@ class _Recipe:
         return self.value
 
 
-_RECIPES: dict[int, tuple[weakref.ref, _Recipe, torch.dtype]] = {}
+_RECIPES: dict[int, tuple[weakref.ref, _Recipe]] = {}
 _DEPTH = 0
 
 
@@ -60,15 +60,16 @@ def recomputable(out: Tensor, compute: Callable[[], Tensor]) -> Tensor:
         if entry is not None and entry[0] is ref:
             del _RECIPES[ptr]
 
-    _RECIPES[ptr] = (weakref.ref(out, forget), _Recipe(compute), out.dtype)
+    _RECIPES[ptr] = (weakref.ref(out, forget), _Recipe(compute))
     return out
 
 
 def _pack(t: Tensor):
     entry = _RECIPES.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
     if entry is not None:
-        ref, recipe, dtype = entry
-        if ref() is not None and t.dtype == dtype:
+        ref, recipe = entry
+        base = ref()
+        if base is not None and t.dtype == base.dtype:
             return recipe, tuple(t.shape), t.stride(), t.storage_offset()
     return t
 
