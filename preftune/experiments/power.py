@@ -12,8 +12,13 @@ standard errors when margin ≥ 2·√(2(τ² + s_w²/k)/P), i.e. with
     P ≥ 2 (τ² + s_w²/k) (2 / margin)²  prompts          (k = 1: n = P ≥ 8 σ² / margin²).
 
 This ignores the pairing (every point uses the same prompts and random numbers, so the prompt's share of
-the noise cancels from a margin): it is the conservative size, and the report shows the standard errors
-the pairing actually gives.
+the noise, and much of the sampling noise of two policies still close to π_SFT, cancels from a margin): it
+is the conservative size. The verdict is paired, so the size is chosen from the pilot's own paired
+bootstrap instead: a margin SE of s measured on P₀ prompts shrinks as 1/√P, so
+
+    P ≥ P₀ (s / (margin / 2))²  prompts at the pilot's k              (:func:`paired_prompts_needed`)
+
+taking s as the largest margin SE over the pilot's KL bins (the noisiest place on its curve).
 
 **Cost.** Every stage's ``done.json`` records its CPU seconds; divided by the stage's units of work (SFT
 sequences, sampled completions, scored completions, gradient sequences per method) they give unit costs
@@ -59,6 +64,14 @@ class Noise:
     def prompts_needed(self, k: int, margin: float = MARGIN, z: float = Z) -> int:
         """Fewest held-out prompts (k samples each) for which ``margin`` is ``z`` standard errors."""
         return math.ceil(2 * (self.between + self.within / k) * (z / margin) ** 2)
+
+
+def paired_prompts_needed(margin_se: float, prompts: int, margin: float = MARGIN, z: float = Z) -> int:
+    """Fewest held-out prompts at which a paired margin whose SE was ``margin_se`` on ``prompts`` prompts has
+    SE ≤ margin / z (the SE of a mean over prompts shrinks as 1/√prompts)."""
+    if margin_se < 0 or prompts < 1:
+        raise ValueError("paired_prompts_needed: margin_se must be >= 0 and prompts >= 1")
+    return max(1, math.ceil(prompts * (margin_se * z / margin) ** 2))
 
 
 def noise(rewards: list[list[float]]) -> Noise:
@@ -156,6 +169,7 @@ def predict(cfg: SentimentExperimentConfig, costs: dict[str, float], pairs_per_p
 
 
 def describe_units() -> dict[str, str]:
-    return {"stage_prompts": "the stage", "stage_rstar": "the stage", "sft_sequence": "SFT sequence", "sample": "sampled completion (r* scored)",
+    return {"stage_prompts": "the prompts stage (split and write the prompts)",
+            "stage_rstar": "the r* stage (train the classifier)", "sft_sequence": "SFT sequence", "sample": "sampled completion (r* scored)",
             "scored_sample": "held-out completion with its KL", "rm_sequence": "reward-model sequence",
             **{f"train_{m}": f"{METHODS[m].label} gradient sequence" for m in METHODS}}

@@ -1,9 +1,11 @@
-"""The experiment's outputs: ``points.csv``, ``frontier.png``, ``training.png`` and ``report.md`` (the verdict
+"""The experiment's outputs: ``points.csv``, ``frontier.png``, ``training.png``, ``verdict.json`` (DPO − PPO-GT
+per KL bin, for a later run's power calculation) and ``report.md`` (the verdict
 per KL bin with paired bootstrap standard errors, the other methods against DPO, win rates against π_SFT,
 the power calculation and the pilot's cost model, every point, runtime, configuration)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -47,13 +49,17 @@ def write_outputs(exp: Experiment, points: list[frontier.Point], values: dict[tu
             f"{cfg.eval_samples_per_prompt} sample(s)")
     plots.plot_frontier(points, out / "frontier.png", f"Controlled sentiment ({size})")
     plots.plot_training(points, out / "training.png", f"Reward vs KL along training ({size}); labels: last step")
-    (out / "report.md").write_text(render(exp, points, values, wall_seconds))
+    main = stats.binned_verdict(points, values, CHALLENGER, BASELINE, resamples=cfg.bootstrap, seed=cfg.seed)
+    (out / "verdict.json").write_text(json.dumps({
+        "challenger": main.challenger, "baseline": main.baseline, "prompts": main.prompts,
+        "samples_per_prompt": cfg.eval_samples_per_prompt, "resamples": main.resamples,
+        "bins": [dataclasses.asdict(b) for b in main.bins]}, indent=1) + "\n")
+    (out / "report.md").write_text(render(exp, points, values, wall_seconds, main))
 
 
 def render(exp: Experiment, points: list[frontier.Point], values: dict[tuple[str, int], PromptValues],
-           wall_seconds: float) -> str:
+           wall_seconds: float, main: stats.BinnedVerdict) -> str:
     cfg = exp.cfg
-    main = stats.binned_verdict(points, values, CHALLENGER, BASELINE, resamples=cfg.bootstrap, seed=cfg.seed)
     missing = [name for name, folder in stage_folders(exp) if not (folder / "done.json").is_file()]
     lines = ["# Controlled sentiment generation: reward vs KL (DPO paper §6.1, offline)", ""]
     if missing:
@@ -220,6 +226,7 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
               f" (k = 1 is the cheapest per sample: each extra prompt also averages out τ). "
               f"{'The CPU size' if cfg.size == 'pilot' else 'This run'} uses P = {prompts}, k = {k}: predicted "
               f"margin SE {nz.margin_se(prompts, k):.4f} without pairing.", ""]
+    lines += _paired_size(folder, main if cfg.size == "pilot" else None, prompts, k)
     if main.bins and cfg.size != "pilot":
         ses = sorted(b.margin_se for b in main.bins)
         lines += [f"Measured here (paired bootstrap, DPO − PPO-GT): margin SE {ses[0]:.4f}–{ses[-1]:.4f} (median "
@@ -240,6 +247,29 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
         lines += ["| stage | predicted CPU s |", "|---|---|"]
         lines += [f"| {stage} | {_fmt(v, 0)} |" for stage, v in predicted.items()] + [""]
     return lines
+
+
+def _paired_size(pilot: Path, pilot_verdict: stats.BinnedVerdict | None, prompts: int, k: int) -> list[str]:
+    """The size the paired verdict needs, from the pilot's own paired bootstrap (``verdict.json``)."""
+    if pilot_verdict is not None:
+        bins, p0, k0 = pilot_verdict.bins, pilot_verdict.prompts, k
+        ses = [b.margin_se for b in bins]
+    else:
+        saved = _read(pilot / "verdict.json") or {}
+        ses = [b["margin_se"] for b in saved.get("bins", [])]
+        p0, k0 = saved.get("prompts", 0), saved.get("samples_per_prompt", k)
+    if not ses or not p0:
+        return ["The pilot has no DPO − PPO-GT margin yet, so the paired size cannot be computed from it.", ""]
+    worst = max(ses)
+    need = power.paired_prompts_needed(worst, p0)
+    verdict = "meets" if (prompts >= need and k >= k0) else "does not meet"
+    return [f"The verdict is paired (every point uses the same prompts and random numbers), so the size comes from "
+            f"the pilot's paired bootstrap: its DPO − PPO-GT margin SE is at most **{worst:.4f}** over its "
+            f"{len(ses)} KL bin(s) on {p0} prompts × {k0} samples; the SE falls as 1/√P, so a margin of "
+            f"{power.MARGIN} is {power.Z:g} SE from P ≥ {p0} ({worst:.4f} · {power.Z:g} / {power.MARGIN})² = "
+            f"**{need}** prompts at k = {k0}. {'The CPU size' if pilot_verdict is not None else 'This run'} uses "
+            f"P = {prompts}, k = {k}: it {verdict} that size (the pilot's policies are near π_SFT; margins between "
+            "policies further apart pair less well, so the SEs measured in a run's own verdict are the ones to read).", ""]
 
 
 def _scale(exp: Experiment, points: list[frontier.Point], main: stats.BinnedVerdict) -> list[str]:

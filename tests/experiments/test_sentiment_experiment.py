@@ -29,7 +29,7 @@ def miniature(model_dir, out, *extra):
         "rloo_learning_rate=1e-3", "grpo_betas=[0.1]", "grpo_num_generations=2", "grpo_batch_size=2",
         "grpo_learning_rate=1e-3", "online_dpo_betas=[0.1]", "online_dpo_batch_size=2", "online_dpo_learning_rate=1e-3",
         "points_per_run=2", "eval_samples_per_prompt=2", "best_of_n=[1,2,4]",
-        "bootstrap=50", "run_pilot=false", *extra])
+        "bootstrap=50", "run_pilot=false", "methods=[dpo,ipo,ppo_gt,ppo_rm,rloo,grpo,online_dpo,bon]", *extra])
 
 
 RUNS = ("dpo_beta0.1", "ipo_beta0.5", "ppo_gt_kl0.05", "ppo_rm_kl0.05", "rloo_kl0.1", "grpo_beta0.1",
@@ -138,6 +138,10 @@ def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tm
     assert pilot["size"] == "pilot" and pilot["num_eval_prompts"] == 6 and pilot["max_new_tokens"] == 6
     report = (out / "report.md").read_text()
     assert "From the pilot (`pilot/`, 6 held-out prompts × 2 samples" in report and "CPU-hours" in report
+    # The pilot's verdict.json (its DPO − PPO-GT bins) is what the paired size is read from.
+    pv = json.loads((out / "pilot" / "verdict.json").read_text())
+    assert pv["prompts"] == 6 and pv["samples_per_prompt"] == 2 and pv["baseline"] == "PPO-GT (r*)"
+    assert ("margin SE is at most" in report) == bool(pv["bins"])
     assert "| pilot |" in report
 
     # A new β adds one run and nothing else; a setting that changes measured results is refused.

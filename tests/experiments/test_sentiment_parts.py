@@ -12,7 +12,7 @@ from preftune.config import to_dict
 from preftune.data.dataset import DataSettings
 from preftune.data.prompts import build_prompt_dataset
 from preftune.errors import ConfigError
-from preftune.experiments.config import GPU_PRESET, load_experiment_config
+from preftune.experiments.config import GPU_PRESET, METHODS, load_experiment_config
 from preftune.experiments.data import make_pairs
 from preftune.experiments.frontier import Point, envelope, frontier_at, pareto, verdict
 from preftune.experiments.sampling import best_of_n, best_of_n_kl, mean_sem, point_metrics, sample
@@ -219,6 +219,14 @@ def test_every_method_has_a_trainer_and_new_sweeps_only_add_runs():
     names = [s.name for s in run_specs(load_experiment_config(None, ["methods=[rloo,grpo,online_dpo]"]))]
     assert names == ["rloo_kl0.03", "rloo_kl0.3", "grpo_beta0.03", "grpo_beta0.3", "online_dpo_beta0.1",
                      "online_dpo_beta0.5"]
+
+
+def test_the_cpu_size_leaves_ppo_rm_out_and_the_gpu_size_runs_every_method():
+    cpu, gpu = load_experiment_config(), load_experiment_config(gpu=True)
+    assert "ppo_rm" not in cpu.methods and {"dpo", "ppo_gt", "rloo", "grpo", "online_dpo", "bon"} <= set(cpu.methods)
+    assert gpu.methods == list(METHODS)
+    assert "ppo_rm" in load_experiment_config(None, ["methods=[dpo,ppo_rm]"]).methods
+    assert cpu.num_eval_prompts == 96 and cpu.eval_samples_per_prompt == 2  # the pilot's paired size (86), rounded up
 
 
 def test_pilot_size_writes_next_to_the_run():

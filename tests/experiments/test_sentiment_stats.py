@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from preftune.experiments import power
+from preftune.experiments import power, report
 from preftune.experiments.config import load_experiment_config
 from preftune.experiments.frontier import Point, envelope
 from preftune.experiments.sampling import PromptValues, win_rate
@@ -118,6 +118,29 @@ def test_noise_decomposition_and_sample_size_by_hand():
     assert nz.margin_se(100, 1) == pytest.approx(0.1) and nz.point_se(100, 2) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="same number"):
         power.noise([[0.1, 0.2], [0.3]])
+
+
+def test_paired_size_scales_the_pilots_margin_se_as_one_over_root_p():
+    # SE ≤ 0.03 / 2 = 0.015 is the target; an SE of s on P₀ prompts needs P₀ (s / 0.015)² prompts.
+    assert power.paired_prompts_needed(0.015, 100) == 100      # already exactly on target
+    assert power.paired_prompts_needed(0.030, 50) == 200       # twice the SE: four times the prompts
+    assert power.paired_prompts_needed(0.0075, 96) == 24       # half the SE: a quarter
+    assert power.paired_prompts_needed(0.0, 96) == 1
+    assert power.paired_prompts_needed(0.01, 10, margin=0.01, z=1.0) == 10
+    with pytest.raises(ValueError):
+        power.paired_prompts_needed(0.01, 0)
+
+
+def test_the_report_sizes_the_run_from_the_pilots_verdict_json(tmp_path):
+    bins = [{"kl": 0.05, "margin_se": 0.0071}, {"kl": 0.1, "margin_se": 0.0150}, {"kl": 0.2, "margin_se": 0.0120}]
+    (tmp_path / "verdict.json").write_text(json.dumps({"prompts": 96, "samples_per_prompt": 2, "bins": bins}))
+    text = "\n".join(report._paired_size(tmp_path, None, 96, 2))
+    # The worst bin, 0.0150 on 96 prompts, is exactly the target SE 0.03 / 2: 96 prompts are needed.
+    assert "at most **0.0150** over its 3 KL bin(s) on 96 prompts × 2 samples" in text
+    assert "= **96** prompts at k = 2. This run uses P = 96, k = 2: it meets that size" in text
+    assert "it does not meet that size" in "\n".join(report._paired_size(tmp_path, None, 64, 2))
+    (tmp_path / "verdict.json").write_text(json.dumps({"prompts": 96, "samples_per_prompt": 2, "bins": []}))
+    assert "no DPO − PPO-GT margin yet" in "\n".join(report._paired_size(tmp_path, None, 96, 2))
 
 
 def test_noise_recovers_known_components():
