@@ -11,6 +11,8 @@ tokens (1,540 packed tokens at the defaults: the longest pairs of the chat-shape
     no-trim    preftune's default: no trim (glibc keeps what was freed)
     keep-all   no trim, and every activation kept for backward (``modeling/recompute.py`` off)
     mmap       no trim; glibc returns every block over 64 KiB at once (``MALLOC_MMAP_THRESHOLD_=65536``)
+    thp        no trim; glibc asks for transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``)
+    mmap-thp   both of the last two (do huge pages make the mmap arm's page faults cheaper?)
 
 Reported per arm: peak RSS (VmHWM) over the whole process, RSS after the last step, and seconds per
 micro-batch after the first step (median over repeats). Run it on a quiet machine:
@@ -30,7 +32,10 @@ import sys
 import time
 
 ARMS = {"trim": {}, "no-trim": {"PREFTUNE_NO_TRIM": "1"}, "keep-all": {"PREFTUNE_NO_TRIM": "1", "KEEP_ALL": "1"},
-        "mmap": {"PREFTUNE_NO_TRIM": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}}
+        "mmap": {"PREFTUNE_NO_TRIM": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
+        "thp": {"PREFTUNE_NO_TRIM": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+        "mmap-thp": {"PREFTUNE_NO_TRIM": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
+                     "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
 
 def _status(key: str) -> int:
