@@ -13,6 +13,8 @@ tokens (1,540 packed tokens at the defaults: the longest pairs of the chat-shape
     mmap       no trim; glibc returns every block over 64 KiB at once (``MALLOC_MMAP_THRESHOLD_=65536``)
     thp        no trim; glibc asks for transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``)
     mmap-thp   both of the last two (do huge pages make the mmap arm's page faults cheaper?)
+    keep-grads no trim; the gradients allocated (zeros) before the first forward and zeroed in place after
+               each step instead of freed, so they never interleave with the activations in the heap
 
 Reported per arm: peak RSS (VmHWM) over the whole process, RSS after the last step, and seconds per
 micro-batch after the first step (median over repeats). Run it on a quiet machine:
@@ -35,7 +37,8 @@ ARMS = {"trim": {}, "no-trim": {"PREFTUNE_NO_TRIM": "1"}, "keep-all": {"PREFTUNE
         "mmap": {"PREFTUNE_NO_TRIM": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
         "thp": {"PREFTUNE_NO_TRIM": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
         "mmap-thp": {"PREFTUNE_NO_TRIM": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
-                     "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+                     "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+        "keep-grads": {"PREFTUNE_NO_TRIM": "1", "KEEP_GRADS": "1"}}
 
 
 def _status(key: str) -> int:
@@ -66,6 +69,10 @@ def worker(args: argparse.Namespace) -> dict:
             m.p = 0.0
     model = SequenceLogprobModel(lm, 512, padding_free=True, prefix_sharing="auto")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, foreach=False)
+    keep_grads = bool(os.environ.get("KEEP_GRADS"))
+    if keep_grads:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
     g = torch.Generator()
 
     def pair(seed: int):
@@ -91,7 +98,7 @@ def worker(args: argparse.Namespace) -> dict:
             if step > 0:
                 seconds.append(time.perf_counter() - started)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not keep_grads)
     return {"peak_rss_mib": _status("VmHWM"), "end_rss_mib": _status("VmRSS"),
             "s_per_micro_batch": statistics.median(seconds) if seconds else None}
 
