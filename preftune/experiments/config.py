@@ -31,7 +31,7 @@ CPU_METHODS = tuple(m for m in METHODS if m != "ppo_rm")
 class SentimentExperimentConfig:
     """Controlled sentiment generation (DPO paper §6.1, Fig. 2 left) at small scale."""
 
-    size: str = setting("cpu", "cpu (the defaults: about 1.75 h on 2 quiet cores, resumable in slices), gpu (GPU_PRESET: more "
+    size: str = setting("cpu", "cpu (the defaults: about 1 h on 2 quiet cores, resumable in slices), gpu (GPU_PRESET: more "
                                "prompts, samples and steps) or pilot (PILOT_PRESET: a small run that measures r*'s "
                                "noise and each stage's CPU cost, to size the others); keys you set win over the preset.",
                         choices=("cpu", "gpu", "pilot"))

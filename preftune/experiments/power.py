@@ -147,10 +147,15 @@ def unit_costs(out: Path, cfg: SentimentExperimentConfig) -> dict[str, float]:
     return {kind: spent[kind] / amount[kind] for kind in spent if amount[kind] > 0}
 
 
-def pairs_per_prompt(out: Path, cfg: SentimentExperimentConfig) -> float | None:
-    """Pairs the pilot got per train prompt (ties and duplicates make it less than asked)."""
+def pair_yield(out: Path, cfg: SentimentExperimentConfig) -> float | None:
+    """The share of the asked-for pairs (``pairs_per_prompt`` per train prompt) the pilot got: ties and
+    duplicate samples make it less than 1."""
     done = _read(out / "pairs" / "done.json")
-    return None if done is None else done["pairs"] / cfg.num_train_prompts
+    return None if done is None else done["pairs"] / (cfg.num_train_prompts * cfg.pairs_per_prompt)
+
+
+def expected_pairs(cfg: SentimentExperimentConfig, pair_yield: float) -> int:
+    return round(pair_yield * cfg.pairs_per_prompt * cfg.num_train_prompts)
 
 
 # Work the pilot need not run, priced as work that costs the same: IPO's step is DPO's, PPO-RM's is PPO-GT's
@@ -161,9 +166,10 @@ PROXY = {"train_ipo": "train_dpo", "train_ppo_rm": "train_ppo_gt", "rm_sequence"
          "train_grpo": "train_rloo", "train_online_dpo": "train_rloo"}
 
 
-def predict(cfg: SentimentExperimentConfig, costs: dict[str, float], pairs_per_prompt: float) -> dict[str, float]:
-    """Predicted CPU seconds of each stage under ``cfg`` (NaN where the pilot measured no such work)."""
-    num_pairs = round(pairs_per_prompt * cfg.num_train_prompts)
+def predict(cfg: SentimentExperimentConfig, costs: dict[str, float], pair_yield: float) -> dict[str, float]:
+    """Predicted CPU seconds of each stage under ``cfg`` (NaN where the pilot measured no such work), its
+    pairs being ``pair_yield`` of those it asks for (:func:`pair_yield` of the pilot)."""
+    num_pairs = expected_pairs(cfg, pair_yield)
     return {stage: costs.get(kind, costs.get(PROXY.get(kind, ""), math.nan)) * n
             for stage, (kind, n) in units(cfg, num_pairs).items()}
 

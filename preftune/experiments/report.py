@@ -108,7 +108,7 @@ def _verdict_section(v: stats.BinnedVerdict) -> list[str]:
              "| KL (nats) | DPO frontier | PPO-GT frontier | margin | z | at this KL |", "|---|---|---|---|---|---|"]
     for b in v.bins:
         call = {"higher": "DPO higher", "lower": "PPO-GT higher", "within noise": "within noise"}[b.call]
-        lines.append(f"| {b.kl:g} | {_fmt(b.challenger)} ± {_fmt(b.challenger_se)} | {_fmt(b.baseline)} ± "
+        lines.append(f"| {b.kl:.3g} | {_fmt(b.challenger)} ± {_fmt(b.challenger_se)} | {_fmt(b.baseline)} ± "
                      f"{_fmt(b.baseline_se)} | {b.margin:+.4f} ± {_fmt(b.margin_se)} | {b.z:+.1f} | {call} |")
     lines += ["", "The bins are not independent (neighbouring bins share vertices), so read the table as one curve "
               "of margins with its error band, not as separate tests. An envelope is a maximum over noisy points, "
@@ -125,7 +125,7 @@ def _comparisons(points: list[frontier.Point], values: dict[tuple[str, int], Pro
              "|---|---|---|---|---|---|"]
     for m in others + list(BASELINE):
         v = stats.binned_verdict(points, values, CHALLENGER, (m,), resamples=cfg.bootstrap, seed=cfg.seed)
-        margins = ", ".join(f"{b.kl:g}: {b.margin:+.3f}±{b.margin_se:.3f}" for b in v.bins) or "no common KL"
+        margins = ", ".join(f"{b.kl:.3g}: {b.margin:+.3f}±{b.margin_se:.3f}" for b in v.bins) or "no common KL"
         lines.append(f"| {frontier.LABELS[m]} | {len(v.bins)} | {v.count('higher')} | {v.count('within noise')} | "
                      f"{v.count('lower')} | {margins} |")
     return lines + [""]
@@ -233,8 +233,8 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
                   f"{ses[len(ses) // 2]:.4f}) — the pairing (same prompts and random numbers for every point) "
                   "removes the prompts' share.", ""]
     costs = power.unit_costs(folder, pcfg)
-    ppp = power.pairs_per_prompt(folder, pcfg) or float(target.pairs_per_prompt)
-    predicted = power.predict(target, costs, ppp)
+    got = power.pair_yield(folder, pcfg) or 1.0
+    predicted = power.predict(target, costs, got)
     total = sum(v for v in predicted.values() if not math.isnan(v))
     names = power.describe_units()
     lines += ["Pilot CPU cost per unit of work (CPU seconds of the process, all its threads; on a shared machine "
@@ -242,7 +242,13 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
     lines += [f"| {names.get(kind, kind)} | {v:.3g} |" for kind, v in sorted(costs.items())]
     lines += ["", f"Predicted for {'the CPU size' if cfg.size == 'pilot' else 'this run'}: **{total / 3600:.2f} CPU-hours** "
               f"(≈ {total / 3600 / max(1, target.threads or 2):.2f} h on {target.threads or 2} quiet cores), "
-              f"{pcfg.num_train_prompts and round(ppp * target.num_train_prompts)} pairs expected.", ""]
+              f"{power.expected_pairs(target, got)} pairs expected (the pilot got {got:.0%} of the pairs it asked "
+              "for).", ""]
+    if cfg.size != "pilot":
+        spent = [(_read(f / "done.json") or {}).get("cpu_seconds") for name, f in stage_folders(exp) if name != "pilot"]
+        if spent and all(v is not None for v in spent):
+            lines += [f"Measured for this run's stages (the pilot's excluded): **{sum(spent) / 3600:.2f} CPU-hours**, "
+                      f"{sum(spent) / total:.2f}× the prediction.", ""]
     if cfg.size == "pilot":
         lines += ["| stage | predicted CPU s |", "|---|---|"]
         lines += [f"| {stage} | {_fmt(v, 0)} |" for stage, v in predicted.items()] + [""]
@@ -275,7 +281,7 @@ def _paired_size(pilot: Path, pilot_verdict: stats.BinnedVerdict | None, prompts
 def _scale(exp: Experiment, points: list[frontier.Point], main: stats.BinnedVerdict) -> list[str]:
     cfg = exp.cfg
     kl_top = max((p.kl for p in points if p.step > 0 and p.method != "bon"), default=float("nan"))
-    reach = (f"KL up to {main.bins[-1].kl:g} nats where DPO and PPO-GT are compared" if main.bins else
+    reach = (f"KL up to {main.bins[-1].kl:.3g} nats where DPO and PPO-GT are compared" if main.bins else
              "no KL range shared by DPO and PPO-GT")
     return ["## What this scale can and cannot say", "",
             f"The paper's Fig. 2 (left) trains GPT-2 large (774M parameters) on IMDb prefixes with a large "

@@ -109,7 +109,7 @@ class BinnedVerdict:
         if not self.bins:
             return f"{self.challenger} and {self.baseline}: no KL where both have measured points"
         lo, hi = self.bins[0].kl, self.bins[-1].kl
-        return (f"{self.challenger}'s frontier {self.label} {self.baseline}'s over KL {lo:g}–{hi:g} nats: higher at "
+        return (f"{self.challenger}'s frontier {self.label} {self.baseline}'s over KL {lo:.3g}–{hi:.3g} nats: higher at "
                 f"{self.count('higher')}, lower at {self.count('lower')} and within 2 standard errors at "
                 f"{self.count('within noise')} of {len(self.bins)} KL bins (paired bootstrap over the "
                 f"{self.prompts} held-out prompts, {self.resamples} resamples).")

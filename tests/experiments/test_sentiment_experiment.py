@@ -143,6 +143,10 @@ def test_miniature_pipeline_end_to_end_in_slices_then_resumes(tiny_model_dir, tm
     assert pv["prompts"] == 6 and pv["samples_per_prompt"] == 2 and pv["baseline"] == "PPO-GT (r*)"
     assert ("margin SE is at most" in report) == bool(pv["bins"])
     assert "| pilot |" in report
+    spent = sum(json.loads((f / "done.json").read_text())["cpu_seconds"]
+                for f in [*(out / n for n in ("prompts", "rstar", "sft", "pairs", "point_sft", "bon", "rm")),
+                          *(out / "runs").iterdir()])
+    assert f"Measured for this run's stages (the pilot's excluded): **{spent / 3600:.2f} CPU-hours**" in report
 
     # A new β adds one run and nothing else; a setting that changes measured results is refused.
     logs.clear()

@@ -180,15 +180,17 @@ def test_unit_costs_and_prediction_by_hand(tmp_path):
     # pairs resumed with 30 of its 40 samples drawn before: 10 s for the last 10 -> with bon's 20 s / 20: 1 s
     write(tmp_path / "pairs", {"cpu_seconds": 10.0, "pairs": 15, "sampled_now": 10})
     assert power.unit_costs(tmp_path, cfg)["sample"] == pytest.approx(1.0)
-    assert power.pairs_per_prompt(tmp_path, cfg) == 1.5
+    assert power.pair_yield(tmp_path, cfg) == 0.75   # 15 of the 10 × 2 pairs asked for
     big = load_experiment_config(None, ["methods=[dpo,ipo,ppo_gt,bon]", "dpo_betas=[0.1]", "ipo_betas=[0.5]",
                                         "ppo_kl_coefs=[0.1,1]", "num_train_prompts=100", "num_eval_prompts=50",
                                         "eval_samples_per_prompt=1", "sft_num_reviews=10", "samples_per_prompt=2",
                                         "pairs_per_prompt=1", "best_of_n=[1,2]", "points_per_run=3"])
-    got = power.predict(big, costs, 1.5)  # 150 pairs -> 300 gradient sequences per run
+    # 100 prompts × 1 pair asked × 0.75 -> 75 pairs -> 150 gradient sequences per run
+    assert power.expected_pairs(big, 0.75) == 75
+    got = power.predict(big, costs, 0.75)
     assert got["sft"] == 20.0 and got["pairs"] == 200.0 and got["point_sft"] == 100.0 and got["bon"] == 100.0
-    assert got["dpo_beta0.1"] == 1200.0 and got["ipo_beta0.5"] == 1200.0  # IPO priced as DPO
-    assert got["ppo_gt_kl1"] == 900.0 and got["ppo_gt_kl1 (points)"] == 3 * 50 * 2.0
+    assert got["dpo_beta0.1"] == 600.0 and got["ipo_beta0.5"] == 600.0  # IPO priced as DPO
+    assert got["ppo_gt_kl1"] == 450.0 and got["ppo_gt_kl1 (points)"] == 3 * 50 * 2.0
 
 
 def test_online_methods_the_pilot_skipped_are_priced_as_rloo():
