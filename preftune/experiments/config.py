@@ -31,20 +31,21 @@ CPU_METHODS = tuple(m for m in METHODS if m != "ppo_rm")
 class SentimentExperimentConfig:
     """Controlled sentiment generation (DPO paper §6.1, Fig. 2 left) at small scale."""
 
-    size: str = setting("cpu", "cpu (the defaults: about 1 h on 2 quiet cores, resumable in slices), gpu (GPU_PRESET: more "
-                               "prompts, samples and steps) or pilot (PILOT_PRESET: a small run that measures r*'s "
-                               "noise and each stage's CPU cost, to size the others); keys you set win over the preset.",
+    size: str = setting("cpu", "cpu (the defaults: about 1 h on 2 quiet cores, resumable in slices), gpu "
+                               "(GPU_PRESET: more prompts, samples and steps) or pilot (PILOT_PRESET: a small run "
+                               "that measures r*'s noise and each stage's CPU cost, to size the others); keys you "
+                               "set win over the preset.",
                         choices=("cpu", "gpu", "pilot"))
-    output_dir: str = setting("runs/experiment_sentiment", "Folder of every stage's output, points.csv, frontier.png "
-                                                           "and report.md. A rerun skips the stages already done.")
+    output_dir: str = setting("runs/experiment_sentiment", "Folder of every stage's output, points.csv, frontier.png, "
+                                                           "training.png, verdict.json and report.md. A rerun skips the stages already done.")
     model_name_or_path: str = setting("smollm2", "The base model π_SFT is fine-tuned from ('smollm2' = the embedded "
                                                  "SmolLM2-135M-Instruct, or a Hugging Face folder).")
-    methods: list[str] = setting(list(CPU_METHODS), "Which methods to run: dpo, ipo (offline, on the π_SFT pairs), ppo_gt "
-                                                "(PPO on r*), ppo_rm (PPO on a reward model trained on the pairs), rloo "
-                                                "(on r*), grpo (on r*), online_dpo (pairs "
-                                                "sampled from the policy, judged by r*), bon (best-of-N from π_SFT). "
-                                                "The CPU size leaves ppo_rm out (its five-coefficient sweep "
-                                                "would cost a third more); the GPU size runs every method.")
+    methods: list[str] = setting(list(CPU_METHODS), "Which methods to run: dpo, ipo (offline, on the π_SFT pairs), "
+                                                    "ppo_gt (PPO on r*), ppo_rm (PPO on a reward model trained on "
+                                                    "the pairs), rloo (on r*), grpo (on r*), online_dpo (pairs "
+                                                    "sampled from the policy, judged by r*), bon (best-of-N from "
+                                                    "π_SFT). The CPU size leaves ppo_rm out (its five-coefficient "
+                                                    "sweep would cost a third more); the GPU size runs every method.")
     seed: int = setting(0, "Seed of the data split, sampling and every training stage.")
     threads: int | None = setting(2, "torch.set_num_threads for every stage (null = torch's default).")
     device: str = setting("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))

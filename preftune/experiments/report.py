@@ -226,7 +226,7 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
               f" (k = 1 is the cheapest per sample: each extra prompt also averages out τ). "
               f"{'The CPU size' if cfg.size == 'pilot' else 'This run'} uses P = {prompts}, k = {k}: predicted "
               f"margin SE {nz.margin_se(prompts, k):.4f} without pairing.", ""]
-    lines += _paired_size(folder, main if cfg.size == "pilot" else None, prompts, k)
+    lines += _paired_size(folder, prompts, k, "The CPU size" if cfg.size == "pilot" else "This run")
     if main.bins and cfg.size != "pilot":
         ses = sorted(b.margin_se for b in main.bins)
         lines += [f"Measured here (paired bootstrap, DPO − PPO-GT): margin SE {ses[0]:.4f}–{ses[-1]:.4f} (median "
@@ -255,27 +255,24 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
     return lines
 
 
-def _paired_size(pilot: Path, pilot_verdict: stats.BinnedVerdict | None, prompts: int, k: int) -> list[str]:
-    """The size the paired verdict needs, from the pilot's own paired bootstrap (``verdict.json``)."""
-    if pilot_verdict is not None:
-        bins, p0, k0 = pilot_verdict.bins, pilot_verdict.prompts, k
-        ses = [b.margin_se for b in bins]
-    else:
-        saved = _read(pilot / "verdict.json") or {}
-        ses = [b["margin_se"] for b in saved.get("bins", [])]
-        p0, k0 = saved.get("prompts", 0), saved.get("samples_per_prompt", k)
+def _paired_size(pilot: Path, prompts: int, k: int, subject: str = "This run") -> list[str]:
+    """The size the paired verdict needs, from the pilot's own paired bootstrap (its ``verdict.json``, which
+    :func:`write_outputs` writes before the report, so the pilot's own report reads it too)."""
+    saved = _read(pilot / "verdict.json") or {}
+    ses = [b["margin_se"] for b in saved.get("bins", [])]
+    p0, k0 = saved.get("prompts", 0), saved.get("samples_per_prompt", k)
     if not ses or not p0:
         return ["The pilot has no DPO − PPO-GT margin yet, so the paired size cannot be computed from it.", ""]
     worst = max(ses)
     need = power.paired_prompts_needed(worst, p0)
-    verdict = "meets" if (prompts >= need and k >= k0) else "does not meet"
+    fits = "meets" if (prompts >= need and k >= k0) else "does not meet"
     return [f"The verdict is paired (every point uses the same prompts and random numbers), so the size comes from "
             f"the pilot's paired bootstrap: its DPO − PPO-GT margin SE is at most **{worst:.4f}** over its "
             f"{len(ses)} KL bin(s) on {p0} prompts × {k0} samples; the SE falls as 1/√P, so a margin of "
             f"{power.MARGIN} is {power.Z:g} SE from P ≥ {p0} ({worst:.4f} · {power.Z:g} / {power.MARGIN})² = "
-            f"**{need}** prompts at k = {k0}. {'The CPU size' if pilot_verdict is not None else 'This run'} uses "
-            f"P = {prompts}, k = {k}: it {verdict} that size (the pilot's policies are near π_SFT; margins between "
-            "policies further apart pair less well, so the SEs measured in a run's own verdict are the ones to read).", ""]
+            f"**{need}** prompts at k = {k0}. {subject} uses P = {prompts}, k = {k}: it {fits} that size (the "
+            "pilot's policies are near π_SFT; margins between policies further apart pair less well, so the SEs "
+            "measured in a run's own verdict are the ones to read).", ""]
 
 
 def _scale(exp: Experiment, points: list[frontier.Point], main: stats.BinnedVerdict) -> list[str]:

@@ -134,13 +134,17 @@ def test_paired_size_scales_the_pilots_margin_se_as_one_over_root_p():
 def test_the_report_sizes_the_run_from_the_pilots_verdict_json(tmp_path):
     bins = [{"kl": 0.05, "margin_se": 0.0071}, {"kl": 0.1, "margin_se": 0.0150}, {"kl": 0.2, "margin_se": 0.0120}]
     (tmp_path / "verdict.json").write_text(json.dumps({"prompts": 96, "samples_per_prompt": 2, "bins": bins}))
-    text = "\n".join(report._paired_size(tmp_path, None, 96, 2))
+    text = "\n".join(report._paired_size(tmp_path, 96, 2))
     # The worst bin, 0.0150 on 96 prompts, is exactly the target SE 0.03 / 2: 96 prompts are needed.
     assert "at most **0.0150** over its 3 KL bin(s) on 96 prompts × 2 samples" in text
     assert "= **96** prompts at k = 2. This run uses P = 96, k = 2: it meets that size" in text
-    assert "it does not meet that size" in "\n".join(report._paired_size(tmp_path, None, 64, 2))
+    assert "it does not meet that size" in "\n".join(report._paired_size(tmp_path, 64, 2))
+    # The pilot's own k is read from the file: 4 samples there, 2 here, is not the size it measured.
+    (tmp_path / "verdict.json").write_text(json.dumps({"prompts": 96, "samples_per_prompt": 4, "bins": bins}))
+    text = "\n".join(report._paired_size(tmp_path, 96, 2, "The CPU size"))
+    assert "prompts at k = 4. The CPU size uses P = 96, k = 2: it does not meet that size" in text
     (tmp_path / "verdict.json").write_text(json.dumps({"prompts": 96, "samples_per_prompt": 2, "bins": []}))
-    assert "no DPO − PPO-GT margin yet" in "\n".join(report._paired_size(tmp_path, None, 96, 2))
+    assert "no DPO − PPO-GT margin yet" in "\n".join(report._paired_size(tmp_path, 96, 2))
 
 
 def test_noise_recovers_known_components():
