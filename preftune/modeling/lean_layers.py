@@ -73,12 +73,12 @@ class _RMSNorm(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
-def _swiglu_grads(gate: Tensor, up: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    a = _wide(gate)
-    sig = torch.sigmoid(a)
-    grad32 = _wide(grad)
-    grad_up = (grad32 * a * sig).to(up.dtype)
-    grad_gate = (grad32 * _wide(up) * sig * (1 + a * (1 - sig))).to(gate.dtype)
+def _swiglu_grads(gate: Tensor, up: Tensor, grad: Tensor, silu: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    # aten's own SiLU derivative is one fused pass (σ(a)(1 + a(1 − σ(a))) per element); the same kernel plain
+    # autograd calls, so these are the gradients of SiLU(a) ⊙ u to the bit. ``silu``: SiLU(a), if the caller
+    # already has it.
+    grad_up = (grad * (F.silu(gate) if silu is None else silu)).to(up.dtype)
+    grad_gate = torch.ops.aten.silu_backward((grad * up).to(gate.dtype), gate)
     return grad_gate, grad_up
 
 
@@ -111,14 +111,15 @@ class _SwiGLUDown(torch.autograd.Function):
         gate, up, weight = ctx.saved_tensors
         flat_grad = grad.reshape(-1, grad.shape[-1])
         grad_weight = grad_bias = None
+        silu = F.silu(gate)
         if ctx.needs_input_grad[2]:
-            h = (F.silu(gate) * up).reshape(-1, gate.shape[-1])
+            h = (silu * up).reshape(-1, gate.shape[-1])
             grad_weight = (flat_grad.t() @ h.to(flat_grad.dtype)).to(weight.dtype)
             del h
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = flat_grad.sum(0).to(weight.dtype)
         grad_h = grad @ weight.to(grad.dtype)
-        grad_gate, grad_up = _swiglu_grads(gate, up, grad_h)
+        grad_gate, grad_up = _swiglu_grads(gate, up, grad_h, silu)
         return grad_gate, grad_up, grad_weight, grad_bias
 
 

@@ -13,7 +13,7 @@ Gradient, for an upstream gradient γ_i of out_i and p_i = softmax(z_i):
     ∂h_i = (∂/∂a_i) W,   ∂W = Σ_i (∂/∂a_i)ᵀ h_i,   ∂b = Σ_i ∂/∂a_i
 
 Forward keeps only h, W, b, t and logsumexp [M]; backward recomputes one chunk's logits at a time, turns
-that buffer into ∂/∂a in place, and accumulates ∂W into one [V, H] buffer with ``addmm_``. So at most one
+that buffer into ∂/∂a in place, and accumulates ∂W with ``addmm_`` into the first chunk's product. So at most one
 [chunk, V] tensor (two with soft-capping) and no per-chunk [V, H] temporary exist at any moment, where
 activation checkpointing of the same computation holds logits, log-softmax and their gradient, plus a
 fresh [V, H] weight gradient for every chunk (``benchmarks/logprob_memory.py`` measures both).
@@ -94,7 +94,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
         chunk_size, scale, softcap, temperature, dtype = ctx.settings
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_w = None   # the first chunk's product starts it: no [V, H] buffer of zeros to fill and add to
         grad_b = torch.zeros_like(bias) if need_b else None
         grad_out = grad_out.to(lse.dtype)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -115,11 +115,15 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
                 if need_h:
                     grad_h[rows] = (g_mm @ w).to(hidden.dtype)
                 if need_w:
-                    if grad_w.dtype == dtype:
+                    if grad_w is None:
+                        grad_w = (g_mm.t() @ h).to(weight.dtype)
+                    elif grad_w.dtype == dtype:
                         grad_w.addmm_(g_mm.t(), h)
                     else:  # bf16 matmul, fp32 master gradient: no mixed-dtype addmm on every backend
                         grad_w.add_(g_mm.t() @ h)
                 if need_b:
                     grad_b.add_(g.sum(0).to(grad_b.dtype))
                 del z, g, g_mm
+        if need_w and grad_w is None:   # no rows
+            grad_w = torch.zeros_like(weight)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None
