@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import shutil
 import sys
 import tempfile
@@ -63,6 +65,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _log_check(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def _check_in_child(s: Settings, rows: list[dict], options: dict):
+    from vs_trl.check import equivalence_check
+
+    torch.set_num_threads(s.threads)
+    return equivalence_check(s, rows, log=_log_check, **options)
+
+
 def main(description: str = "", argv: list[str] | None = None) -> int:
     args = parser(description).parse_args(argv)
     if args.worker:
@@ -78,7 +91,6 @@ def main(description: str = "", argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from preftune.config import read_settings
-    from vs_trl.check import equivalence_check
     from vs_trl.flops import Shape, measure_peak_gflops
     from vs_trl.report import summarise, throughput
     from vs_trl.workers import run_worker
@@ -114,8 +126,12 @@ def main(description: str = "", argv: list[str] | None = None) -> int:
     check = None
     if not args.skip_check:
         print("equivalence check ...", file=sys.stderr)
-        check = equivalence_check(s, rows, tol=args.tol, grad_rtol=args.grad_rtol, strict=args.strict,
-                                  exact=args.exact, log=lambda m: print(f"  {m}", file=sys.stderr))
+        # In a child process, so that what the check allocates (both frameworks' models and gradients) goes
+        # back to the system before the timed workers start: kept resident here, it plus TRL's worker at two
+        # pairs per micro-batch outgrew the 23 GiB machine (the kernel killed TRL's worker).
+        options = {"tol": args.tol, "grad_rtol": args.grad_rtol, "strict": args.strict, "exact": args.exact}
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            check = pool.submit(_check_in_child, s, rows, options).result()
         if not check.ok:
             print("\nThe two frameworks do not compute the same thing on the same input: comparison void.")
             print("\n".join(check.lines))
