@@ -66,4 +66,8 @@ def barrier(info: DistInfo) -> None:
 
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # Every rank arrives before any tears its connections down: the main rank is still writing the final
+        # model when the others get here, and a rank that exits while its peer's gloo threads are live has been
+        # seen to abort ("terminate called without an active exception") once the work was done.
+        dist.barrier()
         dist.destroy_process_group()
