@@ -233,7 +233,8 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
                   f"{ses[len(ses) // 2]:.4f}) — the pairing (same prompts and random numbers for every point) "
                   "removes the prompts' share.", ""]
     costs = power.unit_costs(folder, pcfg)
-    got = power.pair_yield(folder, pcfg) or 1.0
+    got = power.pair_yield(folder, pcfg)
+    got = 1.0 if got is None else got   # no pairs stage in the pilot yet: assume every pair asked for
     predicted = power.predict(target, costs, got)
     total = sum(v for v in predicted.values() if not math.isnan(v))
     names = power.describe_units()
@@ -246,7 +247,7 @@ def _power(exp: Experiment, main: stats.BinnedVerdict, values: dict[tuple[str, i
               "for).", ""]
     if cfg.size != "pilot":
         spent = [(_read(f / "done.json") or {}).get("cpu_seconds") for name, f in stage_folders(exp) if name != "pilot"]
-        if spent and all(v is not None for v in spent):
+        if spent and all(v is not None for v in spent) and total > 0:
             lines += [f"Measured for this run's stages (the pilot's excluded): **{sum(spent) / 3600:.2f} CPU-hours**, "
                       f"{sum(spent) / total:.2f}× the prediction.", ""]
     if cfg.size == "pilot":
